@@ -1,0 +1,30 @@
+"""sdcourse: the helpers the course notebooks share.
+
+The whole public surface is the handful of names below. They are imported lazily, so
+``import sdcourse`` costs nothing until a helper is used (time to first image matters).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_NAMES = {
+    # device.py: where to run, in which precision, with which random generator
+    "pick_device": "device", "pick_dtype": "device", "make_generator": "device",
+    # images.py: getting and showing pictures
+    "download_image": "images", "show_images": "images", "image_grid": "images",
+    "plot_latent_channels": "images", "sample_image_path": "images",
+    # models.py: which checkpoint each lesson loads
+    "load_pipeline": "models", "choose_model": "models", "mini_model_path": "models",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        module = importlib.import_module(f".{_NAMES[name]}", __name__)
+        return getattr(module, name)
+    if name in ("world", "evaluate", "models", "device", "images"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sdcourse' has no attribute {name!r}")

@@ -1,0 +1,287 @@
+"""The ``sdcourse`` command: run the course headless and check the machine.
+
+    sdcourse run [NOTEBOOK ...] [--out DIR] [--timeout SECONDS] [--model mini|real|ID]
+    sdcourse doctor
+    sdcourse models path TASK
+
+Each subcommand is two small functions: ``_add_<name>(subparsers)`` declares its arguments
+and ``cmd_<name>(args) -> int`` does the work. To add one (``train``, ``evaluate``), write
+the pair and list ``_add_<name>`` in :data:`COMMANDS`.
+
+Errors are one line on stderr (``sdcourse: error: ...``): exit status 2 for a bad command
+line, 1 for anything else; a notebook that fails is one line naming the notebook, the cell
+and the error, status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+DEFAULT_OUT = Path("build") / "course"
+
+
+class CliError(Exception):
+    """A failure reported as one line ``sdcourse: error: ...``; ``status`` is the exit status."""
+
+    status = 1
+
+
+class UsageError(CliError):
+    """A mistake in the command line (bad path, bad value): exit status 2, like argparse's."""
+
+    status = 2
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="execute the course notebooks headless, writing .ipynb and .html",
+        description="Execute notebooks in name order with a fresh kernel each, writing the "
+        "executed notebook and an HTML copy to --out. Stops at the first failing cell.",
+    )
+    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                   help="notebooks to run (default: every notebooks/*.ipynb of the course)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                   help=f"where executed notebooks and HTML go (default: {DEFAULT_OUT})")
+    p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
+                   help="limit for one cell, in seconds (default: 3600)")
+    p.add_argument("--model", metavar="mini|real|ID",
+                   help="which checkpoints the notebooks load: sets SDCOURSE_MODEL for the kernel "
+                   "(default: as the environment says, else the notebooks' own choice)")
+    p.set_defaults(func=cmd_run)
+
+
+def default_notebooks_dir() -> Path | None:
+    """The course's notebooks/ folder: next to the package (a checkout), else ./notebooks."""
+    import sdcourse
+
+    for folder in (Path(sdcourse.__file__).resolve().parent.parent / "notebooks", Path("notebooks")):
+        if folder.is_dir() and any(folder.glob("*.ipynb")):
+            return folder
+    return None
+
+
+def resolve_notebooks(paths: list[str]) -> list[Path]:
+    """Check the requested notebooks (or find the course's) and sort them by name."""
+    if not paths:
+        folder = default_notebooks_dir()
+        if folder is None:
+            raise UsageError("no notebooks found (looked for notebooks/*.ipynb next to the "
+                             "sdcourse package and in the current directory); pass notebook paths")
+        return sorted(folder.glob("*.ipynb"), key=lambda p: p.name)
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix != ".ipynb":
+            raise UsageError(f"{raw}: not a notebook (expected a .ipynb file)")
+        if not path.is_file():
+            raise UsageError(f"{raw}: no such notebook")
+        if path not in found:
+            found.append(path)
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temporary file, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_outputs(nb, source: Path, out: Path) -> None:
+    """The executed notebook and its HTML rendering, as out/<name>.ipynb and out/<name>.html."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    _write_atomic(out / source.name, nbformat.writes(nb))
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    _write_atomic(out / (source.stem + ".html"), html)
+
+
+def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:
+    """``notebooks/x.ipynb: cell 3: ZeroDivisionError: division by zero``."""
+    ename = getattr(error, "ename", None) or type(error).__name__
+    evalue = getattr(error, "evalue", None)
+    if evalue is None:  # a timeout or a dead kernel: the first line of the message says it
+        lines = str(error).strip().splitlines()
+        evalue = lines[0] if lines else ""
+    where = f"cell {cell}" if cell is not None else "before the first cell"
+    return f"{path}: {where}: {ename}" + (f": {evalue}" if evalue else "")
+
+
+def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None:
+    """Execute one notebook in a fresh kernel; write what ran. None if it passed, else why not.
+
+    The kernel is ipykernel's ``python3`` (jupyter starts it with this interpreter), its
+    working directory is the notebook's folder, and cells are counted from 1 in the message.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    current = {"cell": None}
+    bar = tqdm(total=len(nb.cells), desc=path.name, unit="cell", file=sys.stderr)
+
+    def before(cell, cell_index, **_):
+        current["cell"] = cell_index + 1
+
+    def after(cell, cell_index, **_):
+        bar.update(cell_index + 1 - bar.n)  # markdown cells before this one count as done
+
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3",
+        resources={"metadata": {"path": str(path.resolve().parent)}},
+        on_cell_execute=before, on_cell_executed=after,
+        # the kernel's own log (not the cells' output) would break the progress bar
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+    )
+    failure = None
+    try:
+        client.execute(env=env)
+        bar.update(bar.total - bar.n)  # markdown cells run no hook: fill the bar
+    except Exception as error:  # a cell raised, timed out, or the kernel died
+        failure = _failure_line(path, current["cell"], error)
+    finally:
+        bar.close()
+    _write_outputs(nb, path, out)
+    return failure
+
+
+def cmd_run(args) -> int:
+    """Run the notebooks one after the other; stop at the first failure."""
+    notebooks = resolve_notebooks(args.notebooks)  # every check happens before any kernel starts
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {args.out}: cannot create it ({error.strerror})") from None
+    env = dict(os.environ, TQDM_DISABLE="1")
+    if args.model:
+        env["SDCOURSE_MODEL"] = args.model
+    for path in notebooks:
+        failure = run_notebook(path, args.out, args.timeout, env)
+        if failure:
+            print(f"sdcourse run: FAILED {failure} (partial output in {args.out})", file=sys.stderr)
+            return 1
+    print(f"sdcourse run: {len(notebooks)} notebook(s) ran; executed copies and HTML in {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="print versions, device, Hub access and model choices",
+                       description="What this machine would run the course with, and why.")
+    p.set_defaults(func=cmd_doctor)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_doctor(args) -> int:
+    """A few lines about this machine; every part reports its own error instead of crashing."""
+    print(f"python        {platform.python_version()} ({sys.executable})")
+    for dist in ("torch", "diffusers", "transformers"):
+        print(f"{dist:<13} {_version(dist)}")
+    try:
+        import torch
+
+        from .device import pick_device, pick_dtype
+
+        device = pick_device()
+        print(f"device        {device} (dtype {str(pick_dtype(device)).removeprefix('torch.')})")
+        print(f"torch threads {torch.get_num_threads()}")
+    except Exception as error:
+        print(f"device        error ({error})")
+    try:
+        from . import models
+    except Exception as error:
+        print(f"models: unavailable ({type(error).__name__}: {error})")
+        return 0
+    try:
+        print(f"hub           {'reachable' if models.hub_reachable() else 'unreachable'}")
+    except Exception as error:
+        print(f"hub           error ({error})")
+    for task in models.TASKS:
+        try:
+            choice = models.choose_model(task)
+            print(f"{task:<13} {choice.kind}: {choice.source} ({choice.reason})")
+        except Exception as error:
+            print(f"{task:<13} error ({type(error).__name__}: {error})")
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="where the embedded mini checkpoints are",
+                       description="Information about the course's checkpoints.")
+    msub = p.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    path = msub.add_parser("path", help="print the folder of a task's mini checkpoint")
+    path.add_argument("task", metavar="TASK", help="text2img, img2img, inpaint or depth2img")
+    path.set_defaults(func=cmd_models_path)
+
+
+def cmd_models_path(args) -> int:
+    """Print the local diffusers folder of the mini model for one task."""
+    try:
+        from . import models
+    except ImportError as error:
+        raise CliError(f"models: unavailable ({error})") from None
+
+    if args.task not in models.TASKS:
+        raise UsageError(f"unknown task {args.task!r}: use one of {', '.join(models.TASKS)}")
+    try:
+        print(models.mini_model_path(args.task))
+    except (ValueError, OSError) as error:  # e.g. the mini checkpoint is not there
+        raise CliError(str(error)) from None
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+#: The subcommands, in the order ``--help`` lists them. Add ``_add_train``, ``_add_evaluate``.
+COMMANDS = [_add_run, _add_doctor, _add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdcourse",
+        description="Stable Diffusion course: run the notebooks, check the machine.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sdcourse`` script and of ``python -m sdcourse``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as error:
+        print(f"sdcourse: error: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print("sdcourse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Where to run, in which precision, with which random generator.
+
+Every notebook starts with the same three lines::
+
+    device = pick_device()          # "mps", "cuda" or "cpu"
+    dtype = pick_dtype(device)      # float16 on a GPU, float32 on a CPU
+    generator = make_generator(0, device)
+
+so a lesson runs unchanged on a Mac, on a Colab GPU and on a laptop CPU, and the same seed
+gives the same picture again.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+#: Environment variable that forces a device, e.g. ``SDCOURSE_DEVICE=cpu``.
+ENV_VAR = "SDCOURSE_DEVICE"
+
+#: Preference order when nothing is forced: Apple GPU, NVIDIA GPU, then the CPU.
+PREFERENCE = ("mps", "cuda", "cpu")
+
+
+def _available(kind: str) -> bool:
+    """Whether PyTorch can use a device kind on this machine."""
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps is not None and mps.is_available())
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    return kind == "cpu"
+
+
+def pick_device() -> str:
+    """The device the course runs on: "mps", "cuda" or "cpu", in that order of preference.
+
+    ``SDCOURSE_DEVICE`` overrides the choice ("cpu", "cuda", "cuda:1", "mps"); an unknown
+    value raises ValueError and a device this machine does not have raises RuntimeError,
+    each with a one-line message saying what to do. An empty value means "choose".
+    """
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if not forced:
+        return next(kind for kind in PREFERENCE if _available(kind))
+    kind, _, index = forced.partition(":")
+    if kind not in PREFERENCE or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(
+            f"{ENV_VAR}={forced!r} is not a device: use one of cpu, cuda, cuda:N, mps "
+            f"(or unset {ENV_VAR} to choose automatically)"
+        )
+    if not _available(kind):
+        raise RuntimeError(
+            f"{ENV_VAR}={forced!r} but PyTorch sees no {kind} device on this machine: "
+            f"unset {ENV_VAR} or set it to cpu"
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"{ENV_VAR}={forced!r} but this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
+    return forced
+
+
+def pick_dtype(device: str | torch.device) -> torch.dtype:
+    """float16 on a GPU (cuda, mps), float32 on a CPU.
+
+    Why: half precision halves the memory of weights and activations and is what GPUs run
+    fastest; Stable Diffusion checkpoints ship an ``fp16`` variant for exactly this. On a CPU
+    many half-precision kernels are slow or missing, so float32 is both faster and safer.
+    bfloat16 is not used: the free Colab GPU (T4) has no bf16 support, and the published
+    ``fp16`` variants load without conversion.
+    """
+    kind = torch.device(device).type
+    return torch.float16 if kind in ("cuda", "mps") else torch.float32
+
+
+def make_generator(seed: int, device: str | torch.device | None = None) -> torch.Generator:
+    """A ``torch.Generator`` seeded with ``seed`` that works with ``device`` (default: picked).
+
+    Pass it to a pipeline (``pipe(prompt, generator=g)``) to get the same image again.
+    On MPS the generator is a CPU one, as diffusers recommends: random draws on MPS are not
+    reproducible, and diffusers draws the noise on the CPU and moves it to the GPU.
+    """
+    target = torch.device(device if device is not None else pick_device())
+    if target.type == "mps":
+        target = torch.device("cpu")
+    return torch.Generator(device=target).manual_seed(int(seed))

@@ -1,0 +1,182 @@
+"""The ``sdcourse`` command: run (with real kernels on tiny notebooks), doctor, models path."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+import sdcourse
+from sdcourse import cli
+
+
+def write_notebook(path, *cells):
+    """A notebook whose cells are code, except strings starting with '#' (markdown)."""
+    nb = new_notebook(cells=[new_markdown_cell(c[1:]) if c.startswith("#") else new_code_cell(c)
+                             for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """Fail the test if anything tries to execute a notebook."""
+    import nbclient
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel was started")
+
+    monkeypatch.setattr(nbclient, "NotebookClient", refuse)
+
+
+def test_help_via_python_m():
+    result = subprocess.run([sys.executable, "-m", "sdcourse", "run", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for option in ("--out", "--timeout", "--model", "NOTEBOOK"):
+        assert option in result.stdout
+
+
+def test_main_needs_a_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code == 2
+
+
+def test_run_writes_notebook_and_html(tmp_path, capsys):
+    nb = write_notebook(tmp_path / "ok.ipynb", "# Title", "import os\nx = 6 * 7\nprint(x)",
+                        "print(os.environ.get('SDCOURSE_MODEL'), os.environ.get('TQDM_DISABLE'))")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(nb), "--out", str(out), "--model", "mini", "--timeout", "120"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ok.html", "ok.ipynb"]
+    executed = nbformat.read(out / "ok.ipynb", as_version=4)
+    texts = ["".join(o.get("text", "") for o in c.get("outputs", [])) for c in executed.cells]
+    assert texts[1] == "42\n" and texts[2] == "mini 1\n"
+    assert "42" in (out / "ok.html").read_text()
+    assert "1 notebook(s) ran" in capsys.readouterr().out
+
+
+def test_run_stops_at_failing_cell(tmp_path, capsys):
+    bad = write_notebook(tmp_path / "a_bad.ipynb", "print('before')", "# text", "1 / 0", "print('after')")
+    never = write_notebook(tmp_path / "b_next.ipynb", "print('not reached')")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(never), str(bad), "--out", str(out), "--timeout", "120"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a_bad.ipynb" in err and "cell 3" in err
+    assert "ZeroDivisionError: division by zero" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_bad.html", "a_bad.ipynb"]  # stopped
+    executed = nbformat.read(out / "a_bad.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "before\n"
+    assert executed.cells[2].outputs[0]["ename"] == "ZeroDivisionError"
+    assert executed.cells[3].outputs == []
+
+
+@pytest.mark.parametrize("name, message", [("missing.ipynb", "no such notebook"),
+                                           ("notes.txt", "not a notebook")])
+def test_bad_argument_fails_before_any_kernel(tmp_path, capsys, no_kernel, name, message):
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main(["run", str(good), str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert name in err and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_timeout(tmp_path, capsys, no_kernel):
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    assert cli.main(["run", str(good), "--timeout", "0"]) == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_no_notebooks_found(monkeypatch, capsys, no_kernel):
+    monkeypatch.setattr(cli, "default_notebooks_dir", lambda: None)
+    assert cli.main(["run"]) == 2
+    assert "no notebooks found" in capsys.readouterr().err
+
+
+def test_run_order_and_kernel_environment(tmp_path, monkeypatch, capsys):
+    """Notebooks run in name order; the kernel gets SDCOURSE_MODEL and TQDM_DISABLE=1."""
+    paths = [write_notebook(tmp_path / f"{name}.ipynb", "pass") for name in ("02_b", "00_a", "01_c")]
+    calls = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: calls.append((path.name, env)))
+    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    assert cli.main(["run", *map(str, paths), "--model", "runwayml/x", "--out", str(tmp_path / "o")]) == 0
+    assert [name for name, _ in calls] == ["00_a.ipynb", "01_c.ipynb", "02_b.ipynb"]
+    assert all(env["SDCOURSE_MODEL"] == "runwayml/x" and env["TQDM_DISABLE"] == "1" for _, env in calls)
+
+
+def test_default_notebooks_are_the_checkouts(monkeypatch, tmp_path):
+    folder = cli.default_notebooks_dir()
+    if folder is None:
+        pytest.skip("the checkout has no notebooks yet")
+    assert folder.name == "notebooks" and any(folder.glob("*.ipynb"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network probes in doctor tests: models.hub_reachable() answers False at once."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_doctor_prints_versions_and_device(capsys, offline):
+    import torch
+
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert torch.__version__ in out
+    assert "diffusers" in out and "transformers" in out and sys.version.split()[0] in out
+    assert f"device        {sdcourse.pick_device()}" in out
+    assert "torch threads" in out
+
+
+def test_doctor_survives_missing_models(monkeypatch, capsys):
+    monkeypatch.delattr(sdcourse, "models", raising=False)
+    monkeypatch.setitem(sys.modules, "sdcourse.models", None)  # import fails
+    assert cli.main(["doctor"]) == 0
+    assert "models: unavailable (" in capsys.readouterr().out
+
+
+def test_doctor_survives_bad_device_setting(monkeypatch, capsys, offline):
+    monkeypatch.setenv("SDCOURSE_DEVICE", "gpu")
+    assert cli.main(["doctor"]) == 0
+    assert "device        error (SDCOURSE_DEVICE='gpu'" in capsys.readouterr().out
+
+
+def _models():
+    try:
+        from sdcourse import models
+    except ImportError as error:
+        pytest.skip(f"sdcourse.models is not importable yet ({error})")
+    return models
+
+
+def test_doctor_lists_every_task(capsys, offline):
+    models = _models()
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "hub" in out
+    for task in models.TASKS:
+        assert task in out
+
+
+def test_models_path(capsys, monkeypatch, tmp_path):
+    """The path of each task's mini model, or (checkpoint not built yet) a one-line error."""
+    models = _models()
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
+    for task in models.TASKS:
+        try:
+            expected = str(models.mini_model_path(task))
+        except models.ModelChoiceError as error:
+            assert cli.main(["models", "path", task]) == 1
+            assert capsys.readouterr().err.strip() == f"sdcourse: error: {error}"
+        else:
+            assert cli.main(["models", "path", task]) == 0
+            assert capsys.readouterr().out.strip() == expected
+
+
+def test_models_path_unknown_task(capsys):
+    _models()
+    assert cli.main(["models", "path", "video"]) == 2
+    assert "unknown task 'video'" in capsys.readouterr().err

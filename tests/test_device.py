@@ -1,0 +1,93 @@
+"""sdcourse.device: device preference, the SDCOURSE_DEVICE override, dtypes, seeded generators.
+
+The GPUs are simulated by patching torch's availability checks, so these run on any CPU.
+"""
+import pytest
+import torch
+
+from sdcourse import device as dev
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend this machine has the given GPUs: machine(cuda=True, mps=False, cuda_count=1)."""
+    monkeypatch.delenv(dev.ENV_VAR, raising=False)
+
+    def fake(cuda=False, mps=False, cuda_count=1):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_count if cuda else 0)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return fake
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, "mps"),   # the seed article's order: mps first,
+    (True, False, "cuda"),  # then cuda,
+    (False, True, "mps"),
+    (False, False, "cpu"),  # then the CPU
+])
+def test_preference_order(machine, cuda, mps, expected):
+    machine(cuda=cuda, mps=mps)
+    assert dev.pick_device() == expected
+
+
+@pytest.mark.parametrize("value, expected", [("cpu", "cpu"), ("CUDA", "cuda"), ("cuda:1", "cuda:1"),
+                                             (" mps ", "mps"), ("", "mps")])
+def test_env_override(machine, monkeypatch, value, expected):
+    machine(cuda=True, mps=True, cuda_count=2)
+    monkeypatch.setenv(dev.ENV_VAR, value)
+    assert dev.pick_device() == expected
+
+
+@pytest.mark.parametrize("value", ["gpu", "tpu", "cuda:x", "mps:0", "cpu:1"])
+def test_env_override_unknown_value(machine, monkeypatch, value):
+    machine()
+    monkeypatch.setenv(dev.ENV_VAR, value)
+    with pytest.raises(ValueError, match=r"SDCOURSE_DEVICE=.*use one of cpu, cuda, cuda:N, mps") as info:
+        dev.pick_device()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["cuda", "mps", "cuda:3"])
+def test_env_override_unavailable_device(machine, monkeypatch, value):
+    machine(cuda=value == "cuda:3", cuda_count=1)
+    monkeypatch.setenv(dev.ENV_VAR, value)
+    with pytest.raises(RuntimeError, match="SDCOURSE_DEVICE") as info:
+        dev.pick_device()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32), ("cuda", torch.float16), ("cuda:1", torch.float16),
+    ("mps", torch.float16), (torch.device("cpu"), torch.float32),
+])
+def test_dtype(device, dtype):
+    assert dev.pick_dtype(device) == dtype
+
+
+def test_same_seed_same_draws():
+    a = torch.randn(4, 8, generator=dev.make_generator(42, "cpu"))
+    b = torch.randn(4, 8, generator=dev.make_generator(42, "cpu"))
+    c = torch.randn(4, 8, generator=dev.make_generator(43, "cpu"))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_generator_on_mps_is_a_cpu_generator():
+    assert dev.make_generator(0, "mps").device == torch.device("cpu")
+    assert torch.equal(torch.randn(3, generator=dev.make_generator(7, "mps")),
+                       torch.randn(3, generator=dev.make_generator(7, "cpu")))
+
+
+def test_generator_default_device_is_picked(machine):
+    machine()
+    assert dev.make_generator(0).device == torch.device("cpu")
+
+
+def test_public_names():
+    import sdcourse
+
+    assert sdcourse.pick_device is dev.pick_device
+    assert sdcourse.pick_dtype is dev.pick_dtype
+    assert sdcourse.make_generator is dev.make_generator

@@ -1,0 +1,123 @@
+"""pyproject.toml and environment.yml describe the same environment; the wheel holds the data.
+
+If you add a dependency or change a bound, change both files: this test names the difference.
+"""
+import re
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is in the [dev] extra")
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "sdcourse"
+
+#: pip name -> conda-forge name, where they differ.
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+@pytest.fixture(scope="module")
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def environment():
+    return yaml.safe_load((ROOT / "environment.yml").read_text())
+
+
+def _pip_requirements(pyproject) -> dict[str, SpecifierSet]:
+    """conda-spelled name -> bounds, for the runtime dependencies and the [dev] extra."""
+    project = pyproject["project"]
+    found = {}
+    for line in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        found[CONDA_NAMES.get(name, name)] = req.specifier
+    return found
+
+
+def _conda_requirements(environment) -> dict[str, SpecifierSet]:
+    """name -> bounds of the conda packages (python and pip themselves left out)."""
+    found = {}
+    for entry in environment["dependencies"]:
+        if not isinstance(entry, str):
+            continue  # the pip: section
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(.*)", entry.strip())
+        name, spec = canonicalize_name(match.group(1)), match.group(2)
+        if name not in ("python", "pip"):
+            found[name] = SpecifierSet(spec)
+    return found
+
+
+def test_same_packages(pyproject, environment):
+    pip, conda = _pip_requirements(pyproject), _conda_requirements(environment)
+    assert sorted(set(pip) - set(conda)) == [], "in pyproject.toml but not in environment.yml"
+    assert sorted(set(conda) - set(pip)) == [], "in environment.yml but not in pyproject.toml"
+
+
+def test_same_bounds(pyproject, environment):
+    pip, conda = _pip_requirements(pyproject), _conda_requirements(environment)
+    differ = {name: (str(pip[name]), str(conda[name])) for name in pip
+              if name in conda and pip[name] != conda[name]}
+    assert differ == {}, "bounds differ (pyproject, environment.yml)"
+
+
+def test_same_python(pyproject, environment):
+    conda_python = [e for e in environment["dependencies"]
+                    if isinstance(e, str) and re.match(r"python\b", e)]
+    assert conda_python == ["python" + pyproject["project"]["requires-python"]]
+
+
+def test_conda_installs_the_package(environment):
+    pip = [e for e in environment["dependencies"] if isinstance(e, dict)]
+    assert pip and "-e .[dev]" in pip[0]["pip"]
+    assert environment["name"] == "sdcourse"
+    assert environment["channels"][0] == "conda-forge"
+
+
+def test_torchvision_is_not_a_dependency(pyproject):
+    names = {Requirement(r).name for r in pyproject["project"]["dependencies"]}
+    assert "torchvision" not in names
+
+
+def test_console_script(pyproject):
+    assert pyproject["project"]["scripts"]["sdcourse"] == "sdcourse.cli:main"
+
+
+def _data_files() -> list[Path]:
+    """Every file in the package that is not Python source or a bytecode cache."""
+    return [p for p in PACKAGE.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+
+
+def test_package_data_covers_every_data_file(pyproject):
+    globs = pyproject["tool"]["setuptools"]["package-data"]["sdcourse"]
+    assert "mini/**/*" in globs and "samples/*" in globs
+    covered = {p for pattern in globs for p in PACKAGE.glob(pattern) if p.is_file()}
+    missing = [str(p.relative_to(PACKAGE)) for p in _data_files() if p not in covered]
+    assert missing == [], "not shipped in the wheel: add a glob to [tool.setuptools.package-data]"
+
+
+@pytest.mark.parametrize("folder", ["mini", "samples"])
+def test_data_folders_are_shipped(pyproject, folder):
+    files = [p for p in _data_files() if p.relative_to(PACKAGE).parts[0] == folder]
+    if not files:
+        pytest.skip(f"sdcourse/{folder} has no files yet")
+    globs = pyproject["tool"]["setuptools"]["package-data"]["sdcourse"]
+    covered = {p for pattern in globs for p in PACKAGE.glob(pattern)}
+    assert set(files) <= covered
+
+
+def test_pytest_runs_tests_and_notebooks(pyproject):
+    options = pyproject["tool"]["pytest"]["ini_options"]
+    assert options["testpaths"] == ["tests", "notebooks"]
+    assert "--nbval-lax" in options["addopts"]
