@@ -1,0 +1,152 @@
+"""Read generated pictures of the synthetic world back into words, from pixels alone.
+
+A generated image is scored against its prompt without any learned model: the border tells
+the background colour, pixels far from that colour form the object mask, the mask's median
+colour names the object's colour, and how much of its bounding box the mask fills tells the
+shape (triangle 1/2, circle pi/4 ~ 0.79, square 1). That is enough to measure prompt fidelity,
+which is how every lesson ends with a number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .world import COLORS, Scene
+
+_NAMES = list(COLORS)
+_PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)
+OBJECT_DISTANCE = 60.0  # RGB distance from the background colour that counts as object
+MIN_OBJECT_PIXELS = 40  # fewer object pixels than this: no object was drawn
+
+
+@dataclass
+class Reading:
+    """What the evaluator sees in one image."""
+
+    color: str | None  # None when there is no object
+    shape: str | None
+    background: str
+    mask: np.ndarray  # bool (H, W), the object pixels
+
+
+def nearest_color(rgb) -> str:
+    """The palette colour closest to an RGB triple."""
+    return _NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, np.float32)) ** 2).sum(1)))]
+
+
+def shape_from_mask(mask: np.ndarray) -> str | None:
+    """Classify a mask by how much of its bounding box it fills."""
+    rows = np.flatnonzero(mask.sum(1) >= 2)  # ignore stray single pixels
+    cols = np.flatnonzero(mask.sum(0) >= 2)
+    if len(rows) < 4 or len(cols) < 4:
+        return None
+    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    fill = box.mean()
+    return "triangle" if fill < 0.64 else "circle" if fill < 0.89 else "square"
+
+
+def to_array(image) -> np.ndarray:
+    """PIL image or uint8 array -> float32 (H, W, 3) in 0..255."""
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.float32)[..., :3]
+
+
+def read_image(image) -> Reading:
+    """Background colour, object mask, object colour and shape of one picture."""
+    px = to_array(image)
+    border = np.concatenate([px[:2].reshape(-1, 3), px[-2:].reshape(-1, 3),
+                             px[:, :2].reshape(-1, 3), px[:, -2:].reshape(-1, 3)])
+    bg_rgb = np.median(border, axis=0)
+    distance = np.sqrt(((px - bg_rgb) ** 2).sum(-1))
+    mask = distance > OBJECT_DISTANCE
+    background = nearest_color(bg_rgb)
+    if mask.sum() < MIN_OBJECT_PIXELS:
+        return Reading(None, None, background, mask)
+    core = distance > max(OBJECT_DISTANCE, 0.6 * float(distance.max()))  # skip blended edges
+    color = nearest_color(np.median(px[core], axis=0))
+    return Reading(color, shape_from_mask(mask), background, mask)
+
+
+def score(images, scenes: list[Scene]) -> dict[str, float]:
+    """Share of images whose object colour, shape and background match their scene."""
+    readings = [read_image(im) for im in images]
+    n = len(scenes)
+    return {
+        "color_acc": sum(r.color == s.color for r, s in zip(readings, scenes)) / n,
+        "shape_acc": sum(r.shape == s.shape for r, s in zip(readings, scenes)) / n,
+        "background_acc": sum(r.background == s.background for r, s in zip(readings, scenes)) / n,
+    }
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation suites behind `sdcourse evaluate ...`: fresh cases from a seed, one flat dict each.
+
+
+def random_scenes(n: int, seed: int) -> list[Scene]:
+    """``n`` fresh scenes (prompts and layouts) drawn from ``seed``."""
+    import random
+
+    from .world import random_scene
+
+    rng = random.Random(seed)
+    return [random_scene(rng) for _ in range(n)]
+
+
+def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
+    """Reconstruction PSNR (dB) of the shipped VAE on ``n`` fresh pictures."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from .models import MINI_DIR
+    from .train.vae import psnr
+    from .world import images_to_tensor, render
+
+    vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=torch.float32).eval()
+    x = images_to_tensor([render(s).image for s in random_scenes(n, seed)])
+    with torch.no_grad():
+        recon = torch.cat([vae(x[i:i + 64], sample_posterior=False).sample for i in range(0, n, 64)])
+    latent_elems = vae.config.latent_channels * (x.shape[-1] // 8) ** 2
+    return {"psnr": round(psnr(recon, x), 3), "n": n,
+            "compression": round(x[0].numel() / latent_elems, 1)}
+
+
+def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
+    """Prompt fidelity at guidance 7.5 and 1.0 on ``n`` fresh prompts, and speed."""
+    import time
+
+    import torch
+
+    from .models import load_pipeline
+
+    pipe = load_pipeline("text2img", model="mini", device="cpu", verbose=False)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = random_scenes(n, seed)
+    result: dict = {"n": n, "steps": steps}
+    for guidance, suffix in ((7.5, ""), (1.0, "_g1")):
+        images, start = [], time.perf_counter()
+        for i in range(0, n, batch):
+            chunk = scenes[i:i + batch]
+            generator = torch.Generator().manual_seed(seed + i)
+            images += pipe([s.caption for s in chunk], num_inference_steps=steps,
+                           guidance_scale=guidance, generator=generator).images
+        seconds = time.perf_counter() - start
+        for key, value in score(images, scenes).items():
+            result[key + suffix] = round(value, 4)
+        if guidance == 7.5:
+            result["seconds_per_image"] = round(seconds / n, 4)
+    # one image at a time, as a learner runs it (batching hides per-call overhead)
+    start = time.perf_counter()
+    for s in scenes[:5]:
+        pipe(s.caption, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    result["seconds_per_single_image"] = round((time.perf_counter() - start) / 5, 4)
+    return result

@@ -1,0 +1,148 @@
+"""The mini model's synthetic captioned world.
+
+Every sample is a 64x64 RGB picture of one coloured shape on a plain coloured background,
+with its caption ("a red circle on a blue background"), the object's mask and a depth map
+(the object stands in front of a background that recedes towards the top). Everything is
+drawn from a seed, so the same seed always gives the same picture: training, evaluation and
+the notebooks all draw from the same world.
+
+Why so simple? Because a model trained on it in minutes on a CPU still shows every idea of
+Stable Diffusion (latents, text conditioning, guidance, img2img, inpainting, depth), and a
+few lines of pixel arithmetic (:mod:`sdcourse.evaluate`) can check whether a generated image
+follows its prompt.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 64  # pixels per side
+SUPERSAMPLE = 4  # shapes are drawn 4x larger and shrunk: smooth (anti-aliased) edges
+
+#: The palette: colour name -> RGB. Used for objects and backgrounds alike.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 220, 50),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a picture shows: enough to draw it and to caption it."""
+
+    color: str
+    shape: str
+    background: str
+    cx: float = 32.0  # object centre, pixels
+    cy: float = 32.0
+    size: float = 30.0  # side of the object's bounding box, pixels
+
+    @property
+    def caption(self) -> str:
+        return caption(self.color, self.shape, self.background)
+
+
+@dataclass
+class Sample:
+    """One drawn scene: the image and the ground truth a model should reproduce."""
+
+    scene: Scene
+    image: Image.Image  # RGB, 64x64
+    mask: np.ndarray  # float32 (64, 64), 1 inside the object (fractional on edges)
+    depth: np.ndarray  # float32 (64, 64), larger = nearer, in [0, 1]
+
+    @property
+    def caption(self) -> str:
+        return self.scene.caption
+
+
+def caption(color: str, shape: str, background: str) -> str:
+    """The one caption template of the world."""
+    return f"a {color} {shape} on a {background} background"
+
+
+def random_scene(rng: random.Random, color: str | None = None, shape: str | None = None,
+                 background: str | None = None) -> Scene:
+    """Draw a scene; any of colour, shape, background may be fixed by the caller."""
+    color = color or rng.choice(list(COLORS))
+    shape = shape or rng.choice(SHAPES)
+    if background is None:
+        background = rng.choice([c for c in COLORS if c != color])
+    if color == background:
+        raise ValueError(f"object and background are both {color!r}: pick two different colours")
+    size = rng.uniform(24, 40)
+    half = size / 2
+    cx = rng.uniform(half + 2, SIZE - half - 2)
+    cy = rng.uniform(half + 2, SIZE - half - 2)
+    return Scene(color, shape, background, round(cx, 2), round(cy, 2), round(size, 2))
+
+
+def shape_polygon(shape: str, cx: float, cy: float, size: float, scale: float = 1.0):
+    """The outline of a shape as PIL draw arguments (box for circles, points otherwise)."""
+    h = size / 2 * scale
+    cx, cy = cx * scale, cy * scale
+    if shape == "circle":
+        return [cx - h, cy - h, cx + h, cy + h]
+    if shape == "square":
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":
+        return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    raise ValueError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
+
+
+def draw_mask(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
+    """Anti-aliased object mask, float32 in [0, 1], shape (64, 64)."""
+    big = Image.new("L", (SIZE * SUPERSAMPLE,) * 2, 0)
+    draw = ImageDraw.Draw(big)
+    outline = shape_polygon(shape, cx, cy, size, SUPERSAMPLE)
+    if shape == "circle":
+        draw.ellipse(outline, fill=255)
+    else:
+        draw.polygon(outline, fill=255)
+    small = big.resize((SIZE, SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def background_depth() -> np.ndarray:
+    """The background recedes upwards: depth (nearness) 0.1 at the top, 0.4 at the bottom."""
+    column = np.linspace(0.1, 0.4, SIZE, dtype=np.float32)
+    return np.repeat(column[:, None], SIZE, axis=1)
+
+
+def render(scene: Scene) -> Sample:
+    """Draw a scene: image, mask and depth."""
+    mask = draw_mask(scene.shape, scene.cx, scene.cy, scene.size)
+    fg = np.array(COLORS[scene.color], dtype=np.float32)
+    bg = np.array(COLORS[scene.background], dtype=np.float32)
+    pixels = mask[..., None] * fg + (1 - mask[..., None]) * bg
+    image = Image.fromarray(np.round(pixels).astype(np.uint8), "RGB")
+    depth = mask * 0.9 + (1 - mask) * background_depth()
+    return Sample(scene, image, mask, depth.astype(np.float32))
+
+
+def sample(seed: int, **fixed) -> Sample:
+    """The sample for one seed (same seed, same picture); ``fixed`` pins colour/shape/background."""
+    return render(random_scene(random.Random(seed), **fixed))
+
+
+def dataset(n: int, seed: int = 0) -> list[Sample]:
+    """``n`` samples; sample ``i`` comes from seed ``seed * 1_000_003 + i``."""
+    return [sample(seed * 1_000_003 + i) for i in range(n)]
+
+
+def images_to_tensor(images) -> "torch.Tensor":
+    """PIL images -> float tensor (N, 3, H, W) in [-1, 1], the range SD's VAE expects."""
+    import torch
+
+    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0

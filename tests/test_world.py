@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from sdcourse import world
+
+
+def test_same_seed_same_picture_and_different_seeds_differ():
+    a, b, c = world.sample(3), world.sample(3), world.sample(4)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.caption == b.caption
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_sample_has_caption_mask_and_depth_that_agree():
+    s = world.sample(0, color="red", shape="square", background="blue")
+    assert s.caption == "a red square on a blue background"
+    assert s.image.size == (64, 64) and s.image.mode == "RGB"
+    px = np.asarray(s.image)
+    inside, outside = s.mask > 0.99, s.mask < 0.01
+    assert np.all(px[inside] == world.COLORS["red"])
+    assert np.all(px[outside] == world.COLORS["blue"])
+    # the object stands in front: nearer (larger depth) than any background pixel
+    assert s.depth[inside].min() > s.depth[outside].max()
+    # a square fills its box; its area matches its size
+    assert abs(s.mask.sum() - s.scene.size ** 2) / s.scene.size ** 2 < 0.1
+
+
+def test_world_covers_all_colours_shapes_and_varies_layout():
+    scenes = [s.scene for s in world.dataset(400, seed=1)]
+    assert {s.color for s in scenes} == set(world.COLORS) and len(world.COLORS) >= 8
+    assert {s.shape for s in scenes} == set(world.SHAPES) and len(world.SHAPES) >= 3
+    assert all(s.color != s.background for s in scenes)
+    assert len({(round(s.cx), round(s.cy)) for s in scenes}) > 100
+    assert max(s.size for s in scenes) - min(s.size for s in scenes) > 10
+
+
+def test_bad_requests_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="both 'red'"):
+        world.sample(0, color="red", background="red")
+    with pytest.raises(ValueError, match="unknown shape 'hexagon'"):
+        world.sample(0, shape="hexagon")
+
+
+def test_images_to_tensor_range_and_shape():
+    x = world.images_to_tensor([world.sample(i).image for i in range(3)])
+    assert tuple(x.shape) == (3, 3, 64, 64)
+    assert x.min() >= -1 and x.max() <= 1
