@@ -1,0 +1,393 @@
+"""Tests for sdcourse.images, against a real HTTP server on 127.0.0.1 started here."""
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import matplotlib
+
+matplotlib.use("Agg")  # tests never open windows
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdcourse import images
+from sdcourse.images import DownloadError, StandInWarning, download_image
+
+TIMEOUT = 0.5  # seconds; the slow routes wait much longer than this
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+VALID = Image.new("RGB", (8, 6), (10, 200, 30))
+VALID_PNG = png_bytes(VALID)
+RGBA_PNG = png_bytes(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))  # fully transparent red
+GRAY_PNG = png_bytes(Image.new("L", (4, 4), 77))
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One route per way a download can go right or wrong."""
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def send(self, status, body=b"", content_type="image/png", length=None, headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if length is not False:
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def do_GET(self):
+        server = self.server
+        with server.lock:
+            server.counts[self.path] = server.counts.get(self.path, 0) + 1
+        route = self.path.split("?")[0]
+        if route == "/valid.png":
+            self.send(200, VALID_PNG)
+        elif route == "/rgba.png":
+            self.send(200, RGBA_PNG)
+        elif route == "/gray.png":
+            self.send(200, GRAY_PNG)
+        elif route == "/missing.png":
+            self.send(404, b"not found", "text/plain")
+        elif route == "/error.png":
+            self.send(500, b"oops", "text/plain")
+        elif route == "/slow.png":  # answers long after the client's timeout
+            server.stop.wait(5)
+            self.send(200, VALID_PNG)
+        elif route == "/stall.png":  # starts the body, then stops sending
+            self.send(200, VALID_PNG[:20], length=len(VALID_PNG))
+            server.stop.wait(5)
+        elif route == "/truncated.png":  # announces more than it sends, then closes
+            self.send(200, VALID_PNG[: len(VALID_PNG) // 2], length=len(VALID_PNG))
+            self.close_connection = True
+        elif route == "/page.png":
+            self.send(200, b"<html><body>a web page</body></html>", "text/html; charset=utf-8")
+        elif route == "/garbage.png":  # claims to be binary but is not a picture
+            self.send(200, b"\x00\x01 definitely not a png " * 10, "application/octet-stream")
+        elif route == "/big.png":  # announces 100 kB
+            self.send(200, b"\x00" * 100_000)
+        elif route == "/big-unannounced.png":  # 1 MB without Content-Length: must be counted
+            self.send(200, b"\x00" * 1_000_000, length=False)
+            self.close_connection = True
+        elif route == "/loop.png":
+            self.send(302, headers=[("Location", "/loop.png")])
+        elif route == "/moved.png":
+            self.send(302, headers=[("Location", "/valid.png?from=moved")])
+        else:
+            self.send(404, b"no route", "text/plain")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # clients that hang up early are expected
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = Server(("127.0.0.1", 0), Handler)
+    httpd.counts, httpd.lock, httpd.stop = {}, threading.Lock(), threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.stop.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """A fresh cache per test, online, no proxy between us and 127.0.0.1."""
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    return tmp_path / "cache"
+
+
+def cached_files(cache):
+    return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def dead_url():
+    """A URL on a port where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/gone.png"
+
+
+# -------------------------------------------------------------------------------------------
+# successful downloads
+
+
+def test_download_valid_png_and_cache_hit(server, cache):
+    url = f"{server.url}/valid.png?test=cache"
+    first = download_image(url)
+    assert first.mode == "RGB" and first.size == (8, 6)
+    assert first.getpixel((0, 0)) == (10, 200, 30)
+    files = cached_files(cache)
+    assert len(files) == 1 and files[0].parent == cache / "images"
+    assert files[0].read_bytes() == VALID_PNG  # the whole file, no leftover temporary files
+
+    second = download_image(url)
+    assert server.counts["/valid.png?test=cache"] == 1  # served from the cache
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_explicit_cache_dir(server, tmp_path, cache):
+    url = f"{server.url}/valid.png?test=cache_dir"
+    download_image(url, cache_dir=tmp_path / "mine")
+    assert len(cached_files(tmp_path / "mine")) == 1
+    assert cached_files(cache) == []
+
+
+def test_size_resizes(server):
+    assert download_image(f"{server.url}/valid.png?s=1", size=32).size == (32, 32)
+    assert download_image(f"{server.url}/valid.png?s=2", size=(40, 20)).size == (40, 20)
+
+
+def test_rgba_and_gray_become_rgb(server):
+    rgba = download_image(f"{server.url}/rgba.png")
+    assert rgba.mode == "RGB"
+    assert rgba.getpixel((0, 0)) == (255, 255, 255)  # transparent -> white background
+    gray = download_image(f"{server.url}/gray.png")
+    assert gray.mode == "RGB" and gray.getpixel((1, 1)) == (77, 77, 77)
+
+
+def test_redirect_to_image_is_followed(server):
+    image = download_image(f"{server.url}/moved.png")
+    assert image.size == (8, 6)
+    assert server.counts["/valid.png?from=moved"] == 1
+
+
+def test_corrupt_cache_entry_is_downloaded_again(server, cache):
+    url = f"{server.url}/valid.png?test=corrupt"
+    path = images._cache_file(url, None)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")
+    assert download_image(url).size == (8, 6)
+    assert path.read_bytes() == VALID_PNG
+
+
+def test_local_file(tmp_path):
+    path = tmp_path / "local.png"
+    path.write_bytes(GRAY_PNG)
+    assert download_image(path, size=8).size == (8, 8)
+
+
+# -------------------------------------------------------------------------------------------
+# failures: the right error, a one-line message naming the URL and the cause, an empty cache
+
+
+@pytest.mark.parametrize("route, reason, words", [
+    ("/missing.png", "http-404", "404"),
+    ("/error.png", "http-500", "HTTP 500"),
+    ("/slow.png", "timeout", "timeout"),
+    ("/stall.png", "timeout", "timeout"),
+    ("/truncated.png", "truncated", "cut short"),
+    ("/page.png", "not-image", "text/html"),
+    ("/garbage.png", "not-image", "not an image"),
+    ("/big.png", "too-large", "max_bytes"),
+    ("/big-unannounced.png", "too-large", "max_bytes"),
+    ("/loop.png", "redirect-loop", "redirect"),
+])
+def test_failures(server, cache, route, reason, words):
+    url = f"{server.url}{route}"
+    with pytest.raises(DownloadError) as caught:
+        download_image(url, timeout=TIMEOUT, max_bytes=10_000)
+    error = caught.value
+    message = str(error)
+    assert error.reason == reason
+    assert url in message and words in message
+    assert "\n" not in message
+    assert cached_files(cache) == []  # no partial file, no temporary file
+
+
+def test_connection_refused(cache):
+    url = dead_url()
+    with pytest.raises(DownloadError, match="refused") as caught:
+        download_image(url, timeout=TIMEOUT)
+    assert caught.value.reason == "refused" and url in str(caught.value)
+    assert cached_files(cache) == []
+
+
+def test_download_error_is_an_exception():
+    assert issubclass(DownloadError, Exception)
+
+
+# -------------------------------------------------------------------------------------------
+# offline: bundled stand-ins
+
+
+def test_offline_returns_stand_in_with_warning(monkeypatch, cache):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(StandInWarning, match="stand-in") as record:
+        image = download_image(images.INPAINT_URL, size=256)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    assert "HF_HUB_OFFLINE" in str(record[0].message)
+    expected = Image.open(images.sample_image_path("inpaint_image")).convert("RGB")
+    assert image.mode == "RGB" and image.size == (256, 256)
+    with pytest.warns(StandInWarning):
+        full = download_image(images.INPAINT_URL)
+    assert np.array_equal(np.asarray(full), np.asarray(expected))
+
+    with pytest.warns(StandInWarning):
+        mask = download_image(images.INPAINT_MASK_URL)
+    assert mask.size == (512, 512)
+    assert set(np.unique(np.asarray(mask))) == {0, 255}  # white on black
+    assert cached_files(cache) == []  # stand-ins are not cached as if they were downloads
+
+
+def test_offline_unknown_url_raises_without_contacting_server(server, monkeypatch, cache):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    url = f"{server.url}/valid.png?test=offline"
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE") as caught:
+        download_image(url, timeout=TIMEOUT)
+    assert caught.value.reason == "offline" and url in str(caught.value)
+    assert "/valid.png?test=offline" not in server.counts
+
+
+def test_offline_uses_cache(server, monkeypatch):
+    url = f"{server.url}/valid.png?test=offline-cache"
+    download_image(url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert download_image(url).size == (8, 6)
+
+
+def test_connection_error_falls_back_to_stand_in(monkeypatch, cache):
+    url = dead_url()
+    monkeypatch.setitem(images.STAND_INS, url, "shapes_img2img.png")
+    with pytest.warns(StandInWarning, match="refused"):
+        image = download_image(url, timeout=TIMEOUT)
+    assert image.size == (512, 512)
+    assert cached_files(cache) == []
+
+
+def test_http_errors_do_not_fall_back(server, monkeypatch):
+    url = f"{server.url}/missing.png?test=no-fallback"
+    monkeypatch.setitem(images.STAND_INS, url, "inpaint_image.png")
+    with pytest.raises(DownloadError, match="404"):
+        download_image(url, timeout=TIMEOUT)
+
+
+# -------------------------------------------------------------------------------------------
+# bundled samples
+
+
+def test_samples_are_bundled_and_reproducible(tmp_path):
+    made = images.make_samples(tmp_path)
+    assert {p.name for p in made} == {"inpaint_image.png", "inpaint_mask.png",
+                                      "shapes_img2img.png", "shapes_depth.png"}
+    for path in made:
+        bundled = images.sample_image_path(path.stem)
+        with Image.open(bundled) as a, Image.open(path) as b:
+            assert a.size == (512, 512)
+            assert np.array_equal(np.asarray(a), np.asarray(b)), path.name
+    for name in images.STAND_INS.values():
+        assert images.sample_image_path(name).is_file()
+
+
+def test_mask_covers_the_object():
+    image = np.asarray(Image.open(images.sample_image_path("inpaint_image")).convert("RGB"))
+    mask = np.asarray(Image.open(images.sample_image_path("inpaint_mask.png")).convert("L")) > 127
+    red = (image[..., 0] > 150) & (image[..., 2] < 100)
+    assert red.any() and mask[red].all()  # every object pixel is masked
+    assert mask.sum() > red.sum()  # a bit dilated
+    assert mask.mean() < 0.5  # but not the whole picture
+
+
+def test_unknown_sample_names_the_choices():
+    with pytest.raises(FileNotFoundError, match="inpaint_image"):
+        images.sample_image_path("dog_on_bench")
+
+
+# -------------------------------------------------------------------------------------------
+# grids and figures
+
+
+def colored(color, size=64):
+    return Image.new("RGB", (size, size), color)
+
+
+def test_image_grid_sizes():
+    tiles = [colored((i * 40, 0, 0)) for i in range(5)]
+    grid = images.image_grid(tiles)  # 5 -> 2 rows x 3 cols
+    assert grid.size == (3 * 64, 2 * 64) and grid.mode == "RGB"
+    assert grid.getpixel((64 + 5, 5)) == (40, 0, 0)  # second tile, first row
+    assert grid.getpixel((2 * 64 + 5, 64 + 5)) == (0, 0, 0)  # empty cell stays black
+    assert images.image_grid(tiles, size=128).size == (3 * 128, 2 * 128)
+    assert images.image_grid(tiles, rows=1).size == (5 * 64, 64)
+    assert images.image_grid(tiles, cols=2, size=(32, 16)).size == (2 * 32, 3 * 16)
+    with pytest.raises(ValueError):
+        images.image_grid(tiles, rows=2, cols=2)
+
+
+def test_image_grid_accepts_tensors():
+    import torch
+
+    batch = torch.zeros(2, 3, 16, 16) - 1  # [-1, 1] range: all black
+    batch[1] = 1  # all white
+    grid = images.image_grid(batch, size=32)
+    assert grid.size == (64, 32)
+    assert grid.getpixel((5, 5)) == (0, 0, 0) and grid.getpixel((40, 5)) == (255, 255, 255)
+
+
+def test_show_images_axes_and_titles():
+    import matplotlib.pyplot as plt
+    import torch
+
+    pictures = [
+        colored((255, 0, 0)),
+        torch.rand(3, 16, 16) * 2 - 1,  # CHW in [-1, 1]
+        np.zeros((16, 16, 3), dtype=np.uint8),  # HWC uint8
+        torch.rand(16, 16, 3),  # HWC in [0, 1]
+        np.ones((16, 16), dtype=np.float32),  # gray
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings from our code
+        fig = images.show_images(pictures, titles=list("abcde"), cols=3)
+        assert len(fig.axes) == 6  # 2 rows x 3 cols
+        assert sum(len(ax.images) for ax in fig.axes) == 5
+        assert [ax.get_title() for ax in fig.axes[:5]] == list("abcde")
+        plt.close(fig)
+
+        fig = images.show_images(torch.rand(4, 3, 8, 8))  # a batch counts as 4 pictures
+        assert sum(len(ax.images) for ax in fig.axes) == 4
+        plt.close(fig)
+    with pytest.raises(ValueError, match="titles"):
+        images.show_images(pictures, titles=["only one"])
+
+
+def test_plot_latent_channels():
+    import matplotlib.pyplot as plt
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = images.plot_latent_channels(torch.randn(1, 4, 8, 8), title="latents")
+        assert len(fig.axes) == 4 and fig.axes[3].get_title() == "channel 3"
+        plt.close(fig)
+        fig = images.plot_latent_channels(np.random.randn(3, 8, 8).astype(np.float16))
+        assert len(fig.axes) == 3
+        plt.close(fig)
+    with pytest.raises(ValueError, match="latents\\[0\\]"):
+        images.plot_latent_channels(torch.randn(2, 4, 8, 8))
