@@ -253,10 +253,84 @@ def cmd_models_path(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train / evaluate
+
+TRAINERS = ("vae", "text2img")
+EVALUATIONS = ("vae", "text2img")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a part of the mini model (reproduces the shipped one)",
+                       description="Train a part of the embedded mini model. Checkpoints go to "
+                       "--out every few hundred steps; running the same command again resumes.")
+    p.add_argument("model", choices=TRAINERS, help="which part to train")
+    p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
+    p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--publish", action="store_true",
+                   help="when done, copy the weights into the package (sdcourse/mini)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    """Train (or resume) one part of the mini model, optionally shipping the result."""
+    from .models import MINI_DIR
+
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    out = Path(args.out or f"runs/{args.model}")
+    kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    if args.model == "vae":
+        from .train import vae
+
+        model = vae.train(out, **kwargs)
+        if args.publish:
+            factor = vae.publish(model, MINI_DIR / "vae")
+            print(f"published {MINI_DIR / 'vae'} (scaling_factor {factor:.5f})")
+    elif args.model == "text2img":
+        from .train import text2img
+
+        if not (MINI_DIR / "vae").is_dir():
+            raise CliError(f"no VAE in {MINI_DIR}: run `sdcourse train vae --publish` first")
+        text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer", **kwargs)
+        if args.publish:
+            text2img.publish(out / "checkpoint", MINI_DIR)
+            print(f"published unet, text_encoder and scheduler into {MINI_DIR}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="measure a shipped mini model on fresh random cases",
+                       description="Measure the shipped mini model on fresh cases drawn from --seed.")
+    p.add_argument("model", choices=EVALUATIONS)
+    p.add_argument("--n", type=int, default=None, help="how many images (default 256 vae, 200 text2img)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", action="store_true", help="print one flat JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    """Run one evaluation suite and print its numbers."""
+    import json
+
+    from . import evaluate
+
+    if args.n is not None and args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    suite = {"vae": evaluate.evaluate_vae, "text2img": evaluate.evaluate_text2img}[args.model]
+    result = suite(**({"n": args.n} if args.n else {}), seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-#: The subcommands, in the order ``--help`` lists them. Add ``_add_train``, ``_add_evaluate``.
-COMMANDS = [_add_run, _add_doctor, _add_models]
+#: The subcommands, in the order ``--help`` lists them.
+COMMANDS = [_add_run, _add_doctor, _add_models, _add_train, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,76 @@
+"""What every trainer shares: checkpoints written atomically, resume, a loss log, seeds.
+
+A checkpoint is a directory ``<out>/checkpoint`` holding the model(s) as safetensors
+(``save_pretrained``), the optimizer state and ``state.json`` (the step). It is written to
+``checkpoint.tmp`` first and then renamed, so a run killed at any moment leaves either the
+previous checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict | None = None) -> Path:
+    """Write models (by name), optimizer and step to ``out/checkpoint`` atomically."""
+    out = Path(out)
+    final, tmp, old = out / CHECKPOINT, out / f"{CHECKPOINT}.tmp", out / f"{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        model.save_pretrained(tmp / name, safe_serialization=True)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    """The last complete checkpoint under ``out`` (a rename interrupted mid-way leaves ``.old``)."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+        path = Path(out) / name
+        if (path / "state.json").exists():
+            return path
+    return None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint was taken at."""
+    return json.loads((Path(checkpoint) / "state.json").read_text())["step"]
+
+
+def load_optimizer(optimizer, checkpoint: Path) -> int:
+    """Restore the optimizer state; returns the step the checkpoint was taken at."""
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    return checkpoint_step(checkpoint)
+
+
+def append_log(out: Path, step: int, **values) -> None:
+    """One CSV line per logged step: ``step,name=value,...`` (easy to grep and to plot)."""
+    with open(Path(out) / "log.csv", "a") as f:
+        f.write(f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n")
+
+
+def publish(model, target: Path, fp16: bool = True) -> None:
+    """Save a trained model for shipping (safetensors, fp16 by default), replacing atomically."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if fp16:
+        model = model.to(torch.float16)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if fp16:
+        model.to(torch.float32)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)

@@ -1,0 +1,168 @@
+"""Train the mini model's text encoder and UNet: Stable Diffusion's recipe, small.
+
+1. Encode many pictures of the synthetic world with the (frozen) VAE and scale the latents
+   by the VAE's ``scaling_factor``.
+2. Each step: pick a batch of latents and their captions, replace ~10% of captions by ""
+   (caption dropout: the model also learns the *unconditional* prediction that
+   classifier-free guidance needs), add noise at a random timestep with SD's noise schedule,
+   and train the UNet (with the text encoder's hidden states fed to its cross-attention) to
+   predict that noise. The CLIP text encoder learns from scratch alongside it.
+3. Keep an exponential moving average (EMA) of the UNet weights: it samples cleaner images.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .. import world
+from . import common
+
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+    num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+UNET_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=(64, 128, 128), norm_num_groups=32, cross_attention_dim=64,
+    attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+# Stable Diffusion 1.x's noise schedule (scaled linear betas 0.00085 -> 0.012 over 1000 steps)
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                beta_schedule="scaled_linear")
+
+
+def sampling_scheduler() -> PNDMScheduler:
+    """The scheduler shipped with the model: PNDM configured as in SD 1.x."""
+    return PNDMScheduler(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+
+
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, n: int, seed: int, batch: int = 128):
+    """Latent mean/std of ``n`` world pictures and their scenes (the training set)."""
+    samples = world.dataset(n, seed)
+    means, stds = [], []
+    for i in tqdm(range(0, n, batch), desc="encode", mininterval=5):
+        x = world.images_to_tensor([s.image for s in samples[i:i + batch]])
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds), [s.scene for s in samples]
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids padded/truncated to 77, exactly as the pipeline does."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 8000,
+          batch_size: int = 64, lr: float = 5e-4, seed: int = 0, n_images: int = 20000,
+          caption_dropout: float = 0.1, ema_decay: float = 0.999, save_every: int = 250,
+          eval_every: int = 1000) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    vae = AutoencoderKL.from_pretrained(vae_path).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
+    ckpt = common.find_checkpoint(out)
+    if ckpt is not None:
+        unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
+        ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
+        text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
+    else:
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        ema = copy.deepcopy(unet)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    ema.requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    start = common.load_optimizer(optimizer, ckpt) if ckpt is not None else 0
+    noise_scheduler = DDPMScheduler(**SCHEDULE)
+
+    mean, std, scenes = encode_dataset(vae, n_images, seed=1000 + seed)
+    scale = vae.config.scaling_factor
+    captions = [s.caption for s in scenes]
+
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="text2img", mininterval=5)
+    for step in bar:
+        warm = min(1.0, (step + 1) / 500)
+        for group in optimizer.param_groups:  # warm-up, then cosine decay to 10%
+            group["lr"] = lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        g = torch.Generator().manual_seed(seed * 10**6 + step)  # batch i is the same on resume
+        idx = torch.randint(0, n_images, (batch_size,), generator=g)
+        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
+        batch_captions = ["" if rng.random() < caption_dropout else captions[i] for i in idx]
+        ids = tokenize(tokenizer, batch_captions).to(accelerator.device)
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+
+        hidden = text_encoder(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(pred, noise)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():  # EMA: ema = decay * ema + (1 - decay) * unet
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), accelerator.unwrap_model(unet).parameters()):
+                pe.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        values = {"loss": loss.item()}
+        if done % eval_every == 0 or done == steps:
+            values.update(quick_eval(vae, accelerator.unwrap_model(text_encoder), tokenizer, ema))
+            bar.write(f"step {done}: {values}")
+        if done % 25 == 0 or len(values) > 1:
+            common.append_log(out, done, **values)
+        if done % save_every == 0 or done == steps:
+            common.save_checkpoint(out, done, {
+                "unet": accelerator.unwrap_model(unet), "unet_ema": ema,
+                "text_encoder": accelerator.unwrap_model(text_encoder)}, optimizer)
+
+
+@torch.no_grad()
+def quick_eval(vae, text_encoder, tokenizer, unet, n: int = 48, seed: int = 5) -> dict:
+    """Prompt fidelity on ``n`` fresh prompts at guidance 7.5 (a training-time glance)."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..evaluate import score
+
+    was_training = text_encoder.training
+    text_encoder.eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=sampling_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(seed)
+    scenes = [world.random_scene(rng) for _ in range(n)]
+    images = pipe([s.caption for s in scenes], num_inference_steps=25, guidance_scale=7.5,
+                  generator=torch.Generator().manual_seed(seed)).images
+    text_encoder.train(was_training)
+    return score(images, scenes)
+
+
+def publish(checkpoint: Path, mini_dir: Path) -> None:
+    """Ship the EMA UNet, the text encoder (fp16 safetensors) and the sampling scheduler."""
+    checkpoint, mini_dir = Path(checkpoint), Path(mini_dir)
+    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / "unet_ema"), mini_dir / "unet")
+    common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder"), mini_dir / "text_encoder")
+    sampling_scheduler().save_pretrained(mini_dir / "scheduler")
