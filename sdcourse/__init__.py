@@ -6,8 +6,23 @@ The whole public surface is the handful of names below. They are imported lazily
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drop transformers' notice that it uses the PIL image processors without torchvision.
+
+    The course deliberately runs without torchvision (PyPI's build does not import beside the
+    CPU torch wheel); the PIL processors give the same results. Everything else passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
 
 _NAMES = {
     # device.py: where to run, in which precision, with which random generator

@@ -22,3 +22,50 @@ def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path):
     lines = (out / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines if "psnr" in line] == ["4", "6"]
     assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint.old").exists()
+
+
+def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path):
+    """Few steps of the text2img trainer, resumed; then the 9- and 5-channel UNets from it."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from sdcourse.models import MINI_DIR
+    from sdcourse.train import text2img
+
+    vae_dir = tmp_path / "vae"
+    AutoencoderKL(**vae.VAE_CONFIG).save_pretrained(vae_dir)  # random weights: mechanics only
+    common_args = dict(vae_path=vae_dir, tokenizer_path=MINI_DIR / "tokenizer", batch_size=4,
+                       n_images=16, save_every=1, eval_every=0)
+    t2i = tmp_path / "t2i"
+    text2img.train(t2i, steps=2, **common_args)
+    first = UNet2DConditionModel.from_pretrained(t2i / "checkpoint" / "unet")
+    text2img.train(t2i, steps=3, **common_args)
+    assert common.checkpoint_step(common.find_checkpoint(t2i)) == 3
+    later = UNet2DConditionModel.from_pretrained(t2i / "checkpoint" / "unet")
+    assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), later.parameters()))
+
+    for task, channels in (("inpaint", 9), ("depth", 5)):
+        out = tmp_path / task
+        text2img.train(out, steps=1, task=task, init=t2i / "checkpoint", **common_args)
+        unet = UNet2DConditionModel.from_pretrained(out / "checkpoint" / "unet")
+        assert unet.config.in_channels == channels
+        # the shared text encoder did not move
+        te_before = CLIPTextModel.from_pretrained(t2i / "checkpoint" / "text_encoder")
+        te_after = CLIPTextModel.from_pretrained(out / "checkpoint" / "text_encoder")
+        assert all(torch.equal(a, b) for a, b in zip(te_before.parameters(), te_after.parameters()))
+
+
+def test_widened_unet_starts_as_the_text2img_unet():
+    from diffusers import UNet2DConditionModel
+
+    from sdcourse.train import text2img
+
+    torch.manual_seed(0)
+    base = UNet2DConditionModel(**text2img.UNET_CONFIG).eval()
+    wide = text2img.widen_conv_in(base, 5).eval()
+    x, extra = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 8, 8)
+    hidden = torch.randn(1, 77, 64)
+    with torch.no_grad():
+        a = base(x, 10, encoder_hidden_states=hidden).sample
+        b = wide(torch.cat([x, extra], 1), 10, encoder_hidden_states=hidden).sample
+    assert torch.allclose(a, b, atol=1e-5)

@@ -8,6 +8,10 @@
    and train the UNet (with the text encoder's hidden states fed to its cross-attention) to
    predict that noise. The CLIP text encoder learns from scratch alongside it.
 3. Keep an exponential moving average (EMA) of the UNet weights: it samples cleaner images.
+
+The same loop trains SD's two other UNets (``task="inpaint"`` and ``task="depth"``): they
+start from the text-to-image UNet, take extra input channels (the masked picture's latents
+and the mask; or a depth map) and keep the text encoder frozen, so it is shared by all three.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -48,17 +53,67 @@ def sampling_scheduler() -> PNDMScheduler:
     return PNDMScheduler(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 
 
+EXTRA_CHANNELS = {"text2img": 0, "inpaint": 5, "depth": 1}  # beyond the 4 latent channels
+
+
+def random_inpaint_mask(scene: world.Scene, rng: random.Random) -> torch.Tensor:
+    """A binary 64x64 mask (1 = repaint): half the time around the object, else a random box."""
+    if rng.random() < 0.5:
+        half = scene.size / 2 + rng.uniform(2, 8)
+        x0, y0, x1, y1 = scene.cx - half, scene.cy - half, scene.cx + half, scene.cy + half
+    else:
+        w, h = rng.uniform(16, 48), rng.uniform(16, 48)
+        x0, y0 = rng.uniform(0, world.SIZE - w), rng.uniform(0, world.SIZE - h)
+        x1, y1 = x0 + w, y0 + h
+    mask = torch.zeros(world.SIZE, world.SIZE)
+    mask[max(0, round(y0)):round(y1), max(0, round(x0)):round(x1)] = 1.0
+    return mask
+
+
+def depth_condition(depth: torch.Tensor, latent_size: int) -> torch.Tensor:
+    """Depth maps (N, H, W) -> (N, 1, h, w) in [-1, 1], exactly as the depth2img pipeline does."""
+    d = F.interpolate(depth[:, None], size=(latent_size, latent_size), mode="bicubic",
+                      align_corners=False)
+    lo, hi = d.amin(dim=(1, 2, 3), keepdim=True), d.amax(dim=(1, 2, 3), keepdim=True)
+    return 2.0 * (d - lo) / (hi - lo) - 1.0
+
+
 @torch.no_grad()
-def encode_dataset(vae: AutoencoderKL, n: int, seed: int, batch: int = 128):
-    """Latent mean/std of ``n`` world pictures and their scenes (the training set)."""
+def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img", batch: int = 128):
+    """The training set: latent mean/std of ``n`` world pictures, their scenes, and per task
+    the extra conditioning (inpaint: mask + masked-picture latents; depth: depth map)."""
     samples = world.dataset(n, seed)
-    means, stds = [], []
+    rng = random.Random(seed)
+    data = {"mean": [], "std": [], "extra": []}
+    scale = vae.config.scaling_factor
     for i in tqdm(range(0, n, batch), desc="encode", mininterval=5):
-        x = world.images_to_tensor([s.image for s in samples[i:i + batch]])
+        chunk = samples[i:i + batch]
+        x = world.images_to_tensor([s.image for s in chunk])
         dist = vae.encode(x).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds), [s.scene for s in samples]
+        data["mean"].append(dist.mean)
+        data["std"].append(dist.std)
+        size = dist.mean.shape[-1]
+        if task == "inpaint":  # as StableDiffusionInpaintPipeline prepares its inputs
+            mask = torch.stack([random_inpaint_mask(s.scene, rng) for s in chunk])[:, None]
+            masked_latents = vae.encode(x * (mask < 0.5)).latent_dist.mean * scale
+            data["extra"].append(torch.cat([F.interpolate(mask, size=(size, size)), masked_latents], 1))
+        elif task == "depth":
+            data["extra"].append(depth_condition(torch.from_numpy(np.stack([s.depth for s in chunk])), size))
+    return ({k: torch.cat(v) for k, v in data.items() if v}, [s.scene for s in samples])
+
+
+def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
+    """A copy of ``unet`` taking ``extra`` more input channels, their weights starting at zero
+    (so it first behaves exactly like the text-to-image UNet)."""
+    config = dict(unet.config)
+    config["in_channels"] = unet.config.in_channels + extra
+    wide = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat(
+        [weight, torch.zeros(weight.shape[0], extra, *weight.shape[2:])], dim=1)
+    wide.load_state_dict(state)
+    return wide
 
 
 def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
@@ -67,10 +122,12 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
-def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 8000,
-          batch_size: int = 64, lr: float = 5e-4, seed: int = 0, n_images: int = 20000,
+def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
+          batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int = 20000,
           caption_dropout: float = 0.1, ema_decay: float = 0.999, save_every: int = 250,
-          eval_every: int = 1000) -> None:
+          eval_every: int = 1000, task: str = "text2img", init: Path | None = None) -> None:
+    """Train a UNet (and, for text2img, the text encoder). ``init``: for inpaint/depth, a
+    folder with the trained text-to-image ``unet`` and ``text_encoder`` to start from."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -79,21 +136,32 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 8000,
     vae = AutoencoderKL.from_pretrained(vae_path).eval()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
     ckpt = common.find_checkpoint(out)
+    extra = EXTRA_CHANNELS[task]
     if ckpt is not None:
         unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
         ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
         text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
+    elif extra:
+        if init is None:
+            raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
+        unet = widen_conv_in(UNet2DConditionModel.from_pretrained(Path(init) / "unet"), extra)
+        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
+        ema = copy.deepcopy(unet)
     else:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         ema = copy.deepcopy(unet)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    unet, ema, text_encoder = unet.float(), ema.float(), text_encoder.float()
     ema.requires_grad_(False)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    if extra:  # the text encoder is shared with the text-to-image model: it stays as it is
+        text_encoder.requires_grad_(False)
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     start = common.load_optimizer(optimizer, ckpt) if ckpt is not None else 0
     noise_scheduler = DDPMScheduler(**SCHEDULE)
 
-    mean, std, scenes = encode_dataset(vae, n_images, seed=1000 + seed)
+    data, scenes = encode_dataset(vae, n_images, seed=1000 + seed, task=task)
+    mean, std = data["mean"], data["std"]
     scale = vae.config.scaling_factor
     captions = [s.caption for s in scenes]
 
@@ -114,6 +182,9 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 8000,
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
         noisy = noise_scheduler.add_noise(latents, noise, t)
 
+        if extra:  # the pipelines concatenate their conditioning after the noisy latents
+            noisy = torch.cat([noisy, data["extra"][idx]], dim=1)
+
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         loss = F.mse_loss(pred, noise)
@@ -128,7 +199,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 8000,
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         values = {"loss": loss.item()}
-        if done % eval_every == 0 or done == steps:
+        if task == "text2img" and eval_every and (done % eval_every == 0 or done == steps):
             values.update(quick_eval(vae, accelerator.unwrap_model(text_encoder), tokenizer, ema))
             bar.write(f"step {done}: {values}")
         if done % 25 == 0 or len(values) > 1:
@@ -160,9 +231,15 @@ def quick_eval(vae, text_encoder, tokenizer, unet, n: int = 48, seed: int = 5) -
     return score(images, scenes)
 
 
-def publish(checkpoint: Path, mini_dir: Path) -> None:
-    """Ship the EMA UNet, the text encoder (fp16 safetensors) and the sampling scheduler."""
+UNET_FOLDER = {"text2img": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth"}
+
+
+def publish(checkpoint: Path, mini_dir: Path, task: str = "text2img") -> None:
+    """Ship the EMA UNet (fp16 safetensors); for text2img also the text encoder and scheduler."""
     checkpoint, mini_dir = Path(checkpoint), Path(mini_dir)
-    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / "unet_ema"), mini_dir / "unet")
-    common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder"), mini_dir / "text_encoder")
-    sampling_scheduler().save_pretrained(mini_dir / "scheduler")
+    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / "unet_ema"),
+                   mini_dir / UNET_FOLDER[task])
+    if task == "text2img":
+        common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder"),
+                       mini_dir / "text_encoder")
+        sampling_scheduler().save_pretrained(mini_dir / "scheduler")
