@@ -255,8 +255,8 @@ def cmd_models_path(args) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 
-TRAINERS = ("vae", "text2img")
-EVALUATIONS = ("vae", "text2img")
+TRAINERS = ("vae", "text2img", "inpaint", "depth", "depth-estimator")
+EVALUATIONS = ("vae", "text2img", "img2img", "inpaint", "depth2img")
 
 
 def _add_train(sub) -> None:
@@ -287,15 +287,28 @@ def cmd_train(args) -> int:
         if args.publish:
             factor = vae.publish(model, MINI_DIR / "vae")
             print(f"published {MINI_DIR / 'vae'} (scaling_factor {factor:.5f})")
-    elif args.model == "text2img":
+    elif args.model == "depth-estimator":
+        from .train import depth_estimator
+
+        model = depth_estimator.train(out, **kwargs)
+        if args.publish:
+            depth_estimator.publish(model, MINI_DIR)
+            print(f"published depth_estimator and depth_processor into {MINI_DIR}")
+    else:  # the UNets: text2img (with the text encoder), inpaint, depth
         from .train import text2img
 
         if not (MINI_DIR / "vae").is_dir():
             raise CliError(f"no VAE in {MINI_DIR}: run `sdcourse train vae --publish` first")
-        text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer", **kwargs)
+        task = args.model
+        if task != "text2img" and not (MINI_DIR / "unet").is_dir():
+            raise CliError(f"the {task} UNet starts from the text2img one, which is not in "
+                           f"{MINI_DIR}: run `sdcourse train text2img --publish` first")
+        extra = {} if task == "text2img" else {"task": task, "init": MINI_DIR}
+        text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer",
+                       **extra, **kwargs)
         if args.publish:
-            text2img.publish(out / "checkpoint", MINI_DIR)
-            print(f"published unet, text_encoder and scheduler into {MINI_DIR}")
+            text2img.publish(out / "checkpoint", MINI_DIR, task=task)
+            print(f"published the {task} UNet into {MINI_DIR}")
     return 0
 
 
@@ -317,7 +330,7 @@ def cmd_evaluate(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
-    suite = {"vae": evaluate.evaluate_vae, "text2img": evaluate.evaluate_text2img}[args.model]
+    suite = getattr(evaluate, f"evaluate_{args.model}")
     result = suite(**({"n": args.n} if args.n else {}), seed=args.seed)
     if args.json:
         print(json.dumps(result))

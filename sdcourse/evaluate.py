@@ -150,3 +150,121 @@ def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: in
         pipe(s.caption, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
     result["seconds_per_single_image"] = round((time.perf_counter() - start) / 5, 4)
     return result
+
+
+def _new_color(rng, *avoid: str) -> str:
+    from .world import COLORS
+
+    return rng.choice([c for c in COLORS if c not in avoid])
+
+
+def _psnr_where(a, b, where: np.ndarray) -> float:
+    """PSNR (dB, 8-bit peak) between two pictures over the pixels where ``where`` is true."""
+    diff = (to_array(a) - to_array(b))[where]
+    mse = float((diff ** 2).mean()) if diff.size else 0.0
+    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
+
+
+def _in_batches(pipe, n: int, batch: int, seed: int, **per_case) -> list:
+    """Call ``pipe`` on ``n`` cases in batches; ``per_case`` values are lists of length n."""
+    import torch
+
+    images = []
+    for i in range(0, n, batch):
+        chunk = {k: v[i:i + batch] for k, v in per_case.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in per_case.items() if not isinstance(v, list)}
+        images += pipe(**chunk, **fixed, generator=torch.Generator().manual_seed(seed + i)).images
+    return images
+
+
+def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
+    """Recolouring a picture with img2img: colour adoption at strength 0.8, layout kept at 0.3."""
+    import random
+
+    from .models import load_pipeline
+    from .world import caption, render
+
+    pipe = load_pipeline("img2img", model="mini", device="cpu", verbose=False)
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(seed)
+    scenes = random_scenes(n, seed)
+    inputs = [render(s) for s in scenes]
+    targets = [_new_color(rng, s.color, s.background) for s in scenes]
+    prompts = [caption(c, s.shape, s.background) for c, s in zip(targets, scenes)]
+    result: dict = {"n": n, "steps": steps}
+    for strength in (0.8, 0.3):
+        images = _in_batches(pipe, n, batch, seed, prompt=prompts, image=[x.image for x in inputs],
+                             strength=strength, num_inference_steps=steps, guidance_scale=7.5)
+        readings = [read_image(im) for im in images]
+        tag = f"s{int(strength * 10):02d}"
+        result[f"color_adopt_{tag}"] = round(sum(r.color == c for r, c in zip(readings, targets)) / n, 4)
+        result[f"layout_iou_{tag}"] = round(float(np.mean(
+            [mask_iou(r.mask, x.mask > 0.5) for r, x in zip(readings, inputs)])), 4)
+    return result
+
+
+def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
+    """Replace the object inside a mask by a requested one; keep everything outside."""
+    import random
+
+    from PIL import Image
+
+    from .models import load_pipeline
+    from .world import SHAPES, caption, render
+
+    pipe = load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(seed)
+    scenes = random_scenes(n, seed)
+    inputs = [render(s) for s in scenes]
+    masks, wanted = [], []
+    for s in scenes:
+        half = s.size / 2 + 4
+        box = np.zeros((64, 64), bool)
+        box[max(0, round(s.cy - half)):round(s.cy + half), max(0, round(s.cx - half)):round(s.cx + half)] = True
+        masks.append(box)
+        wanted.append((_new_color(rng, s.color, s.background), rng.choice(SHAPES)))
+    prompts = [caption(c, sh, s.background) for (c, sh), s in zip(wanted, scenes)]
+    images = _in_batches(pipe, n, batch, seed, prompt=prompts, image=[x.image for x in inputs],
+                         mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks],
+                         num_inference_steps=steps, guidance_scale=7.5)
+    hits, outside = 0, []
+    for image, mask, (color, shape), x in zip(images, masks, wanted, inputs):
+        r = read_image(image)
+        inside = r.mask.sum() > 0 and (r.mask & mask).sum() / r.mask.sum() >= 0.8
+        hits += bool(inside and r.color == color and r.shape == shape)
+        outside.append(_psnr_where(image, x.image, ~mask))
+    return {"n": n, "steps": steps, "object_in_mask": round(hits / n, 4),
+            "psnr_outside": round(float(np.mean(outside)), 3)}
+
+
+def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
+    """New colours from the prompt, layout from the estimated depth; and the estimator itself."""
+    import random
+
+    from .models import load_pipeline
+    from .train.depth_estimator import depth_correlation
+    from .world import caption, render
+
+    pipe = load_pipeline("depth2img", model="mini", device="cpu", verbose=False)
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(seed)
+    scenes = random_scenes(n, seed)
+    inputs = [render(s) for s in scenes]
+    wanted = []
+    for s in scenes:
+        color = _new_color(rng, s.color, s.background)
+        wanted.append((color, _new_color(rng, color)))
+    prompts = [caption(c, s.shape, bg) for (c, bg), s in zip(wanted, scenes)]
+    images = _in_batches(pipe, n, batch, seed, prompt=prompts, image=[x.image for x in inputs],
+                         num_inference_steps=steps, guidance_scale=7.5)
+    readings = [read_image(im) for im in images]
+    return {
+        "n": n, "steps": steps,
+        "layout_iou": round(float(np.mean([mask_iou(r.mask, x.mask > 0.5)
+                                           for r, x in zip(readings, inputs)])), 4),
+        "color_acc": round(sum(r.color == c for r, (c, _) in zip(readings, wanted)) / n, 4),
+        "background_acc": round(sum(r.background == bg for r, (_, bg) in zip(readings, wanted)) / n, 4),
+        "depth_corr": round(depth_correlation(pipe.depth_estimator.float(), pipe.feature_extractor,
+                                              n=n, seed=seed), 4),
+    }

@@ -1,0 +1,191 @@
+# %% [markdown]
+# # 01 · Latent diffusion: why Stable Diffusion works on latents
+#
+# **What you will learn**
+# - why diffusing full-resolution pixels is expensive: self-attention's cost grows with the
+#   *square* of the number of pixels (measured here, not just claimed);
+# - what the VAE does: encode a picture to a small 4-channel latent (8× smaller per side),
+#   decode it back, and how much is lost (PSNR) for how much is saved (compression ratio);
+# - what the latent `scaling_factor` is and how it was found.
+#
+# **What you need**: CPU with the mini model: under a minute. Colab GPU with a real VAE:
+# about a minute (a 335 MB download).
+
+# %%
+# On Google Colab, install the course first: run the first code cell of 00_setup.ipynb.
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sdcourse as sdc
+
+device = sdc.pick_device()
+choice = sdc.choose_model("text2img", device=device)
+on_mini = choice.kind == "mini"
+print(choice)
+
+# %% [markdown]
+# ## 1. The cost of attention grows with the square of the pixels
+# A transformer layer lets every position attend to every other one: for *N* positions it
+# builds an *N × N* attention matrix. A 128×128 picture has 4× the pixels of a 64×64 one, so
+# 16× the attention entries — and 16× the work. Let us count and time it with PyTorch's own
+# attention (`scaled_dot_product_attention`, what diffusers uses by default).
+
+
+# %%
+def attention_cost(side: int, dim: int = 64) -> dict:
+    """FLOPs, attention-matrix size and measured time of one self-attention over side×side tokens."""
+    n = side * side
+    q = k = v = torch.randn(1, 1, n, dim)
+    F.scaled_dot_product_attention(q, k, v)  # warm-up
+    start = time.perf_counter()
+    for _ in range(3):
+        F.scaled_dot_product_attention(q, k, v)
+    seconds = (time.perf_counter() - start) / 3
+    flops = 2 * 2 * n * n * dim  # Q·Kᵀ and (softmax)·V, a multiply-add each
+    return {"side": side, "tokens": n, "matrix_MB": n * n * 4 / 1e6, "GFLOP": flops / 1e9,
+            "ms": seconds * 1e3}
+
+
+small, large = attention_cost(32), attention_cost(64)
+for row in (small, large):
+    print("{side:>3}x{side:<3} {tokens:>5} tokens  attention matrix {matrix_MB:7.1f} MB  "
+          "{GFLOP:6.2f} GFLOP  {ms:7.1f} ms".format(**row))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"2x the side -> {large['tokens'] / small['tokens']:.0f}x the pixels -> "
+      f"{large['GFLOP'] / small['GFLOP']:.0f}x the attention FLOPs and memory")
+
+# %%
+print(f"measured time ratio: {large['ms'] / small['ms']:.1f}x")
+
+# %% [markdown]
+# The measured ratio comes close to 16 (small sizes carry fixed overheads). A 512×512 image
+# attended pixel by pixel would need a 262,144² matrix — 275 GB in float32. Latent diffusion
+# sidesteps this: the UNet works on a latent 8× smaller per side, 64× fewer positions.
+#
+# ## 2. The VAE: pixels → latents → pixels
+# The VAE (`AutoencoderKL`) is part of every Stable Diffusion checkpoint. We load just that
+# component from the same folder the pipeline uses (`subfolder="vae"`).
+
+# %%
+from diffusers import AutoencoderKL
+
+model_path = sdc.mini_model_path("text2img") if on_mini else choice.source
+vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae").to(device).eval()
+print("latent channels:", vae.config.latent_channels,
+      "| downsampling:", 2 ** (len(vae.config.block_out_channels) - 1), "x per side",
+      "| scaling_factor:", vae.config.scaling_factor)
+
+# %% [markdown]
+# A picture from the course's synthetic world (on a real model, the seed article's photo
+# stand-in, enlarged to 512 px). Two small helpers convert between PIL images and the
+# `[-1, 1]` tensors the VAE expects:
+
+
+# %%
+def pil_to_tensor(image) -> torch.Tensor:
+    """PIL image -> (1, 3, H, W) float tensor in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def tensor_to_pil(x: torch.Tensor):
+    """(1, 3, H, W) tensor in [-1, 1] -> PIL image."""
+    from PIL import Image
+
+    array = ((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+from sdcourse import world
+
+if on_mini:
+    picture = world.sample(3, color="yellow", shape="triangle", background="purple").image
+else:
+    picture = sdc.download_image("https://raw.githubusercontent.com/CompVis/latent-diffusion/main/"
+                                 "data/inpainting_examples/overture-creations-5sI6fQgYIuo.png", size=512)
+x = pil_to_tensor(picture).to(device)
+print("image tensor:", tuple(x.shape))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    latent_dist = vae.encode(x).latent_dist  # a Gaussian per latent value
+    latents = latent_dist.mean
+print("latents:", tuple(latents.shape))
+print(f"compression: {x[0].numel()} numbers -> {latents[0].numel()} numbers "
+      f"= {x[0].numel() / latents[0].numel():.0f}x")
+
+# %% [markdown]
+# Stable Diffusion's numbers are the same ratio: 3×512×512 = 786,432 pixels values become
+# 4×64×64 = 16,384 latent values, 48× fewer. Each latent channel is a small map of the picture:
+
+# %%
+sdc.plot_latent_channels(latents[0].float().cpu(), title="the 4 latent channels");
+
+# %% [markdown]
+# Decoding goes back to pixels. How close is the round trip? PSNR (peak signal-to-noise ratio,
+# in dB; above ~30 dB differences are hard to see):
+
+
+# %%
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [-1, 1] (the range spans 2, so the peak² is 4)."""
+    mse = F.mse_loss(a.float().clamp(-1, 1), b.float().clamp(-1, 1)).item()
+    return 10 * math.log10(4 / mse)
+
+
+with torch.no_grad():
+    decoded = vae.decode(latents).sample
+sdc.show_images([picture, tensor_to_pil(decoded)], titles=["original", "decoded"], size=2);
+print(f"round trip PSNR: {psnr(decoded, x):.1f} dB")
+
+# %% [markdown]
+# ## 3. The scaling factor
+# The diffusion model expects inputs of roughly unit variance, but a VAE's latents have
+# whatever spread training gave them. So each VAE carries a `scaling_factor`: latents are
+# multiplied by it before diffusion and divided by it before decoding. SD 1.x's VAE has
+# 0.18215 — found exactly this way, as 1 / (standard deviation of latents over many images).
+# The mini VAE's factor was measured on its own data when it was trained:
+
+# %%
+from sdcourse.world import dataset, images_to_tensor
+
+batch = images_to_tensor([s.image for s in dataset(64, seed=21)]).to(device, vae.dtype)
+with torch.no_grad():
+    z = vae.encode(batch).latent_dist.sample(generator=torch.Generator(device).manual_seed(0))
+print(f"latent std: {z.std():.3f}  -> 1/std = {1 / z.std():.3f}  (shipped: {vae.config.scaling_factor})")
+print(f"scaled latents std: {(z * vae.config.scaling_factor).std():.2f}")
+
+# %% [markdown]
+# ## 4. Measure: what the VAE keeps and what it saves
+# Over 64 fresh pictures: mean reconstruction PSNR, and the compression ratio.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    recon = vae.decode(vae.encode(batch).latent_dist.mean).sample
+print(f"mean PSNR over {len(batch)} pictures: {psnr(recon, batch):.0f} dB")
+print(f"compression ratio: {batch[0].numel() / z[0].numel():.0f}x")
+
+# %% [markdown]
+# ## Exercises
+# 1. Which latent channel reacts to the object's colour? Encode the same shape in two colours
+#    and compare the channel maps (hint: `plot_latent_channels` on the difference).
+# 2. Diffusion in pixel space at 64×64 would attend over 4,096 positions; in the mini model's
+#    8×8 latent, over 64. Compute the saving in attention FLOPs with `attention_cost`'s formula
+#    and check it below.
+
+# %%
+pixel_positions, latent_positions = 64 * 64, 8 * 8
+saving = (pixel_positions / latent_positions) ** 2  # your answer: attention FLOPs ratio
+
+# %%
+# Self-check for exercise 2
+assert saving == 4096, "attention work grows with the square of the number of positions"
+print(f"✓ attention in latent space is {saving:.0f}x cheaper")
