@@ -62,15 +62,21 @@ def append_log(out: Path, step: int, **values) -> None:
 
 
 def publish(model, target: Path, fp16: bool = True) -> None:
-    """Save a trained model for shipping (safetensors, fp16 by default), replacing atomically."""
+    """Save a trained model for shipping (safetensors, fp16 by default), replacing atomically.
+
+    The weights are saved as usual, then each float tensor of the safetensors files is stored
+    as float16: half the size, and ``from_pretrained(..., dtype=torch.float32)`` loads it back.
+    """
+    from safetensors.torch import load_file, save_file
+
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if fp16:
-        model = model.to(torch.float16)
     model.save_pretrained(tmp, safe_serialization=True)
     if fp16:
-        model.to(torch.float32)
+        for file in tmp.glob("*.safetensors"):
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(file).items()}
+            save_file(tensors, file, metadata={"format": "pt"})
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
