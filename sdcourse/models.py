@@ -81,7 +81,8 @@ class Choice:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.task}: {self.kind} model {self.source} ({self.reason})"
+        what = "the embedded mini model" if self.kind == "mini" else f"real model {self.source}"
+        return f"{self.task}: {what} ({self.reason})"
 
 
 def check_task(task: str) -> str:
@@ -201,6 +202,12 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
     dtype = dtype or (pick_dtype(device) if choice.kind == "real" else
                       (torch.float16 if device == "cuda" else torch.float32))
     cls = getattr(diffusers, PIPELINES[task])
+    quiet = bool(os.environ.get("TQDM_DISABLE"))  # under test / `sdcourse run`: no bars at all
+    if quiet:
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     if verbose:
         print(f"sdcourse: {choice}")
     if choice.kind == "mini":
@@ -217,6 +224,6 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
             kwargs.pop("variant")  # some mirrors ship only full-precision files
             pipe = cls.from_pretrained(choice.source, **kwargs)
     pipe = pipe.to(device)
-    if os.environ.get("TQDM_DISABLE"):
+    if quiet:
         pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -39,10 +39,14 @@ def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path):
     t2i = tmp_path / "t2i"
     text2img.train(t2i, steps=2, **common_args)
     first = UNet2DConditionModel.from_pretrained(t2i / "checkpoint" / "unet")
-    text2img.train(t2i, steps=3, **common_args)
-    assert common.checkpoint_step(common.find_checkpoint(t2i)) == 3
+    text2img.train(t2i, steps=4, freeze_text_encoder_at=2, **common_args)
+    assert common.checkpoint_step(common.find_checkpoint(t2i)) == 4
     later = UNet2DConditionModel.from_pretrained(t2i / "checkpoint" / "unet")
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), later.parameters()))
+    # the text encoder froze at step 2: the snapshot and the final one are the same
+    frozen = CLIPTextModel.from_pretrained(t2i / "at_text_encoder_freeze" / "text_encoder")
+    final = CLIPTextModel.from_pretrained(t2i / "checkpoint" / "text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(frozen.parameters(), final.parameters()))
 
     for task, channels in (("inpaint", 9), ("depth", 5)):
         out = tmp_path / task

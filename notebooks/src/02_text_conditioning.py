@@ -56,7 +56,7 @@ print("input_ids:", tuple(padded.input_ids.shape), "| first 12:", padded.input_i
 # NBVAL_CHECK_OUTPUT
 long_prompt = ", ".join(f"a {c} circle on a blue background" for c in
                         ["red", "green", "yellow", "purple", "orange", "white", "black", "red"] * 2)
-n_tokens = len(tokenizer.tokenize(long_prompt)) + 2  # + start and end tokens
+n_tokens = len(tokenizer(long_prompt, truncation=True, max_length=1000).input_ids)  # no 77 limit
 kept = tokenizer(long_prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
 print(f"{n_tokens} tokens, {len(kept)} kept")
 print("the encoder sees up to: ...", tokenizer.decode(kept[-8:-1]))
@@ -106,8 +106,15 @@ class StoreCrossAttention:
 
 maps: list = []
 default_processors = unet.attn_processors
-unet.set_attn_processor({name: StoreCrossAttention(maps) if "attn2" in name else proc
-                         for name, proc in default_processors.items()})
+
+
+def capture_cross_attention(on: bool) -> None:
+    """Swap our processor into every cross-attention layer (on) or restore the defaults (off)."""
+    unet.set_attn_processor({name: StoreCrossAttention(maps) if on and "attn2" in name else proc
+                             for name, proc in default_processors.items()})  # (a fresh dict: it is consumed)
+
+
+capture_cross_attention(True)
 print(sum("attn2" in name for name in default_processors), "cross-attention layers captured")
 
 # %% [markdown]
@@ -121,7 +128,7 @@ probe = torch.randn(2, unet.config.in_channels, unet.config.sample_size, unet.co
 context = hidden.expand(2, -1, -1)
 with torch.no_grad():
     ours = unet(probe, 500, encoder_hidden_states=context).sample
-    unet.set_attn_processor(default_processors)
+    capture_cross_attention(False)
     theirs = unet(probe, 500, encoder_hidden_states=context).sample
 print("same output as the default processor:", torch.allclose(ours, theirs, atol=1e-3))
 
@@ -129,12 +136,11 @@ print("same output as the default processor:", torch.allclose(ours, theirs, atol
 # Now generate an image while storing every cross-attention map of every step.
 
 # %%
-unet.set_attn_processor({name: StoreCrossAttention(maps) if "attn2" in name else proc
-                         for name, proc in default_processors.items()})
+capture_cross_attention(True)
 maps.clear()
 image = pipe(prompt, num_inference_steps=25, guidance_scale=7.5,
              generator=sdc.make_generator(0)).images[0]
-unet.set_attn_processor(default_processors)
+capture_cross_attention(False)
 print(len(maps), "maps stored; shapes:", sorted({tuple(m.shape) for m in maps}))
 
 # %% [markdown]
@@ -174,8 +180,7 @@ import random
 from sdcourse.evaluate import read_image
 from sdcourse.world import random_scene
 
-unet.set_attn_processor({name: StoreCrossAttention(maps) if "attn2" in name else proc
-                         for name, proc in default_processors.items()})
+capture_cross_attention(True)
 rows = []
 for i in range(16):
     scene = random_scene(random.Random(100 + i))
@@ -190,7 +195,7 @@ for i in range(16):
     bg_pos = len(toks) - 3  # "... a <background colour> background </w>"
     share = lambda m: float((m * mask).sum() / m.sum())
     rows.append((float(mask.float().mean()), share(h[color_pos]), share(h[bg_pos])))
-unet.set_attn_processor(default_processors)
+capture_cross_attention(False)
 area, color_share, bg_share = np.mean(rows, axis=0)
 print(f"object covers {area:.0%} of the picture (average over {len(rows)} images)")
 print(f"attention on the object: colour word {color_share:.0%}, background-colour word {bg_share:.0%}")

@@ -102,6 +102,18 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
     return ({k: torch.cat(v) for k, v in data.items() if v}, [s.scene for s in samples])
 
 
+def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str) -> dict:
+    """:func:`encode_dataset` once per run folder: saved (atomically) and reloaded on resume."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    data, scenes = encode_dataset(vae, n, seed=seed, task=task)
+    data["captions"] = [s.caption for s in scenes]
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return data
+
+
 def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
     """A copy of ``unet`` taking ``extra`` more input channels, their weights starting at zero
     (so it first behaves exactly like the text-to-image UNet)."""
@@ -125,13 +137,17 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
           batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int = 20000,
           caption_dropout: float = 0.1, ema_decay: float = 0.999, save_every: int = 250,
-          eval_every: int = 1000, task: str = "text2img", init: Path | None = None) -> None:
+          eval_every: int = 1000, task: str = "text2img", init: Path | None = None,
+          freeze_text_encoder_at: int | None = 2000) -> None:
     """Train a UNet (and, for text2img, the text encoder). ``init``: for inpaint/depth, a
-    folder with the trained text-to-image ``unet`` and ``text_encoder`` to start from."""
+    folder with the trained text-to-image ``unet`` and ``text_encoder`` to start from.
+
+    The text encoder learns only until ``freeze_text_encoder_at``; then it is final and saved
+    with the UNet of that step in ``<out>/at_text_encoder_freeze`` — the starting point of the
+    inpaint and depth UNets, which can train from then on beside this one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     vae = AutoencoderKL.from_pretrained(vae_path).eval()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
@@ -153,30 +169,47 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     unet, ema, text_encoder = unet.float(), ema.float(), text_encoder.float()
     ema.requires_grad_(False)
-    if extra:  # the text encoder is shared with the text-to-image model: it stays as it is
+    start = common.checkpoint_step(ckpt) if ckpt is not None else 0
+    # the text encoder is shared by all three UNets: it learns only with text2img, until frozen
+    frozen = bool(extra) or (freeze_text_encoder_at is not None and start > freeze_text_encoder_at)
+    if frozen:
         text_encoder.requires_grad_(False)
-    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    start = common.load_optimizer(optimizer, ckpt) if ckpt is not None else 0
+
+    def make_optimizer():
+        params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+        return params, torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+
+    params, optimizer = make_optimizer()
+    if ckpt is not None:
+        common.load_optimizer(optimizer, ckpt)
     noise_scheduler = DDPMScheduler(**SCHEDULE)
 
-    data, scenes = encode_dataset(vae, n_images, seed=1000 + seed, task=task)
-    mean, std = data["mean"], data["std"]
+    data = cached_dataset(out / "dataset.pt", vae, n_images, seed=1000 + seed, task=task)
+    mean, std, captions = data["mean"], data["std"], data["captions"]
     scale = vae.config.scaling_factor
-    captions = [s.caption for s in scenes]
 
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="text2img", mininterval=5)
     for step in bar:
+        if not frozen and step == freeze_text_encoder_at:
+            frozen = True
+            snapshot = out / "at_text_encoder_freeze"
+            for name, model in (("text_encoder", text_encoder), ("unet", unet)):
+                common.publish(accelerator.unwrap_model(model), snapshot / name, fp16=False)
+            text_encoder.requires_grad_(False)
+            params, optimizer = make_optimizer()
+            optimizer = accelerator.prepare(optimizer)
+            bar.write(f"step {step}: text encoder frozen, saved with the UNet in {snapshot}")
         warm = min(1.0, (step + 1) / 500)
         for group in optimizer.param_groups:  # warm-up, then cosine decay to 10%
             group["lr"] = lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
         g = torch.Generator().manual_seed(seed * 10**6 + step)  # batch i is the same on resume
         idx = torch.randint(0, n_images, (batch_size,), generator=g)
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
-        batch_captions = ["" if rng.random() < caption_dropout else captions[i] for i in idx]
+        dropped = torch.rand(batch_size, generator=g) < caption_dropout
+        batch_captions = ["" if d else captions[i] for d, i in zip(dropped, idx)]
         ids = tokenize(tokenizer, batch_captions).to(accelerator.device)
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
