@@ -121,3 +121,15 @@ def test_pytest_runs_tests_and_notebooks(pyproject):
     options = pyproject["tool"]["pytest"]["ini_options"]
     assert options["testpaths"] == ["tests", "notebooks"]
     assert "--nbval-lax" in options["addopts"]
+
+
+def test_colab_install_url_is_the_project_repository():
+    """The Colab cell of 00_setup installs from the one repository address pyproject names."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    url = tomllib.loads((root / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    setup = (root / "notebooks" / "src" / "00_setup.py").read_text()
+    assert re.search(r'COURSE_REPO = "([^"]+)"', setup).group(1) == url
+    others = [p for p in (root / "notebooks" / "src").glob("*.py") if p.name != "00_setup.py"]
+    assert not any("github.com" in p.read_text() for p in others), "keep the URL in 00_setup only"
