@@ -1,7 +1,8 @@
 """Read generated pictures of the synthetic world back into words, from pixels alone.
 
 A generated image is scored against its prompt without any learned model: the border tells
-the background colour, pixels far from that colour form the object mask, the mask's median
+the background colour, pixels far from that colour (their largest connected region) form the
+object mask, the mask's median
 colour names the object's colour, and how much of its bounding box the mask fills tells the
 shape (triangle 1/2, circle pi/4 ~ 0.79, square 1). That is enough to measure prompt fidelity,
 which is how every lesson ends with a number.
@@ -36,6 +37,34 @@ def nearest_color(rgb) -> str:
     return _NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, np.float32)) ** 2).sum(1)))]
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask (stray specks dropped)."""
+    from collections import deque
+
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        region, queue = [], deque([(y0, x0)])
+        seen[y0, x0] = True
+        while queue:
+            y, x = queue.popleft()
+            region.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        if len(region) > len(best):
+            best = region
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        ys, xs = zip(*best)
+        out[list(ys), list(xs)] = True
+    return out
+
+
 def shape_from_mask(mask: np.ndarray) -> str | None:
     """Classify a mask by how much of its bounding box it fills."""
     rows = np.flatnonzero(mask.sum(1) >= 2)  # ignore stray single pixels
@@ -61,11 +90,11 @@ def read_image(image) -> Reading:
                              px[:, :2].reshape(-1, 3), px[:, -2:].reshape(-1, 3)])
     bg_rgb = np.median(border, axis=0)
     distance = np.sqrt(((px - bg_rgb) ** 2).sum(-1))
-    mask = distance > OBJECT_DISTANCE
+    mask = largest_component(distance > OBJECT_DISTANCE)
     background = nearest_color(bg_rgb)
     if mask.sum() < MIN_OBJECT_PIXELS:
         return Reading(None, None, background, mask)
-    core = distance > max(OBJECT_DISTANCE, 0.6 * float(distance.max()))  # skip blended edges
+    core = mask & (distance > max(OBJECT_DISTANCE, 0.6 * float(distance[mask].max())))  # no blended edges
     color = nearest_color(np.median(px[core], axis=0))
     return Reading(color, shape_from_mask(mask), background, mask)
 
@@ -268,3 +297,11 @@ def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: i
         "depth_corr": round(depth_correlation(pipe.depth_estimator.float(), pipe.feature_extractor,
                                               n=n, seed=seed), 4),
     }
+
+
+def evaluate_dreambooth(n: int = 50, seed: int = 1234, **kwargs) -> dict:
+    """A new subject taught with DreamBooth: fidelity in unseen contexts, class prior kept
+    (with and without prior preservation); see :mod:`sdcourse.dreambooth_subject`."""
+    from .dreambooth_subject import evaluate_dreambooth as run
+
+    return run(n=n, seed=seed, **kwargs)

@@ -19,6 +19,7 @@ diffusers folder (a ``model_index.json`` plus links to the components), which th
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -61,7 +62,7 @@ _MINI_COMPONENTS["img2img"] = _MINI_COMPONENTS["text2img"]  # img2img reuses tex
 _LIBRARY = {  # model_index.json entries: component -> [library, class]
     "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
     "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-    "scheduler": ["diffusers", "PNDMScheduler"],
+    "scheduler": ["diffusers", "DDIMScheduler"],
     "depth_estimator": ["transformers", "DPTForDepthEstimation"],
     "feature_extractor": ["transformers", "DPTImageProcessor"],
 }
@@ -157,26 +158,27 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
     if missing:
         raise ModelChoiceError(f"the mini model for {task} lacks {', '.join(missing)} in {MINI_DIR}: "
                                f"train it with `sdcourse train` or reinstall sdcourse")
-    from . import __version__
-
-    root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
-    stamp = max((MINI_DIR / c).stat().st_mtime_ns for c in parts.values())
-    target = root / "mini" / f"{task}-{__version__}-{stamp}"
-    if (target / "model_index.json").exists():
-        return target
     index = {"_class_name": PIPELINES[task], "_diffusers_version": "0.42.1",
              "requires_safety_checker": False, "safety_checker": [None, None],
              "feature_extractor": [None, None], "image_encoder": [None, None]}
+    index.update({name: _LIBRARY[name] for name in parts})
+    text = json.dumps(index, indent=2)
+    # the folder's name changes whenever a shipped file or the index changes: never stale
+    stamp = max(f.stat().st_mtime_ns for c in parts.values() for f in (MINI_DIR / c).rglob("*"))
+    digest = hashlib.sha256(f"{text}{stamp}".encode()).hexdigest()[:12]
+    root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
+    target = root / "mini" / f"{task}-{digest}"
+    if (target / "model_index.json").exists():
+        return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, component in parts.items():
-        index[name] = _LIBRARY[name]
         try:
             (tmp / name).symlink_to(MINI_DIR / component, target_is_directory=True)
         except OSError:
             shutil.copytree(MINI_DIR / component, tmp / name)
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    (tmp / "model_index.json").write_text(text)
     try:
         tmp.rename(target)
     except OSError:  # another process built it first

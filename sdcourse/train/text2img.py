@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -48,9 +48,12 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                 beta_schedule="scaled_linear")
 
 
-def sampling_scheduler() -> PNDMScheduler:
-    """The scheduler shipped with the model: PNDM configured as in SD 1.x."""
-    return PNDMScheduler(**SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+def sampling_scheduler() -> DDIMScheduler:
+    """The scheduler shipped with the model: DDIM on SD 1.x's schedule.
+
+    DDIM rather than SD 1.x's default PNDM: on the mini model, PNDM's multistep extrapolation
+    diverges at guidance 7.5 (colour accuracy fell to chance), while DDIM stays stable."""
+    return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 EXTRA_CHANNELS = {"text2img": 0, "inpaint": 5, "depth": 1}  # beyond the 4 latent channels
