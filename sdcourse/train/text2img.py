@@ -270,10 +270,14 @@ def quick_eval(vae, text_encoder, tokenizer, unet, n: int = 48, seed: int = 5) -
 UNET_FOLDER = {"text2img": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth"}
 
 
-def publish(checkpoint: Path, mini_dir: Path, task: str = "text2img") -> None:
-    """Ship the EMA UNet (fp16 safetensors); for text2img also the text encoder and scheduler."""
+def publish(checkpoint: Path, mini_dir: Path, task: str = "text2img", weights: str = "unet") -> None:
+    """Ship the UNet (fp16 safetensors); for text2img also the text encoder and scheduler.
+
+    ``weights``: "unet" (the trained weights) or "unet_ema" (their moving average). On the
+    shipped runs the plain weights measured as well or better (text2img shape accuracy 0.98
+    vs 0.95 over 100 prompts), so they are the default."""
     checkpoint, mini_dir = Path(checkpoint), Path(mini_dir)
-    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / "unet_ema"),
+    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / weights),
                    mini_dir / UNET_FOLDER[task])
     if task == "text2img":
         common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder"),
