@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,9 @@ class _NoTorchvisionNotice(logging.Filter):
 
 
 logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
+# StableDiffusionDepth2ImgPipeline runs its depth estimator under torch.autocast even on a
+# CPU in float32, where autocast has nothing to do and says so at every call.
+warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
 
 _NAMES = {
     # device.py: where to run, in which precision, with which random generator
@@ -32,6 +36,8 @@ _NAMES = {
     "plot_latent_channels": "images", "sample_image_path": "images",
     # models.py: which checkpoint each lesson loads
     "load_pipeline": "models", "choose_model": "models", "mini_model_path": "models",
+    # sizes.py: width/height checks before any work
+    "check_size": "sizes",
 }
 __all__ = sorted(_NAMES)
 

@@ -158,9 +158,10 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
     if missing:
         raise ModelChoiceError(f"the mini model for {task} lacks {', '.join(missing)} in {MINI_DIR}: "
                                f"train it with `sdcourse train` or reinstall sdcourse")
-    index = {"_class_name": PIPELINES[task], "_diffusers_version": "0.42.1",
-             "requires_safety_checker": False, "safety_checker": [None, None],
-             "feature_extractor": [None, None], "image_encoder": [None, None]}
+    index = {"_class_name": PIPELINES[task], "_diffusers_version": "0.42.1"}
+    if task != "depth2img":  # the depth pipeline has no safety checker or image encoder
+        index.update({"requires_safety_checker": False, "safety_checker": [None, None],
+                      "feature_extractor": [None, None], "image_encoder": [None, None]})
     index.update({name: _LIBRARY[name] for name in parts})
     text = json.dumps(index, indent=2)
     # the folder's name changes whenever a shipped file or the index changes: never stale
