@@ -1,0 +1,178 @@
+"""The benchmark behind notebook 08 (sdcourse.bench) and the size check (sdcourse.sizes)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdcourse import bench
+from sdcourse.sizes import check_size
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- check_size
+
+
+@pytest.mark.parametrize("width, height", [(512, 512), (512, 768), (8, 8), (64, 1024), (1000, 496)])
+def test_check_size_accepts_multiples_of_8(width, height):
+    assert check_size(width, height) == (width, height)
+
+
+def test_check_size_names_the_side_and_the_nearest_sizes():
+    with pytest.raises(ValueError) as error:
+        check_size(500, 512)
+    assert str(error.value) == ("width 500 is not a multiple of 8: use 496 or 504 "
+                                "(the VAE halves the size 3 times)")
+    with pytest.raises(ValueError, match=r"^height 1001 is not a multiple of 8: use 1000 or 1008 "):
+        check_size(512, 1001)
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (0, 512, "width 0 is too small: use 8 or more"),
+    (4, 512, "width 4 is too small: use 8 or more"),
+    (-16, 512, "width -16 is too small"),
+    (512.0, 512, "width must be a whole number of pixels, got 512.0"),
+    (512, "512", "height must be a whole number of pixels, got '512'"),
+    (True, 512, "width must be a whole number of pixels, got True"),
+])
+def test_check_size_rejects_non_sizes(width, height, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+        check_size(width, height)
+
+
+def test_check_size_messages_are_one_line_and_other_multiples_work():
+    for args in [(500, 512), (3, 8), (512, 1.5)]:
+        with pytest.raises(ValueError) as error:
+            check_size(*args)
+        assert "\n" not in str(error.value)
+    assert check_size(128, 192, multiple=64) == (128, 192)
+    with pytest.raises(ValueError, match="^width 100 is not a multiple of 64: use 64 or 128 "
+                                         r"\(the VAE halves the size 6 times\)$"):
+        check_size(100, 128, multiple=64)
+    with pytest.raises(ValueError, match="^width 25 is not a multiple of 10: use 20 or 30$"):
+        check_size(25, 30, multiple=10)
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def test_sd21_configs_rebuild_the_published_parameter_counts():
+    with torch.device("meta"):  # shapes only: nothing allocated
+        unet, vae = bench.build_unet(), bench.build_vae()
+        text_encoder = bench.build_text_encoder()
+    assert bench.count_params(unet) == bench.SD21_PARAMS["unet"]  # 865.9 M
+    assert bench.count_params(vae) == bench.SD21_PARAMS["vae"]  # 83.7 M
+    assert round(bench.count_params(unet) / 1e6, 1) == 865.9
+    assert round(bench.count_params(vae) / 1e6, 1) == 83.7
+    assert round(bench.count_params(text_encoder) / 1e6) == 340  # OpenCLIP ViT-H/14 text tower
+    assert unet.device.type == "meta"
+
+
+def test_random_models_are_built_in_the_asked_dtype_with_sane_weights():
+    from sdcourse.train.text2img import UNET_CONFIG
+
+    unet = bench.build_unet(UNET_CONFIG, dtype=torch.bfloat16, device="cpu")
+    assert unet.dtype == torch.bfloat16 and unet.device.type == "cpu"
+    weights = torch.cat([p.detach().float().flatten() for p in unet.parameters()])
+    assert torch.isfinite(weights).all() and weights.abs().max() <= 1.0 and weights.std() > 0
+    out = bench.unet_step(unet, 8)()
+    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    assert bench.model_bytes(unet) == 2 * bench.count_params(unet)
+
+
+def test_flops_of_the_mini_unet_config_are_counted():
+    from sdcourse.train.text2img import UNET_CONFIG
+
+    flops = bench.unet_flops(UNET_CONFIG, UNET_CONFIG["sample_size"])
+    assert flops > 0
+    assert bench.unet_flops(UNET_CONFIG, 16) > 3 * flops  # 4x the positions, ~4x the work
+    assert bench.unet_flops(UNET_CONFIG, 8, batch=1) * 2 == flops
+
+
+def test_peak_memory_counts_tensors_alive_during_the_call():
+    def two_buffers():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = torch.ones(1024, 1024)  # 4 MiB, while a is alive
+        return float(a[0, 0] + b[0, 0])
+
+    peak = bench.peak_memory(two_buffers)
+    assert peak is not None and 8 * 2**20 <= peak < 9 * 2**20
+
+
+def test_time_call_and_matmul_rate():
+    times = bench.time_call(lambda: sum(range(1000)), reps=3)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert bench.matmul_gflops(256, reps=2) > 0
+
+
+def test_table_and_markdown_render_skipped_and_measured_rows():
+    report = bench.Report(machine={"cpu": "test", "usable_cores": 1, "torch_threads": 1,
+                                   "load_average_1min": 0.0, "torch": "x", "diffusers": "y",
+                                   "transformers": "z", "python": "3", "date": "today"}, quick=True)
+    report.add(bench.Row("SD 2.1 UNet step", "fp32, SDPA", "256 px", 1.5, 3 * 2**30, 2**30), echo=False)
+    report.add(bench.Row("SD 2.1 pipeline", "offload", "512 px", note="skipped (no GPU)"), echo=False)
+    report.targets.append(dict(name="x", target="<= 1 s", value="0.5 s", ok=True))
+    table = bench.format_table(report)
+    assert "1.50 s" in table and "3.00 GiB" in table and "skipped (no GPU)" in table
+    markdown = bench.to_markdown(report)
+    assert "| SD 2.1 pipeline | offload | 512 px | - | - | - | skipped (no GPU) |" in markdown
+    assert "PASS" in bench.format_summary(report)
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def test_summary_and_targets_of_a_full_run(monkeypatch):
+    """The summary's arithmetic, with the measurements replaced by known numbers."""
+    from sdcourse.train.text2img import UNET_CONFIG
+
+    mini = {"first_image": {"total_s": 3.5, "import_s": 2.6, "load_s": 0.4, "generate_s": 0.4,
+                            "startup_s": 0.1, "size": [64, 64]},
+            "seconds_per_image": 0.8, "unet_step_s": 0.01, "unet_config": dict(UNET_CONFIG),
+            "unet_params": 5_835_012}
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: 100.0)
+    monkeypatch.setattr(bench, "mini_available", lambda: True)
+    monkeypatch.setattr(bench, "bench_mini", lambda report, plan: mini)
+    monkeypatch.setattr(bench, "bench_real_unet", lambda report, plan, device: 2.0)
+    monkeypatch.setattr(bench, "bench_real_vae", lambda report, plan, device: None)
+    monkeypatch.setattr(bench, "bench_offload", lambda report, plan, device: None)
+    report = bench.run(quick=False, device="cpu")
+    numbers = report.numbers
+    assert numbers["real_over_mini_step"] == pytest.approx(200)
+    assert numbers["real_unet_step_cpu_px"] == 512
+    flops = bench.unet_flops(UNET_CONFIG, 8)
+    assert numbers["mini_unet_share_of_matmul_peak"] == pytest.approx(flops / 0.01 / 1e9 / 100)
+    assert [t["ok"] for t in report.targets] == [True, True, True]
+    assert "real 512 px / mini UNet step: 200x" in bench.format_summary(report)
+
+
+@pytest.mark.skipif(not bench.mini_available(),
+                    reason="the mini model is not in sdcourse/mini yet (train and publish it first)")
+def test_quick_benchmark_runs_end_to_end(tmp_path):
+    """``python -m sdcourse.bench --quick`` in a fresh process: every section, tiny sizes."""
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    env = dict(os.environ, SDCOURSE_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "sdcourse.bench", "--quick", "--device", "cpu",
+                           "--json", str(out_json), "--markdown", str(out_md)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr, done.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    assert result["quick"] is True
+    settings = {(r["section"], r["setting"]) for r in result["rows"]}
+    assert ("mini model (CPU)", "time to first image, new process") in settings
+    assert ("SD 2.1 UNet step (batch 2)", "bf16, SDPA (default)") in settings
+    assert ("SD 2.1 VAE decode (2 images)", "fp32, vae.enable_tiling()") in settings
+    offload = [r for r in result["rows"] if r["section"].startswith("SD 2.1 pipeline")]
+    assert offload and all(r["note"] == "skipped (no GPU)" for r in offload)
+    measured = [r for r in result["rows"] if not r["note"].startswith("skipped")]
+    assert all(r["seconds"] and r["seconds"] > 0 for r in measured)
+    first = result["numbers"]["first_image"]
+    assert first["size"] == [64, 64] and first["total_s"] >= first["import_s"] > 0
+    assert 0 < result["numbers"]["mini_unet_share_of_matmul_peak"]
+    assert result["machine"]["torch"] == torch.__version__
+    assert out_md.read_text().startswith("# sdcourse benchmark (--quick)")
