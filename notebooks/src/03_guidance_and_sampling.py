@@ -7,7 +7,7 @@
 # - classifier-free guidance (CFG): why it works (caption dropout during training) and how
 #   (two noise predictions, combined);
 # - what `guidance_scale` and negative prompts do, seen in a grid, with a slider, and measured
-#   as a prompt-fidelity curve.
+#   as a prompt-fidelity curve (and where too much guidance hurts).
 #
 # **What you need**: CPU with the mini model: about a minute. Colab GPU with a real model:
 # about 3 minutes (download included).
@@ -146,21 +146,27 @@ sdc.show_images(grid, titles=[f"CFG {g}" for _ in prompts for g in cfg_scales], 
 
 # %% [markdown]
 # **Negative prompts** replace the empty prompt in the unconditional branch, so guidance
-# pushes *away* from them. Asking for a circle on a blue background without naming a colour,
-# with and without the negative prompt "red":
+# pushes *away* from them. Ask for a circle on a blue background without naming a colour and
+# see which colours the model picks; then name the most frequent one in the negative prompt:
 
 # %%
+from collections import Counter
+
+from sdcourse.evaluate import read_image
+
 open_prompt = "a circle on a blue background"
-plain = pipe([open_prompt] * 8, num_inference_steps=25, generator=sdc.make_generator(11)).images
-steered = pipe([open_prompt] * 8, negative_prompt=["a red circle"] * 8, num_inference_steps=25,
-               generator=sdc.make_generator(11)).images
+plain = pipe([open_prompt] * 12, num_inference_steps=25, generator=sdc.make_generator(11)).images
+colors = Counter(read_image(im).color for im in plain)
+favourite = colors.most_common(1)[0][0]
+steered = pipe([open_prompt] * 12, negative_prompt=[f"a {favourite} circle"] * 12,
+               num_inference_steps=25, generator=sdc.make_generator(11)).images
+print("colours without a negative prompt:", dict(colors))
+print(f"with negative prompt 'a {favourite} circle':", dict(Counter(read_image(im).color for im in steered)))
 sdc.image_grid(plain + steered, rows=2, size=64 if on_mini else 128)
 
 # %%
-from sdcourse.evaluate import read_image
-
-count_red = lambda images: sum(read_image(im).color == "red" for im in images)
-print(f"red objects: {count_red(plain)}/8 without, {count_red(steered)}/8 with the negative prompt")
+count = lambda images: sum(read_image(im).color == favourite for im in images)
+print(f"{favourite} objects: {count(plain)}/12 without, {count(steered)}/12 with the negative prompt")
 
 # %% [markdown]
 # ## 4. Try it: a guidance slider
@@ -204,10 +210,18 @@ for key in ("color_acc", "shape_acc", "background_acc"):
 ax.set(xlabel="guidance_scale", ylabel="share correct", ylim=(0, 1.05), title="prompt fidelity")
 ax.legend();
 
+# %% [markdown]
+# What the curve shows on the mini model: its world is so simple that the conditional model
+# alone (guidance 1) already gets colours right — unlike real Stable Diffusion, whose
+# captions are vague and whose pictures at guidance 1 drift from the prompt. But pushing
+# guidance up has the same cost as in SD: shapes degrade (SD's pictures over-saturate), so
+# guidance is a trade-off, not "more is better". The negative-prompt experiment above shows
+# the guidance direction at work even so.
+
 # %%
-# NBVAL_CHECK_OUTPUT
-print("guidance 7.5 follows the prompt's colour better than guidance 1:",
-      curve[7.5]["color_acc"] > curve[1.0]["color_acc"])
+best = max(scales, key=lambda g: curve[g]["shape_acc"])
+print(f"best shape accuracy at guidance {best}: {curve[best]['shape_acc']:.2f}; "
+      f"at 10.0: {curve[10.0]['shape_acc']:.2f}")
 
 # %% [markdown]
 # ## Exercises
