@@ -255,8 +255,8 @@ def cmd_models_path(args) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 
-TRAINERS = ("vae", "text2img", "inpaint", "depth", "depth-estimator")
-EVALUATIONS = ("vae", "text2img", "img2img", "inpaint", "depth2img")
+TRAINERS = ("vae", "text2img", "inpaint", "depth", "depth-estimator", "dreambooth")
+EVALUATIONS = ("vae", "text2img", "img2img", "inpaint", "depth2img", "dreambooth")
 
 
 def _add_train(sub) -> None:
@@ -269,7 +269,47 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--publish", action="store_true",
                    help="when done, copy the weights into the package (sdcourse/mini)")
+    db = p.add_argument_group("dreambooth", "teach a model a new subject (only with `train dreambooth`)")
+    db.add_argument("--instance-dir", type=Path, metavar="DIR", help="3 to 5 pictures of the subject")
+    db.add_argument("--instance-prompt", action="append", metavar="PROMPT",
+                    help="prompt with the rare token, e.g. 'a sks dog'; once for all pictures, "
+                    "or once per picture in file-name order")
+    db.add_argument("--class-prompt", action="append", metavar="PROMPT",
+                    help="the subject's class without the token, e.g. 'a dog' (repeatable)")
+    db.add_argument("--token", default="sks", help="the rare token (default sks)")
+    db.add_argument("--base", metavar="MODEL", help="diffusers folder or Hub id (default: the mini model)")
+    db.add_argument("--full", action="store_true", help="fine-tune the whole UNet instead of a LoRA")
+    db.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too")
+    db.add_argument("--no-prior", action="store_true", help="without prior preservation")
+    db.add_argument("--prior-loss-weight", type=float, default=1.0, metavar="W")
+    db.add_argument("--lr", type=float, default=None, help="default 3e-3 LoRA, 5e-4 full (mini model values)")
     p.set_defaults(func=cmd_train)
+
+
+_DREAMBOOTH_ONLY = ("instance_dir", "instance_prompt", "class_prompt", "base", "full",
+                    "train_text_encoder", "no_prior", "lr")
+
+
+def _train_dreambooth(args, out: Path) -> int:
+    """`sdcourse train dreambooth`: check the options, then train (or resume) a DreamBooth run."""
+    from .train import dreambooth
+
+    if args.publish:
+        raise UsageError("--publish ships parts of the mini model; a DreamBooth run stays in --out")
+    if args.instance_dir is None or not args.instance_prompt:
+        raise UsageError("train dreambooth needs --instance-dir DIR and --instance-prompt PROMPT")
+    prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
+    try:
+        result = dreambooth.train_dreambooth(
+            args.instance_dir, prompt, args.class_prompt, out, token=args.token, base=args.base,
+            lora=not args.full, train_text_encoder=args.train_text_encoder,
+            prior_preservation=not args.no_prior, prior_loss_weight=args.prior_loss_weight,
+            lr=args.lr, seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    except dreambooth.DreamBoothError as error:
+        raise UsageError(str(error)) from None
+    print(f"dreambooth: done; load it with sdcourse.train.dreambooth.load_dreambooth({str(out)!r}) "
+          f"({result})")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -279,6 +319,11 @@ def cmd_train(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     out = Path(args.out or f"runs/{args.model}")
+    if args.model == "dreambooth":
+        return _train_dreambooth(args, out)
+    given = [f"--{name.replace('_', '-')}" for name in _DREAMBOOTH_ONLY if getattr(args, name)]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only for `sdcourse train dreambooth`")
     kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
     if args.model == "vae":
         from .train import vae

@@ -1,0 +1,644 @@
+"""DreamBooth: teach a text-to-image model one new subject from 3 to 5 pictures.
+
+The recipe (Ruiz et al., 2022), step by step as the code below runs it:
+
+1. **Instance pictures + a rare token.** A few pictures of the subject are captioned with a
+   prompt holding a token the model has no meaning for ("a sks circle on a red background").
+   Fine-tuning on them binds the subject to that token.
+2. **Prior preservation.** Trained on those few pictures alone, the model soon draws the
+   subject for every prompt of its class ("a red circle" comes out as the subject too: the
+   class word drifts). So before training, the *base* model draws ~100 pictures of the class
+   ("a red circle on a blue background", ...), and every step also trains on a batch of
+   those with their own prompts. Their loss, weighted by ``prior_loss_weight``, keeps the
+   class as the base model knew it while the token takes on the subject.
+3. **What is trained.** Either the whole UNet, or (``lora=True``, the default) a LoRA: small
+   low-rank matrices added to the UNet's attention projections (``to_q``, ``to_k``,
+   ``to_v``, ``to_out.0``) while every original weight stays frozen. The LoRA is a file of a
+   few hundred kilobytes, ``pytorch_lora_weights.safetensors``, which any pipeline of the same
+   base model loads with ``pipe.load_lora_weights(folder)``. The text encoder may be trained
+   too (``train_text_encoder=True``, as a LoRA on its attention when ``lora=True``).
+
+Everything else is the text-to-image training step of :mod:`sdcourse.train.text2img`: encode
+pictures with the frozen VAE, add noise at a random timestep, make the UNet predict the noise.
+
+It runs on :mod:`accelerate`, so ``accelerate launch`` scales it unchanged, in fp16 mixed
+precision on a CUDA GPU. Inputs are checked before anything expensive happens; checkpoints
+are written atomically, and running the same call (or command) again resumes from the last
+one. On the mini model a run takes a minute or two on a laptop CPU.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from . import common
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MIN_IMAGES = 3
+LORA_FILE = "pytorch_lora_weights.safetensors"  # what pipe.load_lora_weights(folder) looks for
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+#: Words a rare token must not be: very common English words, and the mini world's own words.
+#: A token the model already knows has a meaning that DreamBooth would have to overwrite.
+COMMON_WORDS = frozenset("""
+a an the and or but if of in on at to for from by with without about into over under after
+before up down out off is are was were be been am do does did have has had it its this that
+these those there here i you he she we they me him her us them my your his our their what
+which who when where why how all any some no not yes one two three new old big small good bad
+best little long great high low man woman person people boy girl child baby dog cat bird
+horse cow car house tree flower sky sun water city street room table chair book photo picture
+image painting drawing art style portrait face hand eye head body toy bag hat shoe shirt dress
+cup bottle box ball love life time day night world home food light dark color colour shape
+object thing background foreground red green blue yellow purple orange white black pink brown
+gray grey circle square triangle rectangle star heart line round
+""".split())
+
+
+class DreamBoothError(ValueError):
+    """Unusable DreamBooth inputs, found before any training starts (the message says why and
+    what to do)."""
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
+    """The subject's pictures, from a folder or a list of PIL images, with a name for each.
+
+    Raises :class:`DreamBoothError` for a missing or empty folder, files in it that are not
+    pictures, pictures of different sizes, and fewer than 3 pictures.
+    """
+    if isinstance(instance, (str, Path)):
+        folder = Path(instance)
+        if not folder.is_dir():
+            raise DreamBoothError(f"instance folder {folder} does not exist: give the folder that "
+                                  f"holds {MIN_IMAGES} to 5 pictures of the subject")
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # .ipynb_checkpoints
+        if not entries:
+            raise DreamBoothError(f"instance folder {folder} is empty: put {MIN_IMAGES} to 5 "
+                                  "pictures of the subject in it")
+        other = [p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file()]
+        if other:
+            raise DreamBoothError(
+                f"instance folder {folder} holds {len(other)} unsupported file(s) "
+                f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): keep only the "
+                f"subject's pictures ({', '.join(IMAGE_SUFFIXES)}) in it")
+        images, names = [], []
+        for path in entries:
+            try:
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as error:
+                raise DreamBoothError(f"{path} cannot be read as a picture ({error}): replace or "
+                                      "remove it") from None
+            names.append(path.name)
+    else:
+        images = list(instance)
+        if not all(isinstance(im, Image.Image) for im in images):
+            raise DreamBoothError("instance images must be a folder or a list of PIL images")
+        images = [im.convert("RGB") for im in images]
+        names = [f"image {i}" for i in range(len(images))]
+    if len(images) < MIN_IMAGES:
+        raise DreamBoothError(f"only {len(images)} instance picture(s): DreamBooth needs at least "
+                              f"{MIN_IMAGES} (3 to 5 is typical) pictures of the subject, in "
+                              "different places or backgrounds: add more")
+    sizes = {im.size for im in images}
+    if len(sizes) > 1:
+        first = images[0].size
+        odd = next(i for i, im in enumerate(images) if im.size != first)
+        raise DreamBoothError(
+            f"instance pictures differ in size: {names[0]} is {first[0]}x{first[1]}, {names[odd]} "
+            f"is {images[odd].size[0]}x{images[odd].size[1]}: crop or resize them all to one "
+            "size (the model's own resolution is best)")
+    return images, names
+
+
+def check_token(token: str, tokenizer) -> None:
+    """A rare token must not be a common word and must stay one piece for the tokenizer."""
+    hint = 'use a rare token such as "sks" (the DreamBooth paper\'s choice) and put it in the instance prompt'
+    if not token or not token.strip() or len(token.split()) != 1:
+        raise DreamBoothError(f"rare token {token!r} must be one word: {hint}")
+    if token.lower() in COMMON_WORDS:
+        raise DreamBoothError(
+            f"rare token {token!r} is a common English word: the model already knows what it "
+            f"means and DreamBooth would overwrite it; {hint}")
+    pieces = tokenizer.tokenize(token)
+    if len(pieces) != 1:
+        raise DreamBoothError(
+            f"rare token {token!r} is split by the tokenizer into {len(pieces)} pieces "
+            f"({' '.join(pieces)}): the subject would be spread over tokens that also spell "
+            f"other words; {hint}")
+    word = pieces[0].removesuffix("</w>").lower()
+    if word in COMMON_WORDS:
+        raise DreamBoothError(f"rare token {token!r} reads as the common word {word!r} to the "
+                              f"tokenizer; {hint}")
+
+
+def _as_prompts(prompt, n: int, what: str) -> list[str]:
+    """One prompt per item: a single string for all, or a list of exactly ``n``."""
+    if isinstance(prompt, str):
+        return [prompt] * n
+    prompts = list(prompt or [])
+    if len(prompts) != n or not all(isinstance(p, str) for p in prompts):
+        raise DreamBoothError(f"{what}: give one string, or a list of one string per picture "
+                              f"({n}); got {len(prompts)}")
+    return prompts
+
+
+def check_prompts(instance_prompts: list[str], class_prompts: list[str], token: str) -> None:
+    """The token is in every instance prompt and in no class prompt."""
+    def words(prompt: str) -> list[str]:
+        return re.findall(r"[\w'-]+", prompt.lower())
+
+    for prompt in instance_prompts:
+        if token.lower() not in words(prompt):
+            raise DreamBoothError(f"instance prompt {prompt!r} lacks the rare token {token!r}: "
+                                  f"write it where the subject's name goes, e.g. \"a {token} dog\"")
+    for prompt in class_prompts:
+        if token.lower() in words(prompt):
+            raise DreamBoothError(f"class prompt {prompt!r} contains the rare token {token!r}: "
+                                  "class prompts describe the ordinary class, without the token")
+
+
+# -------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    """Everything a run's result depends on (except ``steps``: a longer run continues a shorter
+    one). Kept in ``<out>/dreambooth.json``; a checkpoint only resumes under the same settings."""
+
+    instance_prompts: list[str]
+    class_prompts: list[str]
+    token: str = "sks"
+    base: str = ""
+    lora: bool = True
+    rank: int = 16
+    train_text_encoder: bool = False
+    prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 100
+    batch_size: int = 4
+    lr: float = 3e-3
+    seed: int = 0
+    images_digest: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _digest(images: list[Image.Image]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for im in images:
+        h.update(repr(im.size).encode())
+        h.update(im.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def load_components(base) -> dict:
+    """The base model's tokenizer, text encoder, VAE, UNet and scheduler, in float32."""
+    import diffusers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    base = str(base)
+    sampler = getattr(diffusers, diffusers.PNDMScheduler.load_config(base, subfolder="scheduler")["_class_name"])
+    return {
+        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder").float(),
+        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae").float().eval(),
+        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet").float(),
+        "noise_scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),  # for training
+        "scheduler": sampler.from_pretrained(base, subfolder="scheduler"),  # for sampling
+    }
+
+
+def load_tokenizer(base):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(base), subfolder="tokenizer")
+
+
+def make_pipeline(parts: dict, tokenizer, device=None):
+    """A text-to-image pipeline around the given (possibly training) components."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
+                                   tokenizer=tokenizer, unet=parts["unet"],
+                                   scheduler=parts["scheduler"], safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device) if device is not None else pipe
+
+
+def resolution(parts: dict) -> int:
+    """Picture side the model works at: latent side times the VAE's downsampling."""
+    vae_scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+    return parts["unet"].config.sample_size * vae_scale
+
+
+def to_resolution(image: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` (a no-op for pictures already that size)."""
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    return image.crop(box).resize((size, size), Image.Resampling.BICUBIC)
+
+
+@torch.no_grad()
+def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int, batch: int = 50,
+                          steps: int = 25, guidance: float = 7.5) -> list[Image.Image]:
+    """Prior preservation's pictures: the base model's own answers to the class prompts.
+
+    Saved as PNG in ``folder`` (with ``prompts.json``) and reused by later runs; written to a
+    temporary folder first, so an interrupted generation leaves nothing half done.
+    """
+    folder = Path(folder)
+    manifest = _read_json(folder / "prompts.json")
+    if manifest == {"prompts": prompts, "seed": seed}:
+        return [Image.open(folder / f"{i:04d}.png").convert("RGB") for i in range(len(prompts))]
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    images = []
+    for i in tqdm(range(0, len(prompts), batch), desc="class images", mininterval=5):
+        generator = torch.Generator().manual_seed(seed + i)
+        images += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generator).images
+    for i, image in enumerate(images):
+        image.save(tmp / f"{i:04d}.png")
+    (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return images
+
+
+@torch.no_grad()
+def encode_images(vae, images: list[Image.Image], batch: int = 64):
+    """Latent mean and std of pictures (the VAE is frozen: done once, sampled every step)."""
+    from ..world import images_to_tensor
+
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        x = images_to_tensor(images[i:i + batch]).to(vae.device, vae.dtype)
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def add_lora(model, rank: int, targets: list[str]) -> None:
+    """Freeze ``model`` and add trainable LoRA matrices (rank ``rank``) to the named layers."""
+    from diffusers import ModelMixin
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
+    if isinstance(model, ModelMixin):  # the UNet: diffusers' own LoRA support
+        model.add_adapter(config)
+    else:  # the text encoder: peft directly (transformers' add_adapter wants a newer peft)
+        inject_adapter_in_model(config, model)
+        model.peft_config = {"default": config}
+
+
+class TrainedWeights:
+    """What a checkpoint keeps of a model: its trainable parameters only (the LoRA matrices,
+    or every weight of a fully fine-tuned model), in the ``save_pretrained`` form that
+    :func:`sdcourse.train.common.save_checkpoint` expects."""
+
+    FILE = "trained.safetensors"
+
+    def __init__(self, model):
+        self.model = model
+
+    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
+        from safetensors.torch import save_file
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file({name: p.detach().float().cpu().contiguous()
+                   for name, p in self.model.named_parameters() if p.requires_grad},
+                  Path(folder) / self.FILE)
+
+    @classmethod
+    def load_into(cls, model, folder) -> None:
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.load_state_dict(load_file(Path(folder) / cls.FILE), strict=False)
+        if unexpected:
+            raise RuntimeError(f"checkpoint {folder} does not fit the model: {unexpected[:3]}")
+
+
+def lora_state_dicts(unet, text_encoder, train_text_encoder: bool) -> dict:
+    """The LoRA weights in the diffusers format that ``load_lora_weights`` reads."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+    if train_text_encoder:
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(text_encoder))
+    return layers
+
+
+def save_result(out: Path, parts: dict, tokenizer, settings: Settings) -> Path:
+    """Write what the run produced (atomically) and return the path to load it from:
+    ``out`` with ``pytorch_lora_weights.safetensors`` for a LoRA, else ``out/pipeline``."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    if settings.lora:
+        tmp = out / "lora.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        StableDiffusionPipeline.save_lora_weights(
+            tmp, **lora_state_dicts(parts["unet"], parts["text_encoder"], settings.train_text_encoder))
+        (tmp / LORA_FILE).replace(out / LORA_FILE)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out
+    target, tmp = out / "pipeline", out / "pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_pipeline(parts, tokenizer).save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def load_dreambooth(out, device: str = "cpu"):
+    """The pipeline a run produced: its base model, plus the LoRA or the fine-tuned weights."""
+    from diffusers import StableDiffusionPipeline
+
+    out = Path(out)
+    record = _read_json(out / "dreambooth.json")
+    if record is None or not record.get("done_step"):
+        raise DreamBoothError(f"{out} holds no finished DreamBooth run: train it first")
+    settings = record["settings"]
+    if settings["lora"]:
+        pipe = StableDiffusionPipeline.from_pretrained(settings["base"], safety_checker=None,
+                                                       requires_safety_checker=False)
+        from diffusers.utils import logging
+
+        level = logging.get_verbosity()
+        if not settings["train_text_encoder"]:  # "no LoRA for the text encoder": as intended
+            logging.set_verbosity_error()
+        try:
+            pipe.load_lora_weights(out)
+        finally:
+            logging.set_verbosity(level)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def save_validation(pipe, prompts: list[str], path: Path, seed: int, per_prompt: int = 4) -> None:
+    """A grid of pictures: one row per validation prompt, ``per_prompt`` seeds each."""
+    rows = []
+    for prompt in prompts:
+        rows.append(pipe([prompt] * per_prompt, num_inference_steps=25, guidance_scale=7.5,
+                         generator=torch.Generator().manual_seed(seed)).images)
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (w * per_prompt, h * len(rows)))
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image, (c * w, r * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    grid.save(tmp)
+    tmp.replace(path)
+
+
+def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dreambooth", *,
+                     token: str = "sks", base=None, lora: bool = True, rank: int = 16,
+                     train_text_encoder: bool = False, prior_preservation: bool = True,
+                     prior_loss_weight: float = 1.0, num_class_images: int = 100,
+                     steps: int = 400, batch_size: int = 4, lr: float | None = None,
+                     seed: int = 0, save_every: int = 50, validate_every: int = 100,
+                     validation_prompts: list[str] | None = None) -> Path:
+    """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
+
+    ``instance``: a folder of 3-5 pictures, or a list of PIL images. ``instance_prompt``: one
+    prompt with the rare ``token`` for all pictures, or one per picture. ``class_prompt``: the
+    class without the token (one string, or a list cycled over ``num_class_images``); needed
+    for prior preservation. ``lr`` defaults to 3e-3 for a LoRA, 5e-4 for the full UNet (the
+    mini model's values: for Stable Diffusion itself use about 1e-4 and 5e-6).
+
+    Returns ``out`` (holding ``pytorch_lora_weights.safetensors``) for a LoRA, else
+    ``out/pipeline`` (a complete diffusers folder); :func:`load_dreambooth` loads either.
+    Calling it again with the same arguments resumes an interrupted run, or returns at once
+    when the run is finished.
+    """
+    # 1. check everything that can be wrong before anything expensive happens
+    images, _ = load_instance_images(instance)
+    instance_prompts = _as_prompts(instance_prompt, len(images), "instance_prompt")
+    if prior_preservation:
+        if not class_prompt:
+            raise DreamBoothError("prior preservation needs a class_prompt: the class of the "
+                                  "subject without the rare token (e.g. \"a dog\"), or pass "
+                                  "prior_preservation=False")
+        cycle = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
+        class_prompts = [cycle[i % len(cycle)] for i in range(num_class_images)]
+    else:
+        class_prompts = []
+    for name, value, least in (("steps", steps, 1), ("batch_size", batch_size, 1), ("rank", rank, 1),
+                               ("num_class_images", num_class_images, 1 if prior_preservation else 0)):
+        if value < least:
+            raise DreamBoothError(f"{name} must be at least {least}, got {value}")
+    if base is None:
+        from ..models import mini_model_path
+
+        base = mini_model_path("text2img")
+    tokenizer = load_tokenizer(base)
+    check_token(token, tokenizer)
+    check_prompts(instance_prompts, class_prompts, token)
+
+    out = Path(out)
+    settings = Settings(instance_prompts, class_prompts, token, str(base), lora, rank,
+                        train_text_encoder, prior_preservation, prior_loss_weight,
+                        num_class_images if prior_preservation else 0, batch_size,
+                        lr if lr is not None else (3e-3 if lora else 5e-4), seed, _digest(images))
+    record = _read_json(out / "dreambooth.json")
+    if record is not None and record["settings"] != settings.to_json():
+        raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: give another "
+                              "out folder, or delete this one to start over")
+    if record is not None and record.get("done_step", 0) >= steps:
+        return out if lora else out / "pipeline"  # already trained
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json()})
+    return _train(out, images, settings, tokenizer, steps, save_every, validate_every,
+                  validation_prompts or instance_prompts[:1] + class_prompts[:1])
+
+
+def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: int,
+           validate_every: int, validation_prompts: list[str]) -> Path:
+    from accelerate import Accelerator
+
+    from .text2img import tokenize
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
+    torch.manual_seed(s.seed)
+    parts = load_components(s.base)
+    parts["vae"].to(accelerator.device)
+    size = resolution(parts)
+    images = [to_resolution(im, size) for im in images]
+
+    # 2. prior preservation: the base model draws its class pictures (once; then reused)
+    class_images = []
+    if s.prior_preservation:
+        folder = out / "class_images"
+        if accelerator.is_main_process:
+            pipe = make_pipeline(parts, tokenizer, accelerator.device)
+            class_images = generate_class_images(pipe, s.class_prompts, folder, seed=s.seed)
+        accelerator.wait_for_everyone()
+        if not class_images:
+            class_images = generate_class_images(None, s.class_prompts, folder, seed=s.seed)
+        class_images = [to_resolution(im, size) for im in class_images]
+
+    # 3. what learns: a LoRA on the attention projections, or every weight
+    unet, text_encoder = parts["unet"], parts["text_encoder"]
+    text_encoder.requires_grad_(s.train_text_encoder)
+    if s.lora:
+        add_lora(unet, s.rank, UNET_LORA_TARGETS)
+        if s.train_text_encoder:
+            add_lora(text_encoder, s.rank, TEXT_LORA_TARGETS)
+    params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=1e-2)
+    ckpt = common.find_checkpoint(out)
+    start = 0
+    if ckpt is not None:
+        TrainedWeights.load_into(unet, ckpt / "unet")
+        if s.train_text_encoder:
+            TrainedWeights.load_into(text_encoder, ckpt / "text_encoder")
+        start = common.load_optimizer(optimizer, ckpt)
+        accelerator.print(f"dreambooth: resuming from step {start} ({ckpt})")
+
+    # the VAE is frozen: encode every picture once; the prompts too when the encoder is frozen
+    inst_mean, inst_std = encode_images(parts["vae"], images)
+    cls_mean, cls_std = encode_images(parts["vae"], class_images) if class_images else (None, None)
+    prompts = s.instance_prompts + s.class_prompts
+    ids = tokenize(tokenizer, prompts)
+    frozen_hidden = None
+    if not s.train_text_encoder:
+        text_encoder.to(accelerator.device)
+        with torch.no_grad():
+            frozen_hidden = torch.cat([text_encoder(ids[i:i + 64].to(accelerator.device))[0]
+                                       for i in range(0, len(ids), 64)])
+    scale = parts["vae"].config.scaling_factor
+    noise_scheduler = parts["noise_scheduler"]
+
+    if s.train_text_encoder:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    else:  # a frozen model must not be wrapped for distributed training
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        text_encoder.to(accelerator.device)
+    unet.train()
+    text_encoder.train(s.train_text_encoder)
+    n_inst, n_cls = len(images), len(class_images)
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="dreambooth", mininterval=2,
+               **({} if accelerator.is_main_process else {"disable": True}))
+    for step in bar:
+        # 4. the batch of this step depends only on (seed, step): a resumed run sees the same
+        g = torch.Generator().manual_seed(s.seed * 10**6 + step * world_size + rank)
+        idx = torch.randint(0, n_inst, (s.batch_size,), generator=g)
+        mean, std = inst_mean[idx], inst_std[idx]
+        if n_cls:  # instance half + class half, one forward pass
+            cidx = torch.randint(0, n_cls, (s.batch_size,), generator=g)
+            mean, std = torch.cat([mean, cls_mean[cidx]]), torch.cat([std, cls_std[cidx]])
+            idx = torch.cat([idx, n_inst + cidx])
+        latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=g)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        device = accelerator.device
+        if frozen_hidden is not None:
+            hidden = frozen_hidden[idx.to(device)]
+        else:
+            hidden = text_encoder(ids[idx].to(device))[0]
+
+        pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=hidden).sample.float()
+        noise = noise.to(device)
+        instance_loss = F.mse_loss(pred[:s.batch_size], noise[:s.batch_size])
+        loss = instance_loss
+        prior_loss = torch.zeros(())
+        if n_cls:  # 5. prior preservation: the class pictures keep their meaning
+            prior_loss = F.mse_loss(pred[s.batch_size:], noise[s.batch_size:])
+            loss = instance_loss + s.prior_loss_weight * prior_loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+        done = step + 1
+        bar.set_postfix(loss=f"{instance_loss.item():.4f}", prior=f"{prior_loss.item():.4f}")
+        if accelerator.is_main_process:
+            if done % 10 == 0 or done == steps:
+                common.append_log(out, done, loss=instance_loss.item(), prior_loss=prior_loss.item())
+            if validate_every and (done % validate_every == 0 or done == steps):
+                validate(parts, tokenizer, accelerator, unet, text_encoder, validation_prompts,
+                         out / "validation" / f"step_{done:05d}.png", s)
+            if done % save_every == 0 or done == steps:
+                models = {"unet": TrainedWeights(accelerator.unwrap_model(unet))}
+                if s.train_text_encoder:
+                    models["text_encoder"] = TrainedWeights(accelerator.unwrap_model(text_encoder))
+                common.save_checkpoint(out, done, models, optimizer)
+        accelerator.wait_for_everyone()
+    bar.close()
+
+    result = out if s.lora else out / "pipeline"
+    if accelerator.is_main_process:
+        parts["unet"] = accelerator.unwrap_model(unet)
+        parts["text_encoder"] = accelerator.unwrap_model(text_encoder)
+        result = save_result(out, parts, tokenizer, s)
+        record = _read_json(out / "dreambooth.json")
+        seconds = record.get("train_seconds", 0.0) + time.perf_counter() - started
+        cpu = record.get("train_cpu_seconds", 0.0) + time.process_time() - cpu_started
+        _write_json(out / "dreambooth.json", {"settings": s.to_json(), "done_step": steps,
+                                              "train_seconds": round(seconds, 2),
+                                              "train_cpu_seconds": round(cpu, 2)})
+    accelerator.wait_for_everyone()
+    return result
+
+
+def validate(parts, tokenizer, accelerator, unet, text_encoder, prompts, path: Path, s: Settings):
+    """Draw the validation prompts with the model as it is now (then back to training)."""
+    unet_m, te_m = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+    unet_m.eval()
+    te_m.eval()
+    pipe = make_pipeline({**parts, "unet": unet_m, "text_encoder": te_m}, tokenizer)
+    with accelerator.autocast():
+        save_validation(pipe, prompts, path, seed=s.seed)
+    unet_m.train()
+    te_m.train(s.train_text_encoder)

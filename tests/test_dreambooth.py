@@ -1,0 +1,237 @@
+"""DreamBooth: the subject and its detector, input checks, LoRA output, resume after a kill.
+
+Mechanics only: the pipeline here has random weights (built in a temporary folder), so
+nothing about quality is tested; `sdcourse evaluate dreambooth` measures that on the mini model.
+"""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdcourse import dreambooth_subject as subject
+from sdcourse import world
+from sdcourse.train import common
+from sdcourse.train import dreambooth as db
+
+FAST = dict(steps=2, batch_size=2, num_class_images=2, save_every=1, validate_every=0)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A random-weight pipeline of the mini model's architecture, saved as a diffusers folder."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from sdcourse.models import MINI_DIR
+    from sdcourse.train import text2img, vae
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("base")
+    StableDiffusionPipeline(
+        vae=AutoencoderKL(**vae.VAE_CONFIG), unet=UNet2DConditionModel(**text2img.UNET_CONFIG),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text2img.TEXT_ENCODER_CONFIG)),
+        tokenizer=CLIPTokenizer.from_pretrained(MINI_DIR / "tokenizer"),
+        scheduler=text2img.sampling_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def instance_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("instance")
+    subject.save_instance_images(folder, n=4)
+    return folder
+
+
+# ------------------------------------------------------------------------------ the subject
+
+
+def test_detector_finds_the_subject_in_any_context_and_nothing_else():
+    rng = random.Random(0)
+    backgrounds = [c for c in world.COLORS if c not in (subject.LEFT, subject.RIGHT)]
+    drawn = [subject.random_subject(rng, rng.choice(backgrounds)) for _ in range(200)]
+    assert np.mean([subject.detect_subject(im) for im in drawn]) >= 0.95
+    ordinary = [s.image for s in world.dataset(300, seed=4)]
+    assert np.mean([subject.detect_subject(im) for im in ordinary]) <= 0.05
+    # the left/right order matters: the mirrored subject is not the subject
+    mirrored = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in drawn[:50]]
+    assert np.mean([subject.detect_subject(im) for im in mirrored]) <= 0.05
+
+
+def test_instance_pictures_and_prompts():
+    images = subject.make_instance_images(4)
+    prompts = subject.instance_prompts(4)
+    assert len(images) == 4 and all(im.size == (64, 64) for im in images)
+    assert all(subject.detect_subject(im) for im in images)
+    assert prompts[0] == "a sks circle on a red background"
+    assert not any("green" in p for p in prompts)  # green is kept for the unseen context
+    assert all("sks" not in p and "circle" in p for p in subject.class_prompts(10))
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _expect_error(tmp_path, monkeypatch, instance, match, **kwargs):
+    """The call fails with a DreamBoothError before any model is loaded."""
+    def no_training(*args, **kw):
+        raise AssertionError("training started before the inputs were checked")
+
+    monkeypatch.setattr(db, "load_components", no_training)
+    args = dict(instance_prompt="a sks circle", class_prompt="a red circle",
+                out=tmp_path / "run", base=kwargs.pop("base"))
+    with pytest.raises(db.DreamBoothError, match=match) as info:
+        db.train_dreambooth(instance, **(args | kwargs))
+    message = str(info.value)
+    assert "\n" not in message and ":" in message  # one line: the problem, then what to do
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    return message
+
+
+def test_missing_and_empty_instance_folders(tmp_path, monkeypatch, base):
+    message = _expect_error(tmp_path, monkeypatch, tmp_path / "nowhere", "does not exist", base=base)
+    assert "pictures of the subject" in message
+    (tmp_path / "empty").mkdir()
+    message = _expect_error(tmp_path, monkeypatch, tmp_path / "empty", "is empty", base=base)
+    assert "put 3 to 5 pictures" in message
+
+
+def test_unsupported_files_in_the_instance_folder(tmp_path, monkeypatch, base, instance_dir):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in instance_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.txt").write_text("my subject")
+    message = _expect_error(tmp_path, monkeypatch, folder, "unsupported", base=base)
+    assert "notes.txt" in message and "keep only" in message
+    (folder / "notes.txt").unlink()
+    (folder / "broken.png").write_text("not a picture")
+    _expect_error(tmp_path, monkeypatch, folder, "cannot be read as a picture", base=base)
+
+
+def test_mismatched_sizes_and_too_few_pictures(tmp_path, monkeypatch, base):
+    images = subject.make_instance_images(4)
+    images[2] = images[2].resize((96, 96))
+    message = _expect_error(tmp_path, monkeypatch, images, "differ in size", base=base)
+    assert "96x96" in message and "resize" in message
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(2), "only 2", base=base)
+    assert "at least 3" in message and "add more" in message
+
+
+@pytest.mark.parametrize("token, problem", [
+    ("dog", "common English word"),  # a word the model already knows
+    ("red", "common English word"),  # one of the mini world's own words
+    ("xqzvw", "split by the tokenizer into 4 pieces"),
+])
+def test_rare_token_must_be_rare_and_one_token(tmp_path, monkeypatch, base, token, problem):
+    images = subject.make_instance_images(4)
+    message = _expect_error(tmp_path, monkeypatch, images, problem, base=base, token=token,
+                            instance_prompt=f"a {token} circle")
+    assert '"sks"' in message
+
+
+def test_prompts_must_carry_the_token(tmp_path, monkeypatch, base):
+    images = subject.make_instance_images(4)
+    _expect_error(tmp_path, monkeypatch, images, "lacks the rare token", base=base,
+                  instance_prompt="a circle")
+    _expect_error(tmp_path, monkeypatch, images, "class prompt .* contains", base=base,
+                  class_prompt="a sks circle")
+    _expect_error(tmp_path, monkeypatch, images, "needs a class_prompt", base=base, class_prompt=None)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_lora_run_loads_into_a_pipeline_and_changes_the_unet(tmp_path, base, instance_dir):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "lora"
+    result = db.train_dreambooth(instance_dir, subject.instance_prompts(4), "a red circle", out,
+                                 base=base, lr=1e-2, validation_prompts=["a sks circle"],
+                                 **(FAST | {"validate_every": 2}))
+    assert result == out and (out / db.LORA_FILE).stat().st_size < 2_000_000
+    assert (out / "validation" / "step_00002.png").exists()
+    assert len(list((out / "class_images").glob("*.png"))) == 2
+
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    hidden = torch.randn(1, 77, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = pipe.unet(x, t, encoder_hidden_states=hidden).sample
+        pipe.load_lora_weights(out)
+        after = pipe.unet(x, t, encoder_hidden_states=hidden).sample
+    assert not torch.allclose(before, after, atol=1e-6)
+    # a finished run is not trained again
+    record = json.loads((out / "dreambooth.json").read_text())
+    assert record["done_step"] == 2 and record["train_seconds"] > 0
+    mtime = (out / db.LORA_FILE).stat().st_mtime_ns
+    db.train_dreambooth(instance_dir, subject.instance_prompts(4), "a red circle", out,
+                        base=base, lr=1e-2, **FAST)
+    assert (out / db.LORA_FILE).stat().st_mtime_ns == mtime
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch, capsys):
+    """Kill the run while it writes its 3rd checkpoint: the rerun continues from step 2."""
+    out = tmp_path / "run"
+    images = subject.make_instance_images(3)
+    args = dict(instance_prompt="a sks circle", out=out, base=base, prior_preservation=False,
+                train_text_encoder=True, **(FAST | {"steps": 4}))
+    real_save = common.save_checkpoint
+
+    def save_then_die(folder, step, *a, **kw):
+        if step == 3:  # a kill in the middle of writing: half a checkpoint.tmp
+            (folder / "checkpoint.tmp").mkdir()
+            (folder / "checkpoint.tmp" / "optimizer.pt").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real_save(folder, step, *a, **kw)
+
+    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        db.train_dreambooth(images, **args)
+    assert common.checkpoint_step(common.find_checkpoint(out)) == 2
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    capsys.readouterr()
+
+    db.train_dreambooth(images, **args)  # the same call again
+    assert "resuming from step 2" in capsys.readouterr().out
+    assert common.checkpoint_step(common.find_checkpoint(out)) == 4
+    assert not list(out.glob("*.tmp")) and not (out / "checkpoint.old").exists()
+    assert (out / db.LORA_FILE).exists()
+    # another setting is another run: it is not mixed into this one
+    with pytest.raises(db.DreamBoothError, match="other settings"):
+        db.train_dreambooth(images, **(args | {"rank": 4}))
+
+
+def test_full_finetune_writes_a_pipeline(tmp_path, base):
+    from diffusers import StableDiffusionPipeline
+
+    images = subject.make_instance_images(3)
+    result = db.train_dreambooth(images, "a sks circle", "a red circle", tmp_path / "full",
+                                 base=base, lora=False, **(FAST | {"steps": 1}))
+    assert result == tmp_path / "full" / "pipeline"
+    pipe = StableDiffusionPipeline.from_pretrained(result)
+    base_unet = StableDiffusionPipeline.from_pretrained(base).unet
+    assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), base_unet.parameters()))
+    assert db.load_dreambooth(tmp_path / "full").unet.config.sample_size == 8
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys):
+    from sdcourse.cli import main
+
+    (tmp_path / "empty").mkdir()
+    status = main(["train", "dreambooth", "--instance-dir", str(tmp_path / "empty"),
+                   "--instance-prompt", "a sks circle", "--class-prompt", "a circle",
+                   "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("sdcourse: error: instance folder") and "empty" in err
+    assert len(err.splitlines()) == 1
+    assert main(["train", "dreambooth", "--instance-prompt", "a sks circle"]) == 2
+    assert "needs --instance-dir" in capsys.readouterr().err
+    assert main(["train", "vae", "--instance-dir", str(tmp_path)]) == 2
+    assert "only for `sdcourse train dreambooth`" in capsys.readouterr().err
