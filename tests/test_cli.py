@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -162,18 +163,25 @@ def test_doctor_lists_every_task(capsys, offline):
 
 
 def test_models_path(capsys, monkeypatch, tmp_path):
-    """The path of each task's mini model, or (checkpoint not built yet) a one-line error."""
+    """Every task's shipped mini model resolves to a diffusers folder the CLI prints."""
     models = _models()
     monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
     for task in models.TASKS:
-        try:
-            expected = str(models.mini_model_path(task))
-        except models.ModelChoiceError as error:
-            assert cli.main(["models", "path", task]) == 1
-            assert capsys.readouterr().err.strip() == f"sdcourse: error: {error}"
-        else:
-            assert cli.main(["models", "path", task]) == 0
-            assert capsys.readouterr().out.strip() == expected
+        assert cli.main(["models", "path", task]) == 0
+        printed = capsys.readouterr().out.strip()
+        assert printed == str(models.mini_model_path(task))
+        assert (tmp_path / "mini").resolve() in Path(printed).resolve().parents
+        assert (Path(printed) / "model_index.json").is_file()
+
+
+def test_models_path_missing_checkpoint(capsys, monkeypatch, tmp_path):
+    """Without the shipped weights (a broken install) it fails with a one-line error."""
+    models = _models()
+    monkeypatch.setattr(models, "MINI_DIR", tmp_path / "empty")
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
+    assert cli.main(["models", "path", "text2img"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdcourse: error: the mini model for text2img lacks") and "\n" not in err
 
 
 def test_models_path_unknown_task(capsys):
