@@ -266,6 +266,11 @@ def _add_train(sub) -> None:
     p.add_argument("model", choices=TRAINERS, help="which part to train")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop at this step of the --steps schedule (vae, text2img, inpaint, depth)")
+    p.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="inpaint/depth: folder with the text2img unet and text_encoder to start "
+                   "from (default: the shipped mini model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--publish", action="store_true",
                    help="when done, copy the weights into the package (sdcourse/mini)")
@@ -316,8 +321,17 @@ def cmd_train(args) -> int:
     """Train (or resume) one part of the mini model, optionally shipping the result."""
     from .models import MINI_DIR
 
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    for name in ("steps", "stop_at"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.stop_at and args.model not in ("vae", "text2img", "inpaint", "depth"):
+        raise UsageError(f"--stop-at: not for `sdcourse train {args.model}`")
+    if args.init and args.model not in ("inpaint", "depth"):
+        raise UsageError("--init: only for `sdcourse train inpaint` and `sdcourse train depth`")
+    if args.init and not (args.init / "unet").is_dir():
+        raise UsageError(f"--init {args.init}: no unet folder there (give a folder holding the "
+                         "text2img unet and text_encoder, e.g. runs/text2img/at_text_encoder_freeze)")
     out = Path(args.out or f"runs/{args.model}")
     if args.model == "dreambooth":
         return _train_dreambooth(args, out)
@@ -325,10 +339,11 @@ def cmd_train(args) -> int:
     if given:
         raise UsageError(f"{', '.join(given)}: only for `sdcourse train dreambooth`")
     kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    stop = {"stop_at": args.stop_at} if args.stop_at else {}
     if args.model == "vae":
         from .train import vae
 
-        model = vae.train(out, **kwargs)
+        model = vae.train(out, **kwargs, **stop)
         if args.publish:
             factor = vae.publish(model, MINI_DIR / "vae")
             print(f"published {MINI_DIR / 'vae'} (scaling_factor {factor:.5f})")
@@ -348,9 +363,9 @@ def cmd_train(args) -> int:
         if task != "text2img" and not (MINI_DIR / "unet").is_dir():
             raise CliError(f"the {task} UNet starts from the text2img one, which is not in "
                            f"{MINI_DIR}: run `sdcourse train text2img --publish` first")
-        extra = {} if task == "text2img" else {"task": task, "init": MINI_DIR}
+        extra = {} if task == "text2img" else {"task": task, "init": args.init or MINI_DIR}
         text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer",
-                       **extra, **kwargs)
+                       **extra, **kwargs, **stop)
         if args.publish:
             text2img.publish(out / "checkpoint", MINI_DIR, task=task)
             print(f"published the {task} UNet into {MINI_DIR}")

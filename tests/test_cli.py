@@ -188,3 +188,15 @@ def test_models_path_unknown_task(capsys):
     _models()
     assert cli.main(["models", "path", "video"]) == 2
     assert "unknown task 'video'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "vae", "--stop-at", "0"], "--stop-at must be at least 1, got 0"),
+    (["train", "depth-estimator", "--stop-at", "10"], "--stop-at: not for `sdcourse train depth-estimator`"),
+    (["train", "text2img", "--init", "runs"], "--init: only for `sdcourse train inpaint`"),
+    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet folder there"),
+])
+def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path):
+    assert cli.main(argv + ["--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

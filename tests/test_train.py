@@ -7,7 +7,8 @@ from sdcourse.train import common, vae
 
 def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path):
     out = tmp_path / "vae"
-    vae.train(out, steps=4, batch_size=2, freeze_encoder_at=2, save_every=2, eval_every=100)
+    # a 6-step schedule stopped at step 4 (as the shipped VAE stopped at 2000 of 4000)
+    vae.train(out, steps=6, stop_at=4, batch_size=2, freeze_encoder_at=2, save_every=3, eval_every=100)
     assert common.checkpoint_step(common.find_checkpoint(out)) == 4
     snapshot = AutoencoderKL.from_pretrained(out / "frozen_encoder_vae")
     assert snapshot.config.scaling_factor != 0.18215  # measured on data, not copied from SD
@@ -16,7 +17,7 @@ def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path):
         assert torch.equal(a, b)  # the latent space did not move after the freeze
     assert any(not torch.equal(a, b) for a, b in zip(snapshot.decoder.parameters(),
                                                          after.decoder.parameters()))
-    # a second call resumes at step 4 and runs only the missing steps
+    # a second call, without stop_at, resumes at step 4 and runs only the missing steps
     vae.train(out, steps=6, batch_size=2, freeze_encoder_at=2, save_every=2, eval_every=100)
     assert common.checkpoint_step(common.find_checkpoint(out)) == 6
     lines = (out / "log.csv").read_text().splitlines()

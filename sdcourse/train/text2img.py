@@ -57,6 +57,7 @@ def sampling_scheduler() -> DDIMScheduler:
 
 
 EXTRA_CHANNELS = {"text2img": 0, "inpaint": 5, "depth": 1}  # beyond the 4 latent channels
+N_IMAGES = {"text2img": 20000, "inpaint": 10000, "depth": 10000}  # training set sizes
 
 
 def random_inpaint_mask(scene: world.Scene, rng: random.Random) -> torch.Tensor:
@@ -138,18 +139,26 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
 
 
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
-          batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int = 20000,
+          batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int | None = None,
           caption_dropout: float = 0.1, ema_decay: float = 0.999, save_every: int = 250,
           eval_every: int = 1000, task: str = "text2img", init: Path | None = None,
-          freeze_text_encoder_at: int | None = 2000) -> None:
+          freeze_text_encoder_at: int | None = 2000, stop_at: int | None = None) -> None:
     """Train a UNet (and, for text2img, the text encoder). ``init``: for inpaint/depth, a
     folder with the trained text-to-image ``unet`` and ``text_encoder`` to start from.
+
+    The learning rate warms up over 500 steps, then decays along a cosine to 10% at ``steps``;
+    ``stop_at`` ends early at that step of the schedule. Running again resumes from the last
+    checkpoint, on the schedule of the ``steps`` given then. The shipped UNets (see
+    "Reproducing it" in the README for the exact commands): text2img is step 5000 of 7000 (batch
+    32, lr 6e-4, 20000 images); inpaint and depth start from the text2img UNet of step 2000
+    and train on 10000 images.
 
     The text encoder learns only until ``freeze_text_encoder_at``; then it is final and saved
     with the UNet of that step in ``<out>/at_text_encoder_freeze`` — the starting point of the
     inpaint and depth UNets, which can train from then on beside this one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    n_images = n_images or N_IMAGES[task]
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     vae = AutoencoderKL.from_pretrained(vae_path).eval()
@@ -194,7 +203,8 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     unet.train()
     text_encoder.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="text2img", mininterval=5)
+    end = min(steps, stop_at or steps)
+    bar = tqdm(range(start, end), initial=start, total=end, desc=task, mininterval=5)
     for step in bar:
         if not frozen and step == freeze_text_encoder_at:
             frozen = True
@@ -235,12 +245,12 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         values = {"loss": loss.item()}
-        if task == "text2img" and eval_every and (done % eval_every == 0 or done == steps):
+        if task == "text2img" and eval_every and (done % eval_every == 0 or done == end):
             values.update(quick_eval(vae, accelerator.unwrap_model(text_encoder), tokenizer, ema))
             bar.write(f"step {done}: {values}")
         if done % 25 == 0 or len(values) > 1:
             common.append_log(out, done, **values)
-        if done % save_every == 0 or done == steps:
+        if done % save_every == 0 or done == end:
             common.save_checkpoint(out, done, {
                 "unet": accelerator.unwrap_model(unet), "unet_ema": ema,
                 "text_encoder": accelerator.unwrap_model(text_encoder)}, optimizer)

@@ -63,7 +63,14 @@ def freeze_encoder(vae: AutoencoderKL) -> None:
 
 def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, seed: int = 0,
           freeze_encoder_at: int | None = 1200, save_every: int = 200,
-          eval_every: int = 200, kl_weight: float = 1e-6) -> AutoencoderKL:
+          eval_every: int = 200, kl_weight: float = 1e-6,
+          stop_at: int | None = None) -> AutoencoderKL:
+    """Train (or resume) the VAE in ``out``; returns it in eval mode.
+
+    The learning rate warms up over 100 steps, then decays along a cosine to 10% at
+    ``steps``. ``stop_at``: end early, at this step of that schedule (the shipped VAE is step
+    2000 of the default 4000: PSNR 30.6 dB on fresh images, already past the 28 dB target);
+    running again with a later ``stop_at`` continues the same schedule."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -84,7 +91,8 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
 
     vae, optimizer = accelerator.prepare(vae, optimizer)
     vae.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="vae", mininterval=5)
+    end = min(steps, stop_at or steps)
+    bar = tqdm(range(start, end), initial=start, total=end, desc="vae", mininterval=5)
     for step in bar:
         if not frozen and step == freeze_encoder_at:  # from here on only the decoder learns
             frozen = True
@@ -111,14 +119,14 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
         bar.set_postfix(loss=f"{loss.item():.5f}")
         done = step + 1
         values = {"loss": loss.item()}
-        if done % eval_every == 0 or done == steps:
+        if done % eval_every == 0 or done == end:
             vae.eval()
             values["psnr"] = evaluate_psnr(accelerator.unwrap_model(vae))
             vae.train()
             bar.write(f"step {done}: psnr {values['psnr']:.2f} dB")
         if done % 20 == 0 or "psnr" in values:
             common.append_log(out, done, **values)
-        if done % save_every == 0 or done == steps:
+        if done % save_every == 0 or done == end:
             common.save_checkpoint(out, done, {"vae": accelerator.unwrap_model(vae)}, optimizer)
     vae = accelerator.unwrap_model(vae).eval()
     return vae
