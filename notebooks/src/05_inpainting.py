@@ -154,12 +154,14 @@ else:
     print("SKIPPED: the pixel evaluator reads the mini model's world only")
 
 # %% [markdown]
-# Read the numbers honestly: on real Stable Diffusion the dedicated inpainting UNet gives
-# much more coherent fills than blending. The mini inpainting UNet was fine-tuned from the
-# text-to-image UNet for only 1,000 steps on a CPU, and on this simple world the blending
-# trick (which re-imposes the exact surroundings at every step) is a strong baseline; see
-# the course README for the measured numbers over 100 cases. Train it longer with
-# `sdcourse train inpaint` and rerun this cell.
+# Read the numbers: the inpainting UNet sees the whole picture and the mask at every step,
+# so it draws a new object that fits the hole and leaves the surroundings alone. Blending
+# only pastes the surroundings back into the latents; the plain UNet never learned to
+# respect a hole, so its object spills over the edge or the seam shows. Over 100 cases
+# (`sdcourse evaluate inpaint`, in the course README) the mini inpainting UNet puts the
+# requested object in the mask 87% of the time, with 32.7 dB outside. With 24 cases each
+# share here has a standard error of about 0.08 (binomial): compare them, don't read the
+# second decimal.
 
 # %%
 # NBVAL_CHECK_OUTPUT
