@@ -218,6 +218,23 @@ def test_full_finetune_writes_a_pipeline(tmp_path, base):
     assert db.load_dreambooth(tmp_path / "full").unet.config.sample_size == 8
 
 
+def test_text_encoder_gets_its_own_learning_rate(tmp_path, base):
+    """With ``text_encoder_lr`` the encoder's weights follow their own peak rate; the schedule
+    (a cosine to zero) scales both groups alike, and a resumed run keeps them."""
+    images = subject.make_instance_images(3)
+    out = tmp_path / "te"
+    args = dict(instance_prompt="a sks circle", class_prompt="a red circle", out=out, base=base,
+                lora=False, train_text_encoder=True, lr=1e-4, text_encoder_lr=1e-3)
+    db.train_dreambooth(images, **(args | FAST | {"steps": 4, "save_every": 2}))
+    state = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True)
+    unet_group, te_group = state["param_groups"]
+    assert (unet_group["base_lr"], te_group["base_lr"]) == (1e-4, 1e-3)
+    assert te_group["lr"] == pytest.approx(10 * unet_group["lr"]) and 0 < unet_group["lr"] < 1e-4
+    # changing the rate is changing the run: the folder refuses it
+    with pytest.raises(db.DreamBoothError, match="other settings"):
+        db.train_dreambooth(images, **(args | FAST | {"text_encoder_lr": 2e-3}))
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 
