@@ -216,6 +216,7 @@ def test_full_finetune_writes_a_pipeline(tmp_path, base):
     base_unet = StableDiffusionPipeline.from_pretrained(base).unet
     assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), base_unet.parameters()))
     assert db.load_dreambooth(tmp_path / "full").unet.config.sample_size == 8
+    assert db.load_dreambooth(result).unet.config.sample_size == 8  # the returned path loads too
 
 
 def test_text_encoder_gets_its_own_learning_rate(tmp_path, base):

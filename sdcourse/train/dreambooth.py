@@ -394,10 +394,14 @@ def save_result(out: Path, parts: dict, tokenizer, settings: Settings) -> Path:
 
 
 def load_dreambooth(out, device: str = "cpu"):
-    """The pipeline a run produced: its base model, plus the LoRA or the fine-tuned weights."""
+    """The pipeline a run produced: its base model, plus the LoRA or the fine-tuned weights.
+
+    ``out``: the run folder, or the path :func:`train_dreambooth` returned."""
     from diffusers import StableDiffusionPipeline
 
     out = Path(out)
+    if out.name == "pipeline" and (out.parent / "dreambooth.json").exists():
+        out = out.parent  # the path train_dreambooth returned for a full fine-tune
     record = _read_json(out / "dreambooth.json")
     if record is None or not record.get("done_step"):
         raise DreamBoothError(f"{out} holds no finished DreamBooth run: train it first")
