@@ -126,8 +126,8 @@ prompts = [subject.subject_prompt("green"), subject.subject_prompt("orange"),
 rows = []
 for pipe in (base, tuned[True], tuned[False]):
     rows += pipe(prompts, num_inference_steps=25, generator=sdc.make_generator(1)).images
-short = [p.removeprefix("a ").replace(" circle on a ", " circle, ").replace(" background", "")
-         for p in prompts]  # "sks circle, green"
+short = [p.removeprefix("a ").replace(" circle on a ", " on ").replace(" background", "")
+         for p in prompts]  # "sks on green"
 sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no prior") for p in short],
                 cols=4, size=2);
 
