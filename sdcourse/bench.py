@@ -583,14 +583,14 @@ def bench_real_unet(report: Report, plan: Plan, device) -> float | None:
         weights = model_bytes(unet)
         unet.set_attention_slice(None)  # the default: SDPA (F.scaled_dot_product_attention)
         # bf16 on a CPU without bf16 units runs ~30x slower than fp32 (146 s a step at 256 px
-        # on the reference laptop): one timed call after the profiled one is enough
-        slow = dtype != torch.float32 and not gpu and plan.unet_reps
+        # on the reference laptop): one row, one timed call after the profiled one
+        cpu_half = dtype != torch.float32 and not gpu
+        reps = min(plan.unet_reps, 1) if cpu_half else plan.unet_reps
         measure(report, section, f"{name}, SDPA (default)", size,
-                lambda: unet_step(unet, latent, device=device), device, weights,
-                1 if slow else plan.unet_reps,
-                ", ".join(filter(None, [note, "one timed call" if slow else ""])))
-        if dtype != torch.float32 and not gpu:
-            continue  # on a CPU one half-precision row tells the story (and saves minutes)
+                lambda: unet_step(unet, latent, device=device), device, weights, reps,
+                ", ".join(filter(None, [note, "one timed call" if cpu_half and reps else ""])))
+        if cpu_half:
+            continue
         unet.set_attention_slice("auto")
         measure(report, section, f"{name}, attention slicing", size,
                 lambda: unet_step(unet, latent, device=device), device, weights, plan.unet_reps, note)
