@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import world
-from .evaluate import read_image, to_array
+from .evaluate import _in_batches, read_image, to_array
 
 # The subject's two halves. White and black because the mini VAE, which never saw a two-tone
 # object, redraws light/dark contrasts faithfully; colourful pairs (yellow/blue...) bleed.
@@ -135,16 +135,11 @@ def measure(pipe, n: int = 50, seed: int = 1234, batch: int = 50, steps: int = 2
     """``subject_fidelity``: share of "a sks circle on a green background" pictures showing the
     subject; ``prior_kept``: share of "a red circle on a green background" (any colour) showing
     that ordinary circle, and not the subject."""
-    import torch
-
     subject, ordinary = _unseen_and_class_prompts(n, seed)
 
     def draw(prompts):
-        images = []
-        for i in range(0, n, batch):
-            images += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=7.5,
-                           generator=torch.Generator().manual_seed(seed + i)).images
-        return images
+        return _in_batches(pipe, n, batch, seed, prompt=prompts, num_inference_steps=steps,
+                           guidance_scale=7.5)
 
     fidelity = np.mean([detect_subject(im) for im in draw(subject)])
     kept = []
