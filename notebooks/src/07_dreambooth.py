@@ -10,8 +10,9 @@
 # - measured: the subject appears in contexts it was never shown in, and prior preservation
 #   keeps the class intact.
 #
-# **What you need**: CPU with the mini model: about 7 minutes (two training runs of 600
-# steps, about 3 and 2 minutes, then the measurements).
+# **What you need**: CPU with the mini model: about 6 minutes (a 600-step training run with
+# prior preservation, about 3 minutes; a 150-step run without it, under a minute; then the
+# measurements).
 # Colab GPU (T4) with a real model: about 15 minutes (download, class images, 400 LoRA steps).
 
 # %%
@@ -77,9 +78,10 @@ except DreamBoothError as error:
 # As in the original DreamBooth, we fine-tune every weight of the UNet, and here the text
 # encoder too: "sks" starts as an embedding the mini encoder never learned, and letting it
 # move is what carries the subject to backgrounds it was never shown on. Two runs from the
-# same base model: with and without prior preservation. Each call deletes its folder first,
-# so the notebook always trains from scratch (call it again without deleting and it resumes
-# or returns the finished run).
+# same base model: the full recipe with prior preservation, and one without it that is only a
+# quarter as long — language drift does not need a long run to show. Each call deletes its
+# folder first, so the notebook always trains from scratch (call it again without deleting
+# and it resumes or returns the finished run).
 
 # %%
 import shutil
@@ -89,16 +91,20 @@ if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate d
 else:  # a real checkpoint on a GPU: a LoRA (see section 7)
     settings = dict(base=sdc.choose_model("text2img", device=device).source, lora=True,
                     steps=400, num_class_images=100)
-runs = {}
+runs, steps, trained = {}, {True: settings.pop("steps")}, 0.0
+steps[False] = steps[True] // 4  # without the prior, the class drifts within a quarter of the run
 for prior in (True, False):
     out = f"runs/07_dreambooth_{'prior' if prior else 'no_prior'}"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     runs[prior] = train_dreambooth(
         instance_images, instance_prompts, subject.class_prompts(settings["num_class_images"]),
-        out=out, prior_preservation=prior, validate_every=0, seed=0, **settings)
-    print(f"prior preservation {prior}: {settings['steps']} steps in "
-          f"{time.perf_counter() - start:.0f} s -> {runs[prior]}")
+        out=out, prior_preservation=prior, steps=steps[prior], save_every=200, validate_every=0,
+        seed=0, **settings)
+    seconds = time.perf_counter() - start
+    trained += seconds
+    print(f"prior preservation {prior}: {steps[prior]} steps in {seconds:.0f} s -> {runs[prior]}")
+print(f"training in this notebook: {trained:.0f} s")
 
 # %%
 import copy
@@ -137,6 +143,10 @@ sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no pri
 #   show the subject;
 # - `prior_kept`: share of class prompts without the token ("a red circle on a green
 #   background") that still give an ordinary circle of the asked colour.
+#
+# The run without the prior had a quarter of the steps, so less time to drift than the run with
+# it. `sdcourse evaluate dreambooth` compares runs of equal length (600 steps each, 50
+# prompts): `prior_kept` 0.84 with the prior, 0.12 without.
 
 # %%
 scores = {name: subject.measure(pipe, n=24) for name, pipe in
