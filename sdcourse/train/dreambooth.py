@@ -274,18 +274,24 @@ def to_resolution(image: Image.Image, size: int) -> Image.Image:
 
 
 @torch.no_grad()
-def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int, batch: int = 50,
-                          steps: int = 25, guidance: float = 7.5) -> list[Image.Image]:
+def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
+                          batch: int | None = None, steps: int = 25,
+                          guidance: float = 7.5) -> list[Image.Image]:
     """Prior preservation's pictures: the base model's own answers to the class prompts.
 
     Saved as PNG in ``folder`` (with ``prompts.json``) and reused by later runs; written to a
-    temporary folder first, so an interrupted generation leaves nothing half done.
+    temporary folder first, so an interrupted generation leaves nothing half done. ``batch``
+    pictures are drawn per call: by default 50 for a model of the mini model's size, 4 for
+    a real one (512 px pictures in batches that a 16 GB GPU holds).
     """
     folder = Path(folder)
     manifest = _read_json(folder / "prompts.json")
     if manifest == {"prompts": prompts, "seed": seed}:
         return [Image.open(folder / f"{i:04d}.png").convert("RGB") for i in range(len(prompts))]
     import shutil
+
+    if batch is None:
+        batch = 50 if pipe.unet.config.sample_size <= 16 else 4
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
