@@ -173,6 +173,21 @@ def test_lora_run_loads_into_a_pipeline_and_changes_the_unet(tmp_path, base, ins
     assert (out / db.LORA_FILE).stat().st_mtime_ns == mtime
 
 
+def test_runs_share_class_pictures_through_class_dir(tmp_path, base):
+    """Class pictures drawn once into ``class_dir`` are reused by the next run, not redrawn."""
+    images, shared = subject.make_instance_images(3), tmp_path / "class"
+    args = dict(instance_prompt="a sks circle", class_prompt="a red circle", base=base,
+                class_dir=shared, **(FAST | {"steps": 1}))
+    db.train_dreambooth(images, out=tmp_path / "one", **args)
+    pictures = sorted(shared.glob("*.png"))
+    assert len(pictures) == 2 and (shared / "prompts.json").exists()
+    assert not (tmp_path / "one" / "class_images").exists()
+    drawn = [p.stat().st_mtime_ns for p in pictures]
+    db.train_dreambooth(images, out=tmp_path / "two", **args)
+    assert [p.stat().st_mtime_ns for p in sorted(shared.glob("*.png"))] == drawn
+    assert (tmp_path / "two" / db.LORA_FILE).exists()
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch, capsys):
     """Kill the run while it writes its 3rd checkpoint: the rerun continues from step 2."""
     out = tmp_path / "run"

@@ -456,7 +456,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                      train_text_encoder: bool = False, prior_preservation: bool = True,
                      prior_loss_weight: float = 1.0, num_class_images: int = 100,
                      steps: int = 400, batch_size: int = 4, lr: float | None = None,
-                     text_encoder_lr: float | None = None,
+                     text_encoder_lr: float | None = None, class_dir=None,
                      seed: int = 0, save_every: int = 50, validate_every: int = 100,
                      validation_prompts: list[str] | None = None) -> Path:
     """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
@@ -467,7 +467,9 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     for prior preservation. ``lr`` (the peak of a cosine decay) defaults to 3e-3 for a LoRA and
     5e-4 for the full UNet: the mini model's values; for Stable Diffusion itself use about 1e-4
     and 5e-6. ``text_encoder_lr``: the text encoder's own peak rate when it trains (default
-    ``lr``).
+    ``lr``). ``class_dir``: where the class pictures are kept (default ``out/class_images``);
+    pictures already there for the same class prompts and seed are reused, so several runs
+    can share one folder (as ``--class_data_dir`` does in diffusers' DreamBooth script).
 
     Returns ``out`` (holding ``pytorch_lora_weights.safetensors``) for a LoRA, else
     ``out/pipeline`` (a complete diffusers folder); :func:`load_dreambooth` loads either.
@@ -513,11 +515,12 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json()})
     return _train(out, images, settings, tokenizer, steps, save_every, validate_every,
-                  validation_prompts or instance_prompts[:1] + class_prompts[:1])
+                  validation_prompts or instance_prompts[:1] + class_prompts[:1],
+                  Path(class_dir) if class_dir is not None else out / "class_images")
 
 
 def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: int,
-           validate_every: int, validation_prompts: list[str]) -> Path:
+           validate_every: int, validation_prompts: list[str], class_dir: Path) -> Path:
     from accelerate import Accelerator
 
     from .text2img import tokenize
@@ -534,7 +537,7 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     # 2. prior preservation: the base model draws its class pictures (once; then reused)
     class_images = []
     if s.prior_preservation:
-        folder = out / "class_images"
+        folder = class_dir
         if accelerator.is_main_process:
             pipe = make_pipeline(parts, tokenizer, accelerator.device)
             class_images = generate_class_images(pipe, s.class_prompts, folder, seed=s.seed)
