@@ -287,12 +287,15 @@ def _add_train(sub) -> None:
     db.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too")
     db.add_argument("--no-prior", action="store_true", help="without prior preservation")
     db.add_argument("--prior-loss-weight", type=float, default=1.0, metavar="W")
+    db.add_argument("--class-dir", type=Path, metavar="DIR",
+                    help="folder for the class pictures, reused when they are already there "
+                    "(default: OUT/class_images)")
     db.add_argument("--lr", type=float, default=None, help="default 3e-3 LoRA, 5e-4 full (mini model values)")
     p.set_defaults(func=cmd_train)
 
 
 _DREAMBOOTH_ONLY = ("instance_dir", "instance_prompt", "class_prompt", "base", "full",
-                    "train_text_encoder", "no_prior", "lr")
+                    "train_text_encoder", "no_prior", "lr", "class_dir")
 
 
 def _train_dreambooth(args, out: Path) -> int:
@@ -309,7 +312,8 @@ def _train_dreambooth(args, out: Path) -> int:
             args.instance_dir, prompt, args.class_prompt, out, token=args.token, base=args.base,
             lora=not args.full, train_text_encoder=args.train_text_encoder,
             prior_preservation=not args.no_prior, prior_loss_weight=args.prior_loss_weight,
-            lr=args.lr, seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+            lr=args.lr, class_dir=args.class_dir, seed=args.seed,
+            **({"steps": args.steps} if args.steps else {}))
     except dreambooth.DreamBoothError as error:
         raise UsageError(str(error)) from None
     print(f"dreambooth: done; load it with sdcourse.train.dreambooth.load_dreambooth({str(out)!r}) "

@@ -268,3 +268,15 @@ def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys):
     assert "needs --instance-dir" in capsys.readouterr().err
     assert main(["train", "vae", "--instance-dir", str(tmp_path)]) == 2
     assert "only for `sdcourse train dreambooth`" in capsys.readouterr().err
+
+
+def test_cli_passes_the_class_dir_on(tmp_path, monkeypatch):
+    from sdcourse.cli import main
+
+    seen = {}
+    monkeypatch.setattr(db, "train_dreambooth", lambda *a, **kw: seen.update(kw) or tmp_path)
+    assert main(["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
+                 "a sks circle", "--class-prompt", "a circle", "--class-dir",
+                 str(tmp_path / "class"), "--out", str(tmp_path / "run")]) == 0
+    assert seen["class_dir"] == tmp_path / "class"
+    assert main(["train", "vae", "--class-dir", str(tmp_path)]) == 2
