@@ -28,6 +28,8 @@ TOKEN = "sks"  # the rare token DreamBooth binds it to
 INSTANCE_BACKGROUNDS = ("red", "blue", "yellow", "purple", "orange")
 #: Backgrounds it is never shown on: where the lesson asks for it in a new context.
 UNSEEN_BACKGROUNDS = ("green",)
+#: How many instance pictures the lesson and the evaluation use: one per instance background.
+N_INSTANCE = len(INSTANCE_BACKGROUNDS)
 
 
 def subject_prompt(background: str, token: str = TOKEN) -> str:
@@ -53,7 +55,7 @@ def random_subject(rng: random.Random, background: str) -> Image.Image:
     return render_subject(background, scene.cx, scene.cy, scene.size)
 
 
-def make_instance_images(n: int = 5, seed: int = 0,
+def make_instance_images(n: int = N_INSTANCE, seed: int = 0,
                          backgrounds: tuple[str, ...] = INSTANCE_BACKGROUNDS) -> list[Image.Image]:
     """``n`` (3 to 5 is typical) pictures of the subject, picture ``i`` on the ``i``-th
     background (the list repeats when ``n`` is longer)."""
@@ -61,7 +63,7 @@ def make_instance_images(n: int = 5, seed: int = 0,
     return [random_subject(rng, backgrounds[i % len(backgrounds)]) for i in range(n)]
 
 
-def instance_prompts(n: int = 5, token: str = TOKEN,
+def instance_prompts(n: int = N_INSTANCE, token: str = TOKEN,
                      backgrounds: tuple[str, ...] = INSTANCE_BACKGROUNDS) -> list[str]:
     """The caption of each picture of :func:`make_instance_images`, with the rare token."""
     return [subject_prompt(backgrounds[i % len(backgrounds)], token) for i in range(n)]
@@ -74,7 +76,7 @@ def class_prompts(n: int, seed: int = 0) -> list[str]:
     return [world.random_scene(rng, shape=SHAPE).caption for _ in range(n)]
 
 
-def save_instance_images(folder, n: int = 5, seed: int = 0) -> list[str]:
+def save_instance_images(folder, n: int = N_INSTANCE, seed: int = 0) -> list[str]:
     """Write the instance pictures as PNG files into ``folder``; returns their prompts."""
     from pathlib import Path
 
@@ -117,7 +119,6 @@ def detect_subject(image) -> bool:
 #: with 50 class pictures instead of 100 (subject fidelity 0.23).
 EVAL_SETTINGS = dict(lora=False, train_text_encoder=True, steps=600, batch_size=4, lr=5e-4,
                      num_class_images=100, prior_loss_weight=1.0, validate_every=0)
-N_INSTANCE = 5
 
 
 def _unseen_and_class_prompts(n: int, seed: int) -> tuple[list[str], list[tuple[str, str]]]:
@@ -166,14 +167,14 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, **overrid
     base = mini_model_path("text2img")
     settings = EVAL_SETTINGS | overrides
     root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
-    images = make_instance_images(N_INSTANCE)
+    images, prompts = make_instance_images(), instance_prompts()
     result: dict = {"n": n, "steps": settings["steps"]}
     for prior, suffix in ((True, ""), (False, "_no_prior")):
         key = json.dumps({"base": str(base), "prior": prior, "subject": [LEFT, RIGHT],
-                          "prompts": instance_prompts(N_INSTANCE), **settings}, sort_keys=True)
+                          "prompts": prompts, **settings}, sort_keys=True)
         out = root / "dreambooth" / hashlib.sha256(key.encode()).hexdigest()[:12]
-        train_dreambooth(images, instance_prompts(N_INSTANCE), class_prompts(settings["num_class_images"]),
-                         out, base=base, prior_preservation=prior, **settings)
+        train_dreambooth(images, prompts, class_prompts(settings["num_class_images"]), out,
+                         base=base, prior_preservation=prior, **settings)
         for name, value in measure(load_dreambooth(out), n, seed).items():
             result[name + suffix] = value
         record = json.loads((out / "dreambooth.json").read_text())
