@@ -537,13 +537,12 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     # 2. prior preservation: the base model draws its class pictures (once; then reused)
     class_images = []
     if s.prior_preservation:
-        folder = class_dir
         if accelerator.is_main_process:
             pipe = make_pipeline(parts, tokenizer, accelerator.device)
-            class_images = generate_class_images(pipe, s.class_prompts, folder, seed=s.seed)
+            class_images = generate_class_images(pipe, s.class_prompts, class_dir, seed=s.seed)
         accelerator.wait_for_everyone()
         if not class_images:
-            class_images = generate_class_images(None, s.class_prompts, folder, seed=s.seed)
+            class_images = generate_class_images(None, s.class_prompts, class_dir, seed=s.seed)
         class_images = [to_resolution(im, size) for im in class_images]
 
     # 3. what learns: a LoRA on the attention projections, or every weight
