@@ -457,7 +457,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                      prior_loss_weight: float = 1.0, num_class_images: int = 100,
                      steps: int = 400, batch_size: int = 4, lr: float | None = None,
                      text_encoder_lr: float | None = None, class_dir=None,
-                     seed: int = 0, save_every: int = 50, validate_every: int = 100,
+                     seed: int = 0, save_every: int = 100, validate_every: int = 100,
                      validation_prompts: list[str] | None = None) -> Path:
     """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
 
