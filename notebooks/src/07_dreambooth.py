@@ -104,12 +104,12 @@ sdc.image_grid(class_images[:8], rows=1, size=64)
 
 # %%
 if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate dreambooth` trains
-    settings = dict(lora=False, train_text_encoder=True, steps=600)
+    settings, full_steps = dict(lora=False, train_text_encoder=True), 600
 else:  # a real checkpoint on a GPU: a LoRA (see section 7)
-    settings = dict(base=sdc.choose_model("text2img", device=device).source, lora=True,
-                    steps=400)
-runs, steps, trained = {}, {True: settings.pop("steps")}, 0.0
-steps[False] = steps[True] // 4  # without the prior, the class drifts within a quarter of the run
+    real = sdc.choose_model("text2img", device=device).source
+    settings, full_steps = dict(base=real, lora=True), 400
+steps = {True: full_steps, False: full_steps // 4}  # without the prior, the class drifts fast
+runs, trained = {}, 0.0
 for prior in (True, False):
     out = f"runs/07_dreambooth_{'prior' if prior else 'no_prior'}"
     shutil.rmtree(out, ignore_errors=True)
@@ -117,7 +117,7 @@ for prior in (True, False):
     runs[prior] = train_dreambooth(
         instance_images, instance_prompts, class_prompts, out=out, class_dir=class_dir,
         num_class_images=len(class_prompts), prior_preservation=prior, steps=steps[prior],
-        save_every=200, validate_every=0, seed=0, **settings)
+        validate_every=0, seed=0, **settings)
     seconds = time.perf_counter() - start
     trained += seconds
     print(f"prior preservation {prior}: {steps[prior]} steps in {seconds:.0f} s -> {runs[prior]}")
