@@ -269,8 +269,10 @@ def _add_train(sub) -> None:
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop at this step of the --steps schedule (vae, text2img, inpaint, depth)")
     p.add_argument("--init", type=Path, default=None, metavar="DIR",
-                   help="inpaint/depth: folder with the text2img unet and text_encoder to start "
-                   "from (default: the shipped mini model)")
+                   help="folder with a text2img unet and text_encoder to start from (inpaint/depth: "
+                   "default the shipped mini model; text2img: fine-tune it, text encoder frozen)")
+    p.add_argument("--caption-noise", type=float, default=None, metavar="P",
+                   help="text2img: share of captions trained with a wrong colour word (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--publish", action="store_true",
                    help="when done, copy the weights into the package (sdcourse/mini)")
@@ -331,8 +333,12 @@ def cmd_train(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.stop_at and args.model not in ("vae", "text2img", "inpaint", "depth"):
         raise UsageError(f"--stop-at: not for `sdcourse train {args.model}`")
-    if args.init and args.model not in ("inpaint", "depth"):
-        raise UsageError("--init: only for `sdcourse train inpaint` and `sdcourse train depth`")
+    if args.init and args.model not in ("text2img", "inpaint", "depth"):
+        raise UsageError("--init: only for `sdcourse train text2img|inpaint|depth`")
+    if args.caption_noise is not None and args.model != "text2img":
+        raise UsageError("--caption-noise: only for `sdcourse train text2img`")
+    if args.caption_noise is not None and not 0 <= args.caption_noise < 1:
+        raise UsageError(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
     if args.init and not (args.init / "unet").is_dir():
         raise UsageError(f"--init {args.init}: no unet folder there (give a folder holding the "
                          "text2img unet and text_encoder, e.g. runs/text2img/at_text_encoder_freeze)")
@@ -367,7 +373,12 @@ def cmd_train(args) -> int:
         if task != "text2img" and not (MINI_DIR / "unet").is_dir():
             raise CliError(f"the {task} UNet starts from the text2img one, which is not in "
                            f"{MINI_DIR}: run `sdcourse train text2img --publish` first")
-        extra = {} if task == "text2img" else {"task": task, "init": args.init or MINI_DIR}
+        if task == "text2img":
+            extra = {"init": args.init} if args.init else {}
+            if args.caption_noise is not None:
+                extra["caption_noise"] = args.caption_noise
+        else:
+            extra = {"task": task, "init": args.init or MINI_DIR}
         text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer",
                        **extra, **kwargs, **stop)
         if args.publish:

@@ -193,7 +193,10 @@ def test_models_path_unknown_task(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "vae", "--stop-at", "0"], "--stop-at must be at least 1, got 0"),
     (["train", "depth-estimator", "--stop-at", "10"], "--stop-at: not for `sdcourse train depth-estimator`"),
-    (["train", "text2img", "--init", "runs"], "--init: only for `sdcourse train inpaint`"),
+    (["train", "vae", "--init", "runs"], "--init: only for `sdcourse train text2img|inpaint|depth`"),
+    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no unet folder there"),
+    (["train", "inpaint", "--caption-noise", "0.3"], "--caption-noise: only for `sdcourse train text2img`"),
+    (["train", "text2img", "--caption-noise", "1.5"], "--caption-noise must be in [0, 1), got 1.5"),
     (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet folder there"),
 ])
 def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path):

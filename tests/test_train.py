@@ -74,3 +74,43 @@ def test_widened_unet_starts_as_the_text2img_unet():
         a = base(x, 10, encoder_hidden_states=hidden).sample
         b = wide(torch.cat([x, extra], 1), 10, encoder_hidden_states=hidden).sample
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_miscolor_names_another_colour_and_keeps_the_rest():
+    import random
+
+    from sdcourse import world
+    from sdcourse.train.text2img import miscolor
+
+    rng = random.Random(0)
+    for seed in range(50):
+        scene = world.random_scene(random.Random(seed))
+        wrong = miscolor(scene.caption, rng).split()
+        assert wrong[1] in world.COLORS and wrong[1] not in (scene.color, scene.background)
+        assert wrong[2:] == scene.caption.split()[2:]  # shape and background unchanged
+
+
+def test_text2img_fine_tune_from_init_keeps_the_text_encoder(tmp_path):
+    """`--init` for text2img: the UNet trains on (here fully) noisy captions, the shared text
+    encoder stays as it was."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdcourse.models import MINI_DIR
+    from sdcourse.train import text2img
+
+    vae_dir, init = tmp_path / "vae", tmp_path / "init"
+    AutoencoderKL(**vae.VAE_CONFIG).save_pretrained(vae_dir)  # random weights: mechanics only
+    torch.manual_seed(0)
+    UNet2DConditionModel(**text2img.UNET_CONFIG).save_pretrained(init / "unet")
+    CLIPTextModel(CLIPTextConfig(**text2img.TEXT_ENCODER_CONFIG)).save_pretrained(init / "text_encoder")
+    out = tmp_path / "tuned"
+    text2img.train(out, vae_path=vae_dir, tokenizer_path=MINI_DIR / "tokenizer", steps=2,
+                   batch_size=4, n_images=16, save_every=1, eval_every=0, init=init,
+                   caption_noise=0.99)
+    before = CLIPTextModel.from_pretrained(init / "text_encoder")
+    after = CLIPTextModel.from_pretrained(out / "checkpoint" / "text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+    unet_before = UNet2DConditionModel.from_pretrained(init / "unet")
+    unet_after = UNet2DConditionModel.from_pretrained(out / "checkpoint" / "unet")
+    assert any(not torch.equal(a, b) for a, b in zip(unet_before.parameters(), unet_after.parameters()))

@@ -4,7 +4,9 @@
    by the VAE's ``scaling_factor``.
 2. Each step: pick a batch of latents and their captions, replace ~10% of captions by ""
    (caption dropout: the model also learns the *unconditional* prediction that
-   classifier-free guidance needs), add noise at a random timestep with SD's noise schedule,
+   classifier-free guidance needs), optionally give some captions a wrong colour word
+   (``caption_noise``: web captions, SD's training data, often describe their picture
+   wrongly), add noise at a random timestep with SD's noise schedule,
    and train the UNet (with the text encoder's hidden states fed to its cross-attention) to
    predict that noise. The CLIP text encoder learns from scratch alongside it.
 3. Keep an exponential moving average (EMA) of the UNet weights: it samples cleaner images.
@@ -132,6 +134,14 @@ def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionMode
     return wide
 
 
+def miscolor(caption: str, rng: random.Random) -> str:
+    """The caption with its object colour replaced by another one (never the background's):
+    "a red circle on a blue background" -> e.g. "a green circle on a blue background"."""
+    _, color, shape, _, _, background, _ = caption.split()
+    wrong = rng.choice([c for c in world.COLORS if c not in (color, background)])
+    return world.caption(wrong, shape, background)
+
+
 def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids padded/truncated to 77, exactly as the pipeline does."""
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -140,11 +150,17 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
 
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
           batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int | None = None,
-          caption_dropout: float = 0.1, ema_decay: float = 0.999, save_every: int = 250,
+          caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999, save_every: int = 250,
           eval_every: int = 1000, task: str = "text2img", init: Path | None = None,
           freeze_text_encoder_at: int | None = 2000, stop_at: int | None = None) -> None:
-    """Train a UNet (and, for text2img, the text encoder). ``init``: for inpaint/depth, a
-    folder with the trained text-to-image ``unet`` and ``text_encoder`` to start from.
+    """Train a UNet (and, for text2img, the text encoder). ``init``: a folder with a trained
+    text-to-image ``unet`` and ``text_encoder`` to start from: for inpaint/depth, widened; for
+    text2img, fine-tuned as it is (the text encoder then stays frozen).
+
+    ``caption_noise``: the share of captions whose colour word is wrong (:func:`miscolor`,
+    drawn afresh each step). With clean captions the model follows the colour without
+    guidance; with noisy ones, as with Stable Diffusion's web captions, the conditional
+    prediction alone is unsure and classifier-free guidance is what makes it follow the prompt.
 
     The learning rate warms up over 500 steps, then decays along a cosine to 10% at ``steps``;
     ``stop_at`` ends early at that step of the schedule. Running again resumes from the last
@@ -175,6 +191,10 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         unet = widen_conv_in(UNet2DConditionModel.from_pretrained(Path(init) / "unet"), extra)
         text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
         ema = copy.deepcopy(unet)
+    elif init is not None:  # text2img fine-tuned from an earlier run
+        unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
+        ema = copy.deepcopy(unet)
     else:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         ema = copy.deepcopy(unet)
@@ -183,7 +203,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     ema.requires_grad_(False)
     start = common.checkpoint_step(ckpt) if ckpt is not None else 0
     # the text encoder is shared by all three UNets: it learns only with text2img, until frozen
-    frozen = bool(extra) or (freeze_text_encoder_at is not None and start > freeze_text_encoder_at)
+    frozen = bool(extra) or init is not None or (freeze_text_encoder_at is not None and start > freeze_text_encoder_at)
     if frozen:
         text_encoder.requires_grad_(False)
 
@@ -222,7 +242,10 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         idx = torch.randint(0, n_images, (batch_size,), generator=g)
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
         dropped = torch.rand(batch_size, generator=g) < caption_dropout
-        batch_captions = ["" if d else captions[i] for d, i in zip(dropped, idx)]
+        wrong = torch.rand(batch_size, generator=g) < caption_noise
+        rng = random.Random(seed * 10**6 + step)
+        batch_captions = ["" if d else miscolor(captions[i], rng) if w else captions[i]
+                          for d, w, i in zip(dropped, wrong, idx)]
         ids = tokenize(tokenizer, batch_captions).to(accelerator.device)
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
@@ -258,7 +281,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
 
 @torch.no_grad()
 def quick_eval(vae, text_encoder, tokenizer, unet, n: int = 48, seed: int = 5) -> dict:
-    """Prompt fidelity on ``n`` fresh prompts at guidance 7.5 (a training-time glance)."""
+    """Prompt fidelity on ``n`` fresh prompts at guidance 7.5 and 1.0 (a training-time glance)."""
     from diffusers import StableDiffusionPipeline
 
     from ..evaluate import score
@@ -271,10 +294,13 @@ def quick_eval(vae, text_encoder, tokenizer, unet, n: int = 48, seed: int = 5) -
     pipe.set_progress_bar_config(disable=True)
     rng = random.Random(seed)
     scenes = [world.random_scene(rng) for _ in range(n)]
-    images = pipe([s.caption for s in scenes], num_inference_steps=25, guidance_scale=7.5,
-                  generator=torch.Generator().manual_seed(seed)).images
+    result = {}
+    for guidance, suffix in ((7.5, ""), (1.0, "_g1")):
+        images = pipe([s.caption for s in scenes], num_inference_steps=25, guidance_scale=guidance,
+                      generator=torch.Generator().manual_seed(seed)).images
+        result.update({k + suffix: v for k, v in score(images, scenes).items()})
     text_encoder.train(was_training)
-    return score(images, scenes)
+    return result
 
 
 UNET_FOLDER = {"text2img": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth"}
