@@ -164,7 +164,9 @@ def cmd_run(args) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--out {args.out}: cannot create it ({error.strerror})") from None
-    env = dict(os.environ, TQDM_DISABLE="1")
+    # no progress bars in the outputs; SDCOURSE_HEADLESS: no front end, so interactive widgets
+    # are drawn once at their default (their messages can hang the runner, jupyter/nbclient#312)
+    env = dict(os.environ, TQDM_DISABLE="1", SDCOURSE_HEADLESS="1")
     if args.model:
         env["SDCOURSE_MODEL"] = args.model
     for path in notebooks:

@@ -98,14 +98,16 @@ def test_no_notebooks_found(monkeypatch, capsys, no_kernel):
 
 
 def test_run_order_and_kernel_environment(tmp_path, monkeypatch, capsys):
-    """Notebooks run in name order; the kernel gets SDCOURSE_MODEL and TQDM_DISABLE=1."""
+    """Notebooks run in name order; the kernel gets SDCOURSE_MODEL, TQDM_DISABLE and
+    SDCOURSE_HEADLESS."""
     paths = [write_notebook(tmp_path / f"{name}.ipynb", "pass") for name in ("02_b", "00_a", "01_c")]
     calls = []
     monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: calls.append((path.name, env)))
     monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
     assert cli.main(["run", *map(str, paths), "--model", "runwayml/x", "--out", str(tmp_path / "o")]) == 0
     assert [name for name, _ in calls] == ["00_a.ipynb", "01_c.ipynb", "02_b.ipynb"]
-    assert all(env["SDCOURSE_MODEL"] == "runwayml/x" and env["TQDM_DISABLE"] == "1" for _, env in calls)
+    assert all(env["SDCOURSE_MODEL"] == "runwayml/x" and env["TQDM_DISABLE"] == "1"
+               and env["SDCOURSE_HEADLESS"] == "1" for _, env in calls)
 
 
 def test_default_notebooks_are_the_checkouts(monkeypatch, tmp_path):

@@ -50,6 +50,7 @@ def build(src: Path, run: bool = True, allow_errors: bool = False) -> Path:
     target = OUT / (src.stem + ".ipynb")
     if run:
         os.environ["TQDM_DISABLE"] = "1"
+        os.environ["SDCOURSE_HEADLESS"] = "1"
         NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=allow_errors,
                        resources={"metadata": {"path": str(OUT)}}).execute()
     for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
