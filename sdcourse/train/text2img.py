@@ -150,7 +150,8 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
 
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
           batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int | None = None,
-          caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999, save_every: int = 250,
+          caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999,
+          save_every: int = 250,
           eval_every: int = 1000, task: str = "text2img", init: Path | None = None,
           freeze_text_encoder_at: int | None = 2000, stop_at: int | None = None) -> None:
     """Train a UNet (and, for text2img, the text encoder). ``init``: a folder with a trained
@@ -185,14 +186,12 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
         ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
         text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
-    elif extra:
-        if init is None:
-            raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
-        unet = widen_conv_in(UNet2DConditionModel.from_pretrained(Path(init) / "unet"), extra)
-        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
-        ema = copy.deepcopy(unet)
-    elif init is not None:  # text2img fine-tuned from an earlier run
+    elif extra and init is None:
+        raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
+    elif init is not None:  # inpaint/depth: widened; text2img: fine-tuned as it is
         unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet")
+        if extra:
+            unet = widen_conv_in(unet, extra)
         text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
         ema = copy.deepcopy(unet)
     else:
@@ -203,7 +202,8 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     ema.requires_grad_(False)
     start = common.checkpoint_step(ckpt) if ckpt is not None else 0
     # the text encoder is shared by all three UNets: it learns only with text2img, until frozen
-    frozen = bool(extra) or init is not None or (freeze_text_encoder_at is not None and start > freeze_text_encoder_at)
+    frozen = (bool(extra) or init is not None
+              or (freeze_text_encoder_at is not None and start > freeze_text_encoder_at))
     if frozen:
         text_encoder.requires_grad_(False)
 
