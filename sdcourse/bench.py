@@ -492,18 +492,22 @@ t2 = time.perf_counter()
 image = pipe(PROMPT, num_inference_steps=25).images[0]
 t3 = time.perf_counter()
 print("SDCOURSE_BENCH " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1,
-      "generate_s": t3 - t2, "size": list(image.size)}))
+      "generate_s": t3 - t2, "image_at": time.time(), "size": list(image.size)}))
 """
 
 
 def first_image_in_new_process(prompt: str = PROMPT) -> dict:
     """Time to the first image in a fresh Python: start, import, load the mini model, 25 steps.
 
-    The child prints its own split (import / load / generate); ``total_s`` is measured from
-    outside, from starting the interpreter to its exit.
+    The child prints its own split (import / load / generate) and the wall-clock moment it
+    holds the image. ``to_image_s``, the figure the course's target is about, runs from
+    starting the interpreter to that moment; ``total_s`` to the process's exit, which adds the
+    interpreter tearing the libraries down (about a second and a half here) after the image
+    is already there.
     """
     env = dict(os.environ, TQDM_DISABLE="1")
     code = _CHILD.replace("PROMPT", repr(prompt))
+    launched = time.time()
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     total = time.perf_counter() - start
@@ -513,7 +517,9 @@ def first_image_in_new_process(prompt: str = PROMPT) -> dict:
     line = next(l for l in done.stdout.splitlines() if l.startswith("SDCOURSE_BENCH "))
     split = json.loads(line.split(" ", 1)[1])
     split["total_s"] = total
-    split["startup_s"] = total - split["import_s"] - split["load_s"] - split["generate_s"]
+    split["to_image_s"] = split.pop("image_at") - launched
+    split["startup_s"] = split["to_image_s"] - split["import_s"] - split["load_s"] - split["generate_s"]
+    split["exit_s"] = total - split["to_image_s"]
     return split
 
 
@@ -686,9 +692,10 @@ def bench_mini(report: Report, plan: Plan) -> dict:
     first = first_image_in_new_process()
     out["first_image"] = first
     report.add(Row(section, "time to first image, new process", f"{first['size'][0]} px, 25 steps",
-                   first["total_s"],
-                   note=f"start/exit {first['startup_s']:.2f} s + import {first['import_s']:.2f} s + "
-                        f"load {first['load_s']:.2f} s + generate {first['generate_s']:.2f} s"))
+                   first["to_image_s"],
+                   note=f"start {first['startup_s']:.2f} s + import {first['import_s']:.2f} s + "
+                        f"load {first['load_s']:.2f} s + generate {first['generate_s']:.2f} s; "
+                        f"the process exits {first['exit_s']:.2f} s later"))
     pipe = load_pipeline("text2img", model="mini", device="cpu", verbose=False)
     pipe.set_progress_bar_config(disable=True)
     px = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -762,8 +769,8 @@ def run(quick: bool = False, device: str | None = None) -> Report:
         s["mini UNet efficiency"] = (f"{rate:.1f} GFLOP/s: runs at {100 * rate / gflops:.1f}% of the "
                                      f"measured matmul peak")
         targets.append(dict(name="time to first image", target="<= 4 s",
-                            value=f"{first['total_s']:.2f} s (of which import {first['import_s']:.2f} s)",
-                            ok=first["total_s"] <= 4))
+                            value=f"{first['to_image_s']:.2f} s (of which import {first['import_s']:.2f} s)",
+                            ok=first["to_image_s"] <= 4))
         targets.append(dict(name="seconds per 25-step image", target="<= 1 s",
                             value=f"{mini['seconds_per_image']:.2f} s", ok=mini["seconds_per_image"] <= 1))
         if ratio_step:

@@ -130,8 +130,8 @@ def test_summary_and_targets_of_a_full_run(monkeypatch):
     """The summary's arithmetic, with the measurements replaced by known numbers."""
     from sdcourse.train.text2img import UNET_CONFIG
 
-    mini = {"first_image": {"total_s": 3.5, "import_s": 2.6, "load_s": 0.4, "generate_s": 0.4,
-                            "startup_s": 0.1, "size": [64, 64]},
+    mini = {"first_image": {"to_image_s": 3.5, "total_s": 5.0, "import_s": 2.6, "load_s": 0.4,
+                            "generate_s": 0.4, "startup_s": 0.1, "exit_s": 1.5, "size": [64, 64]},
             "seconds_per_image": 0.8, "unet_step_s": 0.01, "unet_config": dict(UNET_CONFIG),
             "unet_params": 5_835_012}
     monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: 100.0)
@@ -172,7 +172,9 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     measured = [r for r in result["rows"] if not r["note"].startswith("skipped")]
     assert all(r["seconds"] and r["seconds"] > 0 for r in measured)
     first = result["numbers"]["first_image"]
-    assert first["size"] == [64, 64] and first["total_s"] >= first["import_s"] > 0
+    assert first["size"] == [64, 64] and first["total_s"] >= first["to_image_s"] > first["import_s"] > 0
+    parts = first["startup_s"] + first["import_s"] + first["load_s"] + first["generate_s"]
+    assert parts == pytest.approx(first["to_image_s"]) and first["startup_s"] > 0
     assert 0 < result["numbers"]["mini_unet_share_of_matmul_peak"]
     assert result["machine"]["torch"] == torch.__version__
     assert out_md.read_text().startswith("# sdcourse benchmark (--quick)")
