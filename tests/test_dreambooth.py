@@ -5,6 +5,7 @@ nothing about quality is tested; `sdcourse evaluate dreambooth` measures that on
 """
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,35 @@ def test_runs_share_class_pictures_through_class_dir(tmp_path, base):
     assert (tmp_path / "two" / db.LORA_FILE).exists()
 
 
+
+
+def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, monkeypatch):
+    """Two runs drawing into the same ``class_dir`` at once (two notebooks, or an evaluation
+    beside a notebook) each write into a temporary folder of their own process: this one
+    neither deletes the other's nor leaves its own behind."""
+    import os
+
+    from diffusers import StableDiffusionPipeline
+
+    written, save = [], Image.Image.save
+
+    def recording_save(image, fp, *args, **kwargs):
+        written.append(Path(fp))
+        return save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", recording_save)
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    folder = tmp_path / "class_images"
+    other = tmp_path / "class_images.tmp999999"  # another process, half-way through
+    other.mkdir()
+    (other / "0000.png").write_bytes(b"being written")
+    images = db.generate_class_images(pipe, ["a red circle", "a blue circle"], folder, seed=0,
+                                      steps=2)
+    assert len(images) == 2 and sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "0001.png"]
+    assert (other / "0000.png").read_bytes() == b"being written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_images", "class_images.tmp999999"]
+    assert {p.parent.name for p in written} == {f"class_images.tmp{os.getpid()}"}
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch, capsys):
     """Kill the run while it writes its 3rd checkpoint: the rerun continues from step 2."""
     out = tmp_path / "run"

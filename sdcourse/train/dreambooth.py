@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -280,7 +281,8 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     """Prior preservation's pictures: the base model's own answers to the class prompts.
 
     Saved as PNG in ``folder`` (with ``prompts.json``) and reused by later runs; written to a
-    temporary folder first, so an interrupted generation leaves nothing half done. ``batch``
+    temporary folder of this process first, so an interrupted generation leaves nothing half
+    done and two runs sharing ``folder`` do not write into each other's pictures. ``batch``
     pictures are drawn per call: by default 50 for a model of the mini model's size, 4 for
     a real one (512 px pictures in batches that a 16 GB GPU holds).
     """
@@ -293,7 +295,7 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     if batch is None:
         batch = 50 if pipe.unet.config.sample_size <= 16 else 4
 
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     images = []
@@ -305,7 +307,10 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
         image.save(tmp / f"{i:04d}.png")
     (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed}))
     shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another run sharing the folder renamed its pictures into place first
+        shutil.rmtree(tmp, ignore_errors=True)
     return images
 
 
