@@ -167,8 +167,9 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     ``stop_at`` ends early at that step of the schedule. Running again resumes from the last
     checkpoint, on the schedule of the ``steps`` given then. The shipped UNets (see
     "Reproducing it" in the README for the exact commands): text2img is step 5000 of 7000 (batch
-    32, lr 6e-4, 20000 images); inpaint and depth start from the text2img UNet of step 2000
-    and train on 10000 images.
+    32, lr 6e-4, 20000 images), fine-tuned 1500 steps with ``caption_noise=0.35`` and then 800
+    with 0.2; inpaint and depth start from the text2img UNet of step 2000 and train on 10000
+    images.
 
     The text encoder learns only until ``freeze_text_encoder_at``; then it is final and saved
     with the UNet of that step in ``<out>/at_text_encoder_freeze`` — the starting point of the
