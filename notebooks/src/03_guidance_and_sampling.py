@@ -129,9 +129,9 @@ sdc.show_images([im for _, im in snapshots], titles=[n for n, _ in snapshots], s
 # prompt `""` (caption dropout), so the same UNet learned two things: the noise in a picture
 # *of this caption*, and the noise in *any* picture. **Why it is needed.** Stable Diffusion
 # learned from web captions, which often describe their picture wrongly, so the conditional
-# prediction alone only half-trusts the prompt. The mini model's captions imitate that: a
-# third of them named a wrong colour. **How.** At sampling time we ask for both predictions
-# and extrapolate from the unconditional towards the conditional one:
+# prediction alone only half-trusts the prompt. The mini model's captions imitate that: in
+# its last fine-tuning, a fifth of them named a wrong colour. **How.** At sampling time we
+# ask for both predictions and extrapolate from the unconditional towards the conditional one:
 #
 # `noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)`
 #
