@@ -470,7 +470,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     prompt with the rare ``token`` for all pictures, or one per picture. ``class_prompt``: the
     class without the token (one string, or a list cycled over ``num_class_images``); needed
     for prior preservation. ``lr`` (the peak of a cosine decay) defaults to 3e-3 for a LoRA and
-    5e-4 for the full UNet: the mini model's values; for Stable Diffusion itself use about 1e-4
+    3e-4 for the full UNet: the mini model's values; for Stable Diffusion itself use about 1e-4
     and 5e-6. ``text_encoder_lr``: the text encoder's own peak rate when it trains (default
     ``lr``). ``class_dir``: where the class pictures are kept (default ``out/class_images``);
     pictures already there for the same class prompts and seed are reused, so several runs
@@ -509,7 +509,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     settings = Settings(instance_prompts, class_prompts, token, str(base), lora, rank,
                         train_text_encoder, prior_preservation, prior_loss_weight,
                         num_class_images if prior_preservation else 0, batch_size,
-                        lr if lr is not None else (3e-3 if lora else 5e-4), seed, _digest(images),
+                        lr if lr is not None else (3e-3 if lora else 3e-4), seed, _digest(images),
                         text_encoder_lr if train_text_encoder else None)
     record = _read_json(out / "dreambooth.json")
     if record is not None and record["settings"] != settings.to_json():
