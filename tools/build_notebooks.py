@@ -63,7 +63,16 @@ def build(src: Path, run: bool = True, allow_errors: bool = False) -> Path:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    options = {"--no-run", "--allow-errors"}
+    unknown = [a for a in sys.argv[1:] if a.startswith("-") and a not in options]
+    if unknown:  # e.g. --help: say how to call it instead of building every notebook
+        sys.exit(f"unknown option {unknown[0]}: use {' '.join(sorted(options))} and notebook names\n"
+                 + __doc__.split("\n\n")[1])
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    missing = [a for a in args if not (SRC / (Path(a).stem + ".py")).exists()]
+    if missing:
+        sys.exit(f"no notebook source notebooks/src/{Path(missing[0]).stem}.py: "
+                 f"names are e.g. 03_guidance_and_sampling")
     names = args or sorted(p.stem for p in SRC.glob("[0-9][0-9]_*.py"))
     for name in names:
         src = SRC / (Path(name).stem + ".py")
