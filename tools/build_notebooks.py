@@ -68,13 +68,12 @@ if __name__ == "__main__":
     if unknown:  # e.g. --help: say how to call it instead of building every notebook
         sys.exit(f"unknown option {unknown[0]}: use {' '.join(sorted(options))} and notebook names\n"
                  + __doc__.split("\n\n")[1])
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    missing = [a for a in args if not (SRC / (Path(a).stem + ".py")).exists()]
+    sources = ([SRC / (Path(a).stem + ".py") for a in sys.argv[1:] if not a.startswith("-")]
+               or sorted(SRC.glob("[0-9][0-9]_*.py")))
+    missing = [src for src in sources if not src.exists()]
     if missing:
-        sys.exit(f"no notebook source notebooks/src/{Path(missing[0]).stem}.py: "
+        sys.exit(f"no notebook source {missing[0].relative_to(ROOT)}: "
                  f"names are e.g. 03_guidance_and_sampling")
-    names = args or sorted(p.stem for p in SRC.glob("[0-9][0-9]_*.py"))
-    for name in names:
-        src = SRC / (Path(name).stem + ".py")
+    for src in sources:
         target = build(src, run="--no-run" not in sys.argv, allow_errors="--allow-errors" in sys.argv)
         print("built", target.relative_to(ROOT), flush=True)
