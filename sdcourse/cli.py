@@ -396,7 +396,9 @@ def _add_evaluate(sub) -> None:
                        description="Measure the shipped mini model on fresh cases drawn from --seed.")
     p.add_argument("model", choices=EVALUATIONS)
     p.add_argument("--n", type=int, default=None, help="how many images (default 256 vae, 200 text2img)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the fresh cases (default 1234)")
+    p.add_argument("--train-seed", type=int, default=None, metavar="N",
+                   help="dreambooth only: the seed its training runs use (default 0)")
     p.add_argument("--json", action="store_true", help="print one flat JSON object")
     p.set_defaults(func=cmd_evaluate)
 
@@ -409,8 +411,14 @@ def cmd_evaluate(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
+    extra = {} if args.n is None else {"n": args.n}
+    if args.train_seed is not None:
+        if args.model != "dreambooth":
+            raise UsageError(f"--train-seed is for `evaluate dreambooth` (it trains); "
+                             f"`evaluate {args.model}` measures the shipped model as it is")
+        extra["train_seed"] = args.train_seed
     suite = getattr(evaluate, f"evaluate_{args.model}")
-    result = suite(**({"n": args.n} if args.n else {}), seed=args.seed)
+    result = suite(**extra, seed=args.seed)
     if args.json:
         print(json.dumps(result))
     else:

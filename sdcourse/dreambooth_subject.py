@@ -157,9 +157,13 @@ def measure(pipe, n: int = 50, seed: int = 1234, batch: int = 50, steps: int = 2
     return {"subject_fidelity": round(float(fidelity), 4), "prior_kept": round(float(np.mean(kept)), 4)}
 
 
-def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, **overrides) -> dict:
+def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_seed: int = 0,
+                        **overrides) -> dict:
     """Train the subject into the mini model with and without prior preservation (or reuse
-    cached runs of the same settings), then measure both and the untouched base model."""
+    cached runs of the same settings), then measure both and the untouched base model.
+
+    ``seed`` draws the evaluation's pictures; ``train_seed`` the training runs (their batches,
+    noise and class pictures): the recipe's robustness shows across training seeds."""
     import hashlib
     import json
     import os
@@ -171,10 +175,10 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, **overrid
     from .train.dreambooth import load_dreambooth, train_dreambooth
 
     base = mini_model_path("text2img")
-    settings = EVAL_SETTINGS | overrides
+    settings = EVAL_SETTINGS | {"seed": train_seed} | overrides
     root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
     images, prompts = make_instance_images(), instance_prompts()
-    result: dict = {"n": n, "steps": settings["steps"]}
+    result: dict = {"n": n, "steps": settings["steps"], "train_seed": settings["seed"]}
     for prior, suffix in ((True, ""), (False, "_no_prior")):
         key = json.dumps({"base": str(base), "prior": prior, "subject": [LEFT, RIGHT],
                           "prompts": prompts, **settings}, sort_keys=True)

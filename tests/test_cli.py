@@ -205,3 +205,28 @@ def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path):
     assert cli.main(argv + ["--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "text2img", "--n", "0"], "--n must be at least 1, got 0"),
+    (["evaluate", "vae", "--train-seed", "1"], "--train-seed is for `evaluate dreambooth`"),
+])
+def test_evaluate_rejects_bad_options_before_work(argv, message, capsys, monkeypatch):
+    from sdcourse import evaluate
+
+    def never(**kwargs):
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr(evaluate, f"evaluate_{argv[1]}", never)
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_passes_the_training_seed_to_dreambooth(capsys, monkeypatch):
+    from sdcourse import evaluate
+
+    calls = []
+    monkeypatch.setattr(evaluate, "evaluate_dreambooth", lambda **kw: calls.append(kw) or {"ok": 1})
+    assert cli.main(["evaluate", "dreambooth", "--train-seed", "3", "--json"]) == 0
+    assert calls == [{"train_seed": 3, "seed": 1234}]
+    assert capsys.readouterr().out.strip() == '{"ok": 1}'

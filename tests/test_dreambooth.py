@@ -310,3 +310,33 @@ def test_cli_passes_the_class_dir_on(tmp_path, monkeypatch):
                  str(tmp_path / "class"), "--out", str(tmp_path / "run")]) == 0
     assert seen["class_dir"] == tmp_path / "class"
     assert main(["train", "vae", "--class-dir", str(tmp_path)]) == 2
+
+
+def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, monkeypatch):
+    """`evaluate dreambooth --train-seed N`: both training runs get seed N, in folders of their
+    own (a run of another seed is never reused), and the result says which seed it measured."""
+    import diffusers
+
+    from sdcourse.train import dreambooth as trainer
+
+    seen = []
+
+    def train(images, prompts, class_prompts, out, **kw):
+        seen.append((kw["seed"], kw["prior_preservation"], out))
+        out.mkdir(parents=True)
+        (out / "dreambooth.json").write_text(json.dumps({"train_seconds": 1, "train_cpu_seconds": 1}))
+        return out
+
+    class Pipe:
+        def set_progress_bar_config(self, **kw):
+            pass
+
+    monkeypatch.setattr(trainer, "train_dreambooth", train)
+    monkeypatch.setattr(trainer, "load_dreambooth", lambda out: Pipe())
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", lambda *a, **k: Pipe())
+    monkeypatch.setattr(subject, "measure", lambda pipe, n, seed: {"subject_fidelity": 0.5})
+    result = subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=3)
+    assert result["train_seed"] == 3 and result["subject_fidelity_no_prior"] == 0.5
+    assert [(s, p) for s, p, _ in seen] == [(3, True), (3, False)]
+    subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=4)
+    assert len({out for _, _, out in seen}) == 4
