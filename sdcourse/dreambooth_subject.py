@@ -127,10 +127,10 @@ EVAL_SETTINGS = dict(lora=False, train_text_encoder=True, steps=600, batch_size=
                      num_class_images=100, prior_loss_weight=0.5, validate_every=0)
 
 
-def _unseen_and_class_prompts(n: int, seed: int) -> tuple[list[str], list[tuple[str, str]]]:
+def _unseen_and_class_prompts(n: int, seed: int, token: str = TOKEN) -> tuple[list[str], list[tuple[str, str]]]:
     """``n`` subject prompts in unseen contexts, and ``n`` (colour, prompt) of the class there."""
     rng = random.Random(seed)
-    subject = [subject_prompt(UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)]) for i in range(n)]
+    subject = [subject_prompt(UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)], token) for i in range(n)]
     ordinary = []
     for i in range(n):
         bg = UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)]
@@ -139,11 +139,12 @@ def _unseen_and_class_prompts(n: int, seed: int) -> tuple[list[str], list[tuple[
     return subject, ordinary
 
 
-def measure(pipe, n: int = 50, seed: int = 1234, batch: int = 50, steps: int = 25) -> dict:
+def measure(pipe, n: int = 50, seed: int = 1234, batch: int = 50, steps: int = 25,
+            token: str = TOKEN) -> dict:
     """``subject_fidelity``: share of "a sks circle on a green background" pictures showing the
     subject; ``prior_kept``: share of "a red circle on a green background" (any colour) showing
-    that ordinary circle, and not the subject."""
-    subject, ordinary = _unseen_and_class_prompts(n, seed)
+    that ordinary circle, and not the subject. ``token``: the run's rare token."""
+    subject, ordinary = _unseen_and_class_prompts(n, seed, token)
 
     def draw(prompts):
         return _in_batches(pipe, n, batch, seed, prompt=prompts, num_inference_steps=steps,
