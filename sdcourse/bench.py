@@ -508,8 +508,9 @@ def first_image_in_new_process(prompt: str = PROMPT) -> dict:
     The child prints its own split and the wall-clock moment it holds the image: ``import_s``
     (torch, diffusers, sdcourse), ``pipeline_import_s`` (the pipeline class's module, which
     imports transformers' CLIP classes: the libraries' cost before any file of the model is
-    read), ``load_s`` (``load_pipeline``: reading the checkpoints) and ``generate_s``. ``to_image_s``, the figure the course's target is about, runs from
-    starting the interpreter to that moment; ``total_s`` to the process's exit, which adds the
+    read), ``load_s`` (``load_pipeline``: reading the checkpoints) and ``generate_s``.
+    ``to_image_s``, the figure the course's target is about, runs from starting the
+    interpreter to that moment; ``total_s`` to the process's exit, which adds the
     interpreter tearing the libraries down (about a second and a half here) after the image
     is already there.
     """

@@ -127,10 +127,12 @@ EVAL_SETTINGS = dict(lora=False, train_text_encoder=True, steps=600, batch_size=
                      num_class_images=100, prior_loss_weight=0.5, validate_every=0)
 
 
-def _unseen_and_class_prompts(n: int, seed: int, token: str = TOKEN) -> tuple[list[str], list[tuple[str, str]]]:
+def _unseen_and_class_prompts(n: int, seed: int,
+                              token: str = TOKEN) -> tuple[list[str], list[tuple[str, str]]]:
     """``n`` subject prompts in unseen contexts, and ``n`` (colour, prompt) of the class there."""
     rng = random.Random(seed)
-    subject = [subject_prompt(UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)], token) for i in range(n)]
+    subject = [subject_prompt(UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)], token)
+               for i in range(n)]
     ordinary = []
     for i in range(n):
         bg = UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)]
