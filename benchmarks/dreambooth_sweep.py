@@ -39,17 +39,12 @@ def main(argv=None) -> int:
     from diffusers.utils import make_image_grid
 
     from sdcourse import dreambooth_subject as ds
-    from sdcourse.models import mini_model_path
-    from sdcourse.train.dreambooth import load_dreambooth, train_dreambooth
+    from sdcourse.train.dreambooth import load_dreambooth
 
     token, prior = over.pop("token", ds.TOKEN), over.pop("prior", True)
-    settings = ds.EVAL_SETTINGS | over
     out = args.root / args.name
     start = time.perf_counter()
-    train_dreambooth(ds.make_instance_images(), ds.instance_prompts(token=token),
-                     ds.class_prompts(settings["num_class_images"]), out,
-                     base=mini_model_path("text2img"), token=token, prior_preservation=prior,
-                     class_dir=args.root / "class_images", **settings)
+    ds.train_subject(out, prior=prior, token=token, class_dir=args.root / "class_images", **over)
     seconds = time.perf_counter() - start
     pipe = load_dreambooth(out)
     pipe.set_progress_bar_config(disable=True)
