@@ -42,8 +42,9 @@ sdc.show_images(instance_images, titles=instance_prompts, size=2.2);
 
 # %% [markdown]
 # The base model has never seen it. Asked for "a sks circle on a green background" it draws
-# some circle — the token means nothing to it yet. `subject.detect_subject` recognises the
-# two-tone circle from pixels:
+# an ordinary circle, mostly a purple one: "sks" has an embedding the mini text encoder never
+# trained, and the model still reads it as some colour. Training has to override that
+# reading. `subject.detect_subject` recognises the two-tone circle from pixels:
 
 # %%
 unseen = subject.subject_prompt("green")
