@@ -11,7 +11,7 @@
 #   keeps the class intact.
 #
 # **What you need**: CPU with the mini model: about 4 minutes (100 class pictures, half a
-# minute; a 450-step training run with prior preservation, about 2 minutes; a 112-step run
+# minute; a 450-step training run with prior preservation, about 2 minutes; a 75-step run
 # without it, under half a minute; then the measurements).
 # Colab GPU (T4) with a real model: about 15 minutes (download, class images, 400 LoRA steps).
 
@@ -102,7 +102,7 @@ sdc.image_grid(class_images[:8], rows=1, size=64)
 # "a sks circle on a green background" a one-colour circle. The rate peaks at 4e-4 and decays
 # to zero over 450 steps (600 steps at 3e-4 do a little better, in a third more time). Two
 # runs from the same base model: the full recipe with prior preservation, and one without
-# it that is only a quarter as long — language drift does not need a long run to show. Each
+# it that is only a sixth as long — language drift does not need a long run to show. Each
 # call deletes its folder first, so the notebook always trains from scratch (call it again
 # without deleting and it resumes or returns the finished run).
 
@@ -113,7 +113,7 @@ if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate d
 else:  # a real checkpoint on a GPU: a LoRA (see section 7)
     real = sdc.choose_model("text2img", device=device).source
     settings, full_steps = dict(base=real, lora=True), 400
-steps = {True: full_steps, False: full_steps // 4}  # without the prior, the class drifts fast
+steps = {True: full_steps, False: full_steps // 6}  # without the prior, the class drifts fast
 runs, trained = {}, 0.0
 for prior in (True, False):
     out = f"runs/07_dreambooth_{'prior' if prior else 'no_prior'}"
@@ -166,12 +166,12 @@ sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no pri
 # - `prior_kept`: share of class prompts without the token ("a red circle on a green
 #   background") that still give an ordinary circle of the asked colour.
 #
-# The run without the prior had a quarter of the steps, so less time to drift than the run with
+# The run without the prior had a sixth of the steps, so less time to drift than the run with
 # it. `sdcourse evaluate dreambooth` compares runs of equal length (450 steps each, 50
 # prompts): `prior_kept` 1.00 with the prior, 0.22 without.
 
 # %%
-scores = {name: subject.measure(pipe, n=24) for name, pipe in
+scores = {name: subject.measure(pipe, n=16) for name, pipe in
           (("base", base), ("with prior", tuned[True]), ("without prior", tuned[False]))}
 for name, s in scores.items():
     print(f"{name:>13}: subject_fidelity {s['subject_fidelity']:.2f}   prior_kept {s['prior_kept']:.2f}")
