@@ -296,7 +296,8 @@ def _add_train(sub) -> None:
     db.add_argument("--class-dir", type=Path, metavar="DIR",
                     help="folder for the class pictures, reused when they are already there "
                     "(default: OUT/class_images)")
-    db.add_argument("--lr", type=float, default=None, help="default 3e-3 LoRA, 3e-4 full (rates for the mini model; its evaluation uses 4e-4)")
+    db.add_argument("--lr", type=float, default=None,
+                    help="default 3e-3 LoRA, 3e-4 full (rates for the mini model; its evaluation uses 4e-4)")
     p.set_defaults(func=cmd_train)
 
 
