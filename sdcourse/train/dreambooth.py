@@ -471,10 +471,11 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     class without the token (one string, or a list cycled over ``num_class_images``); needed
     for prior preservation. ``lr`` (the peak of a cosine decay) defaults to 3e-3 for a LoRA and
     3e-4 for the full UNet, rates that suit the mini model (its evaluation recipe trains 450
-    steps at 4e-4); for Stable Diffusion itself use about 1e-4 and 5e-6. ``text_encoder_lr``: the text encoder's own peak rate when it trains (default
-    ``lr``). ``class_dir``: where the class pictures are kept (default ``out/class_images``);
-    pictures already there for the same class prompts and seed are reused, so several runs
-    can share one folder (as ``--class_data_dir`` does in diffusers' DreamBooth script).
+    steps at 4e-4); for Stable Diffusion itself use about 1e-4 and 5e-6. ``text_encoder_lr``:
+    the text encoder's own peak rate when it trains (default ``lr``). ``class_dir``: where the
+    class pictures are kept (default ``out/class_images``); pictures already there for the
+    same class prompts and seed are reused, so several runs can share one folder (as
+    ``--class_data_dir`` does in diffusers' DreamBooth script).
 
     Returns ``out`` (holding ``pytorch_lora_weights.safetensors``) for a LoRA, else
     ``out/pipeline`` (a complete diffusers folder); :func:`load_dreambooth` loads either.
