@@ -340,3 +340,19 @@ def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, mo
     assert [(s, p) for s, p, _ in seen] == [(3, True), (3, False)]
     subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=4)
     assert len({out for _, _, out in seen}) == 4
+
+
+def test_notebook_07_trains_with_the_evaluation_recipe():
+    """Notebook 07 spells the recipe out for its readers; it must stay the one that
+    `sdcourse evaluate dreambooth` measures (and the README reports)."""
+    import re
+
+    src = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "07_dreambooth.py").read_text()
+    line = re.search(r"settings = dict\(lora=False, (.*)\)\n\s*full_steps = (\d+)", src)
+    assert line, "notebook 07 no longer sets its mini-model recipe in one line: update this test"
+    given = dict(kv.split("=") for kv in line.group(1).split(", "))
+    recipe = subject.EVAL_SETTINGS
+    assert recipe["lora"] is False and int(line.group(2)) == recipe["steps"]
+    assert given["train_text_encoder"] == str(recipe["train_text_encoder"])
+    assert float(given["prior_loss_weight"]) == recipe["prior_loss_weight"]
+    assert float(given["lr"]) == recipe["lr"]
