@@ -38,9 +38,12 @@ def main(argv=None) -> int:
 
     from sdcourse import dreambooth_subject as ds
     from sdcourse.evaluate import read_image
-    from sdcourse.train.dreambooth import load_dreambooth
+    from sdcourse.train.dreambooth import DreamBoothError, load_dreambooth
 
-    pipe = load_dreambooth(args.run / "pipeline" if (args.run / "pipeline").is_dir() else args.run)
+    try:
+        pipe = load_dreambooth(args.run)  # the run folder or its pipeline folder
+    except DreamBoothError as error:
+        parser.error(str(error))
     pipe.set_progress_bar_config(disable=True)
     eos = pipe.tokenizer.eos_token_id
 
@@ -58,25 +61,25 @@ def main(argv=None) -> int:
         return {"subject": round(sum(map(ds.detect_subject, images)) / args.n, 2),
                 "background": backgrounds.most_common(1)[0][0]}
 
+    def swapped(hidden: torch.Tensor, donor: torch.Tensor, positions: slice) -> torch.Tensor:
+        """``hidden`` with the vectors at ``positions`` taken from ``donor``."""
+        mixed = hidden.clone()
+        mixed[:, positions] = donor[:, positions]
+        return mixed
+
     green, end = encode(ds.subject_prompt("green"))
-    red, _ = encode(ds.subject_prompt("red"))
-    words = slice(end - 2, end)  # "... a <colour> background <end>": the background's words
-    result = {"run": str(args.run), "green": draw(green), "red": draw(red)}
-    mixed = red.clone()
-    mixed[:, words] = green[:, words]
-    result["red, background words from green"] = draw(mixed)
-    mixed = green.clone()
-    mixed[:, end:] = red[:, end:]
-    result["green, end-of-text vectors from red"] = draw(mixed)
-    mixed = red.clone()
-    mixed[:, end:] = green[:, end:]
-    result["red, end-of-text vectors from green"] = draw(mixed)
+    red, _ = encode(ds.subject_prompt("red"))  # one-token colour words: the same positions
+    words, summary = slice(end - 2, end), slice(end, None)  # "... <colour> background" | "<end> ..."
+    result = {"run": str(args.run), "green": draw(green), "red": draw(red),
+              "red, background words from green": draw(swapped(red, green, words)),
+              "green, end-of-text vectors from red": draw(swapped(green, red, summary)),
+              "red, end-of-text vectors from green": draw(swapped(red, green, summary))}
 
     shift = {}
     for background in ds.INSTANCE_BACKGROUNDS + ds.UNSEEN_BACKGROUNDS:
-        token, _ = encode(ds.subject_prompt(background))
+        token, at = encode(ds.subject_prompt(background))
         plain, _ = encode(ds.subject_prompt(background, token=args.reference))
-        shift[background] = round(float((token - plain)[0, end:].norm(dim=-1).mean()), 2)
+        shift[background] = round(float((token - plain)[0, at:].norm(dim=-1).mean()), 2)
     result[f"end-of-text shift from '{args.reference}'"] = shift
     print(json.dumps(result))
     return 0
