@@ -291,8 +291,8 @@ def _add_train(sub) -> None:
     db.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too")
     db.add_argument("--no-prior", action="store_true", help="without prior preservation")
     db.add_argument("--prior-loss-weight", type=float, default=1.0, metavar="W",
-                    help="weight of the class pictures' loss (default 1.0, DreamBooth's; "
-                    "`sdcourse evaluate dreambooth` trains the mini model with 0.5)")
+                    help="weight of the class pictures' loss (default 1.0, DreamBooth's, "
+                    "as `sdcourse evaluate dreambooth` trains the mini model)")
     db.add_argument("--class-dir", type=Path, metavar="DIR",
                     help="folder for the class pictures, reused when they are already there "
                     "(default: OUT/class_images)")

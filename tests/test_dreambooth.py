@@ -5,6 +5,7 @@ nothing about quality is tested; `sdcourse evaluate dreambooth` measures that on
 """
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,18 @@ def test_instance_pictures_and_prompts():
     assert all(subject.detect_subject(im) for im in images)
     assert prompts[0] == "a sks circle on a red background"
     assert not any("green" in p for p in prompts)  # green is kept for the unseen context
-    assert all("sks" not in p and "circle" in p for p in subject.class_prompts(10))
+
+
+def test_class_prompts_are_the_instance_prompts_without_the_token():
+    prompts = subject.class_prompts(12)
+    assert prompts == subject.class_prompts(12)  # the same seed, the same prompts
+    backgrounds = subject.INSTANCE_BACKGROUNDS
+    for i, prompt in enumerate(prompts):
+        color, shape, background = re.fullmatch(r"a (\w+) (\w+) on a (\w+) background", prompt).groups()
+        assert shape == "circle" and color in world.COLORS and color != background
+        # the instance pictures' backgrounds, in their order: never the unseen green
+        assert background == backgrounds[i % len(backgrounds)]
+    assert len({p.split()[1] for p in subject.class_prompts(100)}) >= 6  # many ordinary colours
 
 
 # ----------------------------------------------------------------------------- input checks
