@@ -82,13 +82,19 @@ def class_prompts(n: int, seed: int = 0,
     every background (green included) held "a sks circle on a green background" to the base
     model's answer, an ordinary circle (purple), with 4 of 5 training seeds (the README's
     results)."""
+    return [prompt for _, prompt in _ordinary_circles(n, seed, backgrounds)]
+
+
+def _ordinary_circles(n: int, seed: int, backgrounds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``n`` (colour, caption) of ordinary circles on ``backgrounds`` in turn, each a random
+    colour other than its background."""
     rng = random.Random(seed)
-    prompts = []
+    circles = []
     for i in range(n):
         background = backgrounds[i % len(backgrounds)]
         color = rng.choice([c for c in world.COLORS if c != background])
-        prompts.append(world.caption(color, SHAPE, background))
-    return prompts
+        circles.append((color, world.caption(color, SHAPE, background)))
+    return circles
 
 
 def save_instance_images(folder, n: int = N_INSTANCE, seed: int = 0) -> list[str]:
@@ -140,15 +146,9 @@ EVAL_SETTINGS = dict(lora=False, train_text_encoder=True, steps=450, batch_size=
 def _unseen_and_class_prompts(n: int, seed: int,
                               token: str = TOKEN) -> tuple[list[str], list[tuple[str, str]]]:
     """``n`` subject prompts in unseen contexts, and ``n`` (colour, prompt) of the class there."""
-    rng = random.Random(seed)
     subject = [subject_prompt(UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)], token)
                for i in range(n)]
-    ordinary = []
-    for i in range(n):
-        bg = UNSEEN_BACKGROUNDS[i % len(UNSEEN_BACKGROUNDS)]
-        color = rng.choice([c for c in world.COLORS if c != bg])
-        ordinary.append((color, world.caption(color, SHAPE, bg)))
-    return subject, ordinary
+    return subject, _ordinary_circles(n, seed, UNSEEN_BACKGROUNDS)
 
 
 def measure(pipe, n: int = 50, seed: int = 1234, batch: int = 50, steps: int = 25,
