@@ -80,7 +80,7 @@ except DreamBoothError as error:
 # a red background" becomes "a blue circle on a red background": an ordinary colour, on each
 # instance picture's background in turn. (Class prompts on every background, green included,
 # did worse: they held "a sks circle on a green background" to the base model's ordinary
-# purple circle with 4 of 5 training seeds.)
+# circle with 4 of 5 training seeds.)
 #
 # `train_dreambooth` draws them itself when they are missing; here we draw them first, to see
 # them (and to keep their time apart from the training's). Both runs below read them from
