@@ -80,7 +80,7 @@ def class_prompts(n: int, seed: int = 0,
     Why those backgrounds only: the prior then holds the class exactly where the subject is
     taught, and asks nothing of the base model about other backgrounds. Class prompts on
     every background (green included) held "a sks circle on a green background" to the base
-    model's answer, an ordinary circle, with 4 of 5 training seeds (the README's results)."""
+    model's answer, an ordinary circle, with 4 of 5 training seeds (`benchmarks/RESULTS.md`)."""
     return [prompt for _, prompt in _ordinary_circles(n, seed, backgrounds)]
 
 
