@@ -10,7 +10,8 @@ The same notebook code runs on both. ``load_pipeline("text2img")`` picks a model
 
 Real checkpoints are listed per task in order of preference. The original SD 2.x repositories
 (``stabilityai/stable-diffusion-2-*``) were deleted from the Hub in Nov 2025 and ``runwayml/*``
-in 2024, so the list names maintained mirrors.
+in 2024, so the list names maintained mirrors, and :func:`load_pipeline` moves down the list
+when one fails to load: mirrors can disappear too.
 
 The mini model is shipped inside the package as one folder per *component* (tokenizer, text
 encoder, VAE, UNets, ...), each stored once. :func:`mini_model_path` assembles a per-task
@@ -129,6 +130,9 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
     if model == "mini":
         return Choice(task, "mini", str(MINI_DIR), f"asked for by {origin}")
     if model == "real":
+        cached = [repo for repo in REAL_MODELS[task] if in_local_cache(repo)]
+        if cached:
+            return Choice(task, "real", cached[0], f"asked for by {origin}; in the local cache")
         return Choice(task, "real", REAL_MODELS[task][0], f"asked for by {origin}")
     if model is not None:  # a Hub id or a local folder
         if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
@@ -216,17 +220,36 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
     if choice.kind == "mini":
         pipe = cls.from_pretrained(mini_model_path(task), dtype=dtype, use_safetensors=True)
     else:
-        kwargs = dict(dtype=dtype, use_safetensors=True)
-        if dtype == torch.float16:
-            kwargs["variant"] = "fp16"
-        try:
-            pipe = cls.from_pretrained(choice.source, **kwargs)
-        except (OSError, ValueError):
-            if "variant" not in kwargs:
-                raise
-            kwargs.pop("variant")  # some mirrors ship only full-precision files
-            pipe = cls.from_pretrained(choice.source, **kwargs)
+        pipe = _load_real(cls, task, choice.source, dtype)
     pipe = pipe.to(device)
     if quiet:
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _load_real(cls, task: str, source: str, dtype):
+    """Load a real checkpoint: ``source``, then (if it is one of the registry's) the task's
+    other registry entries in order, should it fail to load (a repository deleted or renamed).
+    Offline and not downloaded before, it stops at once with what to do."""
+    import torch
+
+    fallbacks = [repo for repo in REAL_MODELS[task] if repo != source]
+    candidates = [source] + (fallbacks if source in REAL_MODELS[task] else [])
+    if not os.path.isdir(source) and not any(map(in_local_cache, candidates)) and not hub_reachable():
+        raise ModelChoiceError(f"{source} is not in the local Hugging Face cache and huggingface.co "
+                               "cannot be reached: connect to the internet to download it, or use "
+                               "the embedded model (SDCOURSE_MODEL=mini)")
+    for i, repo in enumerate(candidates):
+        try:
+            if dtype == torch.float16:
+                try:
+                    return cls.from_pretrained(repo, dtype=dtype, use_safetensors=True, variant="fp16")
+                except (OSError, ValueError):
+                    pass  # some mirrors ship only full-precision files
+            return cls.from_pretrained(repo, dtype=dtype, use_safetensors=True)
+        except OSError as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if i + 1 == len(candidates):
+                raise ModelChoiceError(f"could not load {repo} ({reason}): check the id and your "
+                                       "network, or use the embedded model (SDCOURSE_MODEL=mini)") from error
+            print(f"sdcourse: could not load {repo} ({reason}); trying {candidates[i + 1]}")

@@ -64,3 +64,78 @@ def test_mini_text2img_folder_is_a_diffusers_pipeline():
     index = json.loads((path / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert models.mini_model_path("text2img") == path  # built once, reused
+
+
+def test_real_prefers_a_registry_checkpoint_already_downloaded(monkeypatch):
+    second = models.REAL_MODELS["text2img"][1]
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: repo == second)
+    choice = models.choose_model("text2img", model="real")
+    assert choice.source == second and "local cache" in choice.reason
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    assert models.choose_model("text2img", model="real").source == models.REAL_MODELS["text2img"][0]
+
+
+class FakePipeline:
+    """Stands in for a diffusers pipeline class: records what was loaded, fails on request."""
+
+    missing: set = set()
+    loaded: list = []
+
+    @classmethod
+    def from_pretrained(cls, repo, **kwargs):
+        if repo in cls.missing:
+            raise OSError(f"{repo} is not a valid model identifier\nmore detail")
+        cls.loaded.append((repo, kwargs))
+        return cls()
+
+    def to(self, device):
+        return self
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    import diffusers
+
+    monkeypatch.setattr(FakePipeline, "missing", set())
+    monkeypatch.setattr(FakePipeline, "loaded", [])
+    monkeypatch.setattr(diffusers, "StableDiffusionInpaintPipeline", FakePipeline)
+    return FakePipeline
+
+
+def test_real_checkpoint_offline_and_not_downloaded_fails_before_loading(monkeypatch, fake_pipeline):
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(models.ModelChoiceError, match=r"not in the local Hugging Face cache .*"
+                                                      r"\(SDCOURSE_MODEL=mini\)"):
+        models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    assert fake_pipeline.loaded == []
+
+
+def test_a_registry_checkpoint_that_fails_to_load_falls_back_to_the_next(monkeypatch, capsys,
+                                                                         fake_pipeline):
+    first, second = models.REAL_MODELS["inpaint"]
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    fake_pipeline.missing = {first}
+    models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    assert [repo for repo, _ in fake_pipeline.loaded] == [second]
+    assert capsys.readouterr().out.strip() == (f"sdcourse: could not load {first} ({first} is not a "
+                                               f"valid model identifier); trying {second}")
+    fake_pipeline.missing = {first, second}  # the last one failing too: one line, no traceback
+    with pytest.raises(models.ModelChoiceError, match=f"could not load {second} "):
+        models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    fake_pipeline.missing = {"some/repo"}  # an id of the user's own: no registry fallback
+    with pytest.raises(models.ModelChoiceError, match="could not load some/repo "):
+        models.load_pipeline("inpaint", model="some/repo", device="cpu", verbose=False)
+
+
+def test_half_precision_asks_for_the_fp16_variant_then_full_files(monkeypatch, fake_pipeline):
+    import torch
+
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: True)
+    models.load_pipeline("inpaint", model="real", device="cpu", dtype=torch.float16, verbose=False)
+    repo, kwargs = fake_pipeline.loaded[0]
+    assert kwargs == {"dtype": torch.float16, "use_safetensors": True, "variant": "fp16"}
