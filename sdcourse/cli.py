@@ -160,6 +160,13 @@ def cmd_run(args) -> int:
     notebooks = resolve_notebooks(args.notebooks)  # every check happens before any kernel starts
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    if args.model:
+        from .models import ModelChoiceError, choose_model
+
+        try:
+            choose_model("text2img", args.model)
+        except ModelChoiceError as error:
+            raise UsageError(f"--model {args.model}: {error}") from None
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

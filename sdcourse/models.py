@@ -138,6 +138,9 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
             raise ModelChoiceError(f"{model} is a folder without model_index.json: "
                                    "give a diffusers pipeline folder or a Hub id")
+        if not os.path.isdir(model) and not _is_hub_id(model):
+            raise ModelChoiceError(f"{model!r} is neither a folder nor a Hub id like "
+                                   "'stable-diffusion-v1-5/stable-diffusion-v1-5': check the path")
         return Choice(task, "real", model, f"asked for by {origin}")
     if not _accelerator_present(device):
         return Choice(task, "mini", str(MINI_DIR), "no GPU: the embedded mini model runs on CPU")
@@ -147,6 +150,16 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
     if hub_reachable():
         return Choice(task, "real", REAL_MODELS[task][0], "GPU present and the Hub is reachable")
     return Choice(task, "mini", str(MINI_DIR), "GPU present but the Hub is unreachable")
+
+
+def _is_hub_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None = None) -> Path:

@@ -91,6 +91,15 @@ def test_bad_timeout(tmp_path, capsys, no_kernel):
     assert "--timeout" in capsys.readouterr().err
 
 
+def test_bad_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    typo = str(tmp_path / "no_such_model")
+    assert cli.main(["run", str(good), "--model", typo, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "neither a folder nor a Hub id" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_no_notebooks_found(monkeypatch, capsys, no_kernel):
     monkeypatch.setattr(cli, "default_notebooks_dir", lambda: None)
     assert cli.main(["run"]) == 2

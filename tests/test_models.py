@@ -48,6 +48,9 @@ def test_explicit_id_or_path(tmp_path):
     assert models.choose_model("text2img", model="some/repo").source == "some/repo"
     with pytest.raises(models.ModelChoiceError, match="without model_index.json"):
         models.choose_model("text2img", model=str(tmp_path))
+    for typo in (str(tmp_path / "no_such_folder"), "not an id"):
+        with pytest.raises(models.ModelChoiceError, match="neither a folder nor a Hub id"):
+            models.choose_model("text2img", model=typo)
     with pytest.raises(models.ModelChoiceError, match="unknown task 'video'"):
         models.choose_model("video")
 
