@@ -81,13 +81,16 @@ def test_real_prefers_a_registry_checkpoint_already_downloaded(monkeypatch):
 class FakePipeline:
     """Stands in for a diffusers pipeline class: records what was loaded, fails on request."""
 
-    missing: set = set()
+    missing: set = set()  # repositories that fail to load
+    no_fp16: set = set()  # repositories without fp16 files
     loaded: list = []
 
     @classmethod
     def from_pretrained(cls, repo, **kwargs):
         if repo in cls.missing:
             raise OSError(f"{repo} is not a valid model identifier\nmore detail")
+        if repo in cls.no_fp16 and kwargs.get("variant") == "fp16":
+            raise OSError(f"{repo} has no file with variant fp16")
         cls.loaded.append((repo, kwargs))
         return cls()
 
@@ -103,6 +106,7 @@ def fake_pipeline(monkeypatch):
     import diffusers
 
     monkeypatch.setattr(FakePipeline, "missing", set())
+    monkeypatch.setattr(FakePipeline, "no_fp16", set())
     monkeypatch.setattr(FakePipeline, "loaded", [])
     monkeypatch.setattr(diffusers, "StableDiffusionInpaintPipeline", FakePipeline)
     return FakePipeline
@@ -139,6 +143,10 @@ def test_half_precision_asks_for_the_fp16_variant_then_full_files(monkeypatch, f
     import torch
 
     monkeypatch.setattr(models, "in_local_cache", lambda repo: True)
+    half = {"dtype": torch.float16, "use_safetensors": True}
     models.load_pipeline("inpaint", model="real", device="cpu", dtype=torch.float16, verbose=False)
-    repo, kwargs = fake_pipeline.loaded[0]
-    assert kwargs == {"dtype": torch.float16, "use_safetensors": True, "variant": "fp16"}
+    assert fake_pipeline.loaded == [(models.REAL_MODELS["inpaint"][0], half | {"variant": "fp16"})]
+    fake_pipeline.loaded.clear()
+    fake_pipeline.no_fp16 = {"some/repo"}  # a mirror with full-precision files only
+    models.load_pipeline("inpaint", model="some/repo", device="cpu", dtype=torch.float16, verbose=False)
+    assert fake_pipeline.loaded == [("some/repo", half)]
