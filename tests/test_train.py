@@ -114,3 +114,18 @@ def test_text2img_fine_tune_from_init_keeps_the_text_encoder(tmp_path):
     unet_before = UNet2DConditionModel.from_pretrained(init / "unet")
     unet_after = UNet2DConditionModel.from_pretrained(out / "checkpoint" / "unet")
     assert any(not torch.equal(a, b) for a, b in zip(unet_before.parameters(), unet_after.parameters()))
+
+
+def test_vae_resumes_from_a_checkpoint_taken_at_the_freeze_step(tmp_path):
+    """The checkpoint at ``freeze_encoder_at`` holds an optimizer over all parameters: the
+    resumed run must freeze in its loop (and save the frozen encoder), not before loading."""
+    out = tmp_path / "vae"
+    vae.train(out, steps=4, stop_at=2, batch_size=2, freeze_encoder_at=2, save_every=2, eval_every=100)
+    assert common.checkpoint_step(common.find_checkpoint(out)) == 2
+    assert not (out / "frozen_encoder_vae").exists()
+    vae.train(out, steps=4, batch_size=2, freeze_encoder_at=2, save_every=2, eval_every=100)
+    assert common.checkpoint_step(common.find_checkpoint(out)) == 4
+    snapshot = AutoencoderKL.from_pretrained(out / "frozen_encoder_vae")
+    after = AutoencoderKL.from_pretrained(out / "checkpoint" / "vae")
+    for a, b in zip(snapshot.encoder.parameters(), after.encoder.parameters()):
+        assert torch.equal(a, b)  # frozen from step 2 on

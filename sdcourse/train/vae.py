@@ -78,7 +78,9 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     ckpt = common.find_checkpoint(out)
     vae = AutoencoderKL.from_pretrained(ckpt / "vae") if ckpt else AutoencoderKL(**VAE_CONFIG)
     start = common.checkpoint_step(ckpt) if ckpt else 0
-    frozen = freeze_encoder_at is not None and start >= freeze_encoder_at
+    # a checkpoint taken at exactly freeze_encoder_at still trains every parameter: the loop
+    # freezes (and saves frozen_encoder_vae) at that step, after its optimizer state is loaded
+    frozen = freeze_encoder_at is not None and start > freeze_encoder_at
     if frozen:
         freeze_encoder(vae)
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr)
