@@ -113,12 +113,19 @@ def in_local_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 
-def _accelerator_present(device: str | None) -> bool:
-    if device is not None:
-        return device in ("cuda", "mps")
-    from .device import pick_device
+def _is_gpu(device) -> bool:
+    """Whether ``device`` ("cuda", "cuda:1", "mps", a torch.device) is a GPU."""
+    import torch
 
-    return pick_device() in ("cuda", "mps")
+    return torch.device(device).type in ("cuda", "mps")
+
+
+def _accelerator_present(device) -> bool:
+    if device is None:
+        from .device import pick_device
+
+        device = pick_device()
+    return _is_gpu(device)
 
 
 def choose_model(task: str, model: str | None = None, device: str | None = None) -> Choice:
@@ -220,7 +227,7 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
     device = device or pick_device()
     choice = choose_model(task, model, device)
     dtype = dtype or (pick_dtype(device) if choice.kind == "real" else
-                      (torch.float16 if device == "cuda" else torch.float32))
+                      (torch.float16 if torch.device(device).type == "cuda" else torch.float32))
     cls = getattr(diffusers, PIPELINES[task])
     quiet = bool(os.environ.get("TQDM_DISABLE"))  # under test / `sdcourse run`: no bars at all
     if quiet:

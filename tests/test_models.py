@@ -150,3 +150,21 @@ def test_half_precision_asks_for_the_fp16_variant_then_full_files(monkeypatch, f
     fake_pipeline.no_fp16 = {"some/repo"}  # a mirror with full-precision files only
     models.load_pipeline("inpaint", model="some/repo", device="cpu", dtype=torch.float16, verbose=False)
     assert fake_pipeline.loaded == [("some/repo", half)]
+
+
+def test_an_indexed_cuda_device_counts_as_a_gpu(monkeypatch, fake_pipeline):
+    """SDCOURSE_DEVICE=cuda:1 makes pick_device() return "cuda:1": still a GPU."""
+    import torch
+
+    from sdcourse import device
+
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    assert models.choose_model("text2img", device="cuda:1").kind == "real"
+    assert models.choose_model("text2img", device=torch.device("cuda", 1)).kind == "real"
+    monkeypatch.setattr(device, "pick_device", lambda: "cuda:1")
+    assert models.choose_model("text2img").kind == "real"
+    models.load_pipeline("inpaint", model="mini", device="cuda:1", verbose=False)
+    assert fake_pipeline.loaded[-1][1]["dtype"] == torch.float16  # half precision on any GPU
+    models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
+    assert fake_pipeline.loaded[-1][1]["dtype"] == torch.float32
