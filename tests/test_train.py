@@ -1,4 +1,5 @@
 """The trainers' mechanics on a few steps: freezing, checkpoints, resume (no quality here)."""
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
@@ -129,3 +130,35 @@ def test_vae_resumes_from_a_checkpoint_taken_at_the_freeze_step(tmp_path):
     after = AutoencoderKL.from_pretrained(out / "checkpoint" / "vae")
     for a, b in zip(snapshot.encoder.parameters(), after.encoder.parameters()):
         assert torch.equal(a, b)  # frozen from step 2 on
+
+
+def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """Replacing a published folder never passes through a moment with nothing there: a crash
+    while swapping leaves the previous model; a finished swap leaves no old copy behind."""
+    import os
+
+    target = tmp_path / "vae"
+    torch.manual_seed(0)
+    first = AutoencoderKL(**vae.VAE_CONFIG)
+    common.publish(first, target, fp16=False)
+    real_replace = os.replace
+
+    def crash_on_swap(src, dst):
+        if str(src).endswith(".tmp") and os.fspath(dst) == os.fspath(target):
+            raise KeyboardInterrupt  # killed between taking the old folder away and the new in
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_swap)
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        common.publish(AutoencoderKL(**vae.VAE_CONFIG), target, fp16=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    kept = AutoencoderKL.from_pretrained(target)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), kept.parameters()))
+
+    torch.manual_seed(1)
+    second = AutoencoderKL(**vae.VAE_CONFIG)
+    common.publish(second, target, fp16=False)
+    new = AutoencoderKL.from_pretrained(target)
+    assert all(torch.equal(a, b) for a, b in zip(second.parameters(), new.parameters()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]

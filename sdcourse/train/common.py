@@ -77,6 +77,31 @@ def publish(model, target: Path, fp16: bool = True) -> None:
         for file in tmp.glob("*.safetensors"):
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(file).items()}
             save_file(tensors, file, metadata={"format": "pt"})
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    replace_dir(tmp, target)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder ``new`` to ``target``, replacing what was there.
+
+    The old folder is first renamed to a sibling (``<target>.old<pid>``), the new one renamed
+    into place, and only then is the old one deleted: a crash at any moment leaves either
+    ``target`` or the old folder beside it, never nothing. Should the swap fail, the old
+    folder is put back (unless another process put its own folder at ``target`` meanwhile).
+    """
+    new, target = Path(new), Path(target)
+    old = None
+    if os.path.lexists(target):
+        old = target.with_name(f"{target.name}.old{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            if os.path.lexists(target):  # another process's folder: newer than the old one
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -399,8 +399,7 @@ def save_result(out: Path, parts: dict, tokenizer, settings: Settings) -> Path:
     target, tmp = out / "pipeline", out / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     make_pipeline(parts, tokenizer).save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    common.replace_dir(tmp, target)  # the previous pipeline stays until the new one is in place
     return target
 
 
