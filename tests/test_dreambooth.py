@@ -230,6 +230,44 @@ def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, mo
     assert (other / "0000.png").read_bytes() == b"being written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["class_images", "class_images.tmp999999"]
     assert {p.parent.name for p in written} == {f"class_images.tmp{os.getpid()}"}
+def test_a_class_dir_of_other_files_is_refused_not_deleted(tmp_path, monkeypatch, base):
+    """`--class-dir` pointed at the user's own photos: the trainer replaces class folders it
+    wrote, so it refuses this one, before any model is loaded, and leaves it as it was."""
+    from diffusers import StableDiffusionPipeline
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"the user's own picture")
+    images = subject.make_instance_images(3)
+    message = _expect_error(tmp_path, monkeypatch, images, "did not write", base=base,
+                            class_dir=photos)
+    assert "holiday.jpg" in message and "empty or new folder" in message
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    with pytest.raises(db.DreamBoothError, match="did not write"):
+        db.generate_class_images(pipe, ["a red circle"], photos, seed=0, steps=1)
+    assert [p.name for p in photos.iterdir()] == ["holiday.jpg"]
+    assert (photos / "holiday.jpg").read_bytes() == b"the user's own picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_stale_class_pictures_are_replaced_by_a_swap(tmp_path, base):
+    """The trainer's own pictures for other prompts are replaced: the new set is drawn beside
+    them and swapped in, and no old or temporary folder stays behind."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path / "class_images"
+    folder.mkdir()
+    (folder / "0000.png").write_bytes(b"old")
+    (folder / "prompts.json").write_text(json.dumps({"prompts": ["a blue square"], "seed": 0}))
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    db.generate_class_images(pipe, ["a red circle", "a red circle"], folder, seed=0, steps=1)
+    assert json.loads((folder / "prompts.json").read_text())["prompts"] == ["a red circle"] * 2
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "prompts.json"]
+    assert Image.open(folder / "0000.png").size == (64, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_images"]
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch, capsys):
     """Kill the run while it writes its 3rd checkpoint: the rerun continues from step 2."""
     out = tmp_path / "run"

@@ -274,6 +274,37 @@ def to_resolution(image: Image.Image, size: int) -> Image.Image:
     return image.crop(box).resize((size, size), Image.Resampling.BICUBIC)
 
 
+def _class_manifest(folder: Path) -> dict | None:
+    try:
+        return _read_json(folder / "prompts.json")
+    except (OSError, ValueError):  # unreadable or half-written: not a usable set of pictures
+        return None
+
+
+def check_class_dir(folder, prompts: list[str], seed: int) -> None:
+    """The class folder must be new, empty, or one the trainer wrote: its pictures for other
+    prompts are replaced, so a folder of anything else (the user's own photos given as
+    ``class_dir``) is refused rather than deleted."""
+    folder = Path(folder)
+    if not os.path.lexists(folder):
+        return
+    hint = "give an empty or new folder for the class pictures (class_dir / --class-dir)"
+    if not folder.is_dir():
+        raise DreamBoothError(f"class folder {folder} is not a folder: {hint}")
+    manifest = _class_manifest(folder)
+    if manifest == {"prompts": prompts, "seed": seed}:
+        return  # this run's pictures: reused as they are
+    names = {p.name for p in folder.iterdir()} - {".DS_Store"}  # macOS Finder's, not the user's
+    if "prompts.json" in names:  # the trainer's folder: its pictures are 0000.png, 0001.png, ...
+        names = {n for n in names if n != "prompts.json" and not re.fullmatch(r"\d{4}\.png", n)}
+    foreign = sorted(names)
+    if foreign:
+        raise DreamBoothError(
+            f"class folder {folder} holds {len(foreign)} file(s) the trainer did not write "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and would replace "
+            f"them: {hint}")
+
+
 @torch.no_grad()
 def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
                           batch: int | None = None, steps: int = 25,
@@ -287,9 +318,9 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     a real one (512 px pictures in batches that a 16 GB GPU holds).
     """
     folder = Path(folder)
-    manifest = _read_json(folder / "prompts.json")
-    if manifest == {"prompts": prompts, "seed": seed}:
+    if _class_manifest(folder) == {"prompts": prompts, "seed": seed}:
         return [Image.open(folder / f"{i:04d}.png").convert("RGB") for i in range(len(prompts))]
+    check_class_dir(folder, prompts, seed)  # never replace pictures the trainer did not draw
     import shutil
 
     if batch is None:
@@ -306,9 +337,8 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     for i, image in enumerate(images):
         image.save(tmp / f"{i:04d}.png")
     (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed}))
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        tmp.rename(folder)
+    try:  # stale pictures of other prompts stay until the new ones are in place
+        common.replace_dir(tmp, folder)
     except OSError:  # another run sharing the folder renamed its pictures into place first
         shutil.rmtree(tmp, ignore_errors=True)
     return images
@@ -506,6 +536,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     check_prompts(instance_prompts, class_prompts, token)
 
     out = Path(out)
+    class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     settings = Settings(instance_prompts, class_prompts, token, str(base), lora, rank,
                         train_text_encoder, prior_preservation, prior_loss_weight,
                         num_class_images if prior_preservation else 0, batch_size,
@@ -517,11 +548,12 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                               "out folder, or delete this one to start over")
     if record is not None and record.get("done_step", 0) >= steps:
         return out if lora else out / "pipeline"  # already trained
+    if prior_preservation:
+        check_class_dir(class_dir, class_prompts, seed)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json()})
     return _train(out, images, settings, tokenizer, steps, save_every, validate_every,
-                  validation_prompts or instance_prompts[:1] + class_prompts[:1],
-                  Path(class_dir) if class_dir is not None else out / "class_images")
+                  validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir)
 
 
 def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: int,
