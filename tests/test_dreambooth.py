@@ -155,6 +155,45 @@ def test_prompts_must_carry_the_token(tmp_path, monkeypatch, base):
     _expect_error(tmp_path, monkeypatch, images, "needs a class_prompt", base=base, class_prompt=None)
 
 
+def test_a_bad_base_model_is_one_line(tmp_path, monkeypatch, base):
+    """A mistyped --base, a folder that is no pipeline, or an id that cannot be loaded:
+    one line saying what to give instead, not a traceback from transformers."""
+    images = subject.make_instance_images(3)
+    message = _expect_error(tmp_path, monkeypatch, images, "neither a folder nor a Hub id",
+                            base=str(tmp_path / "mistyped" / "model"))
+    assert "model_index.json" in message
+    (tmp_path / "photos").mkdir()
+    _expect_error(tmp_path, monkeypatch, images, "without a tokenizer folder", base=tmp_path / "photos")
+    (tmp_path / "no_vocab" / "tokenizer").mkdir(parents=True)  # transformers builds an empty one
+    _expect_error(tmp_path, monkeypatch, images, "has no tokenizer files", base=tmp_path / "no_vocab")
+
+    from transformers import CLIPTokenizer
+
+    def unknown(*args, **kwargs):
+        raise OSError("someone/no-such-model is not a valid model identifier\ndetails")
+
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", unknown)
+    message = _expect_error(tmp_path, monkeypatch, images, "could not load base model "
+                            "someone/no-such-model .*not a valid model identifier", base="someone/no-such-model")
+    assert "details" not in message
+
+
+@pytest.mark.parametrize("setting, value, problem", [
+    ("lr", 0.0, "lr must be greater than 0"),
+    ("lr", -1e-4, "lr must be greater than 0"),
+    ("text_encoder_lr", 0.0, "text_encoder_lr must be greater than 0"),
+    ("lr", float("nan"), "lr must be greater than 0"),
+    ("prior_loss_weight", -0.5, "prior_loss_weight must be at least 0"),
+])
+def test_rates_and_weights_must_make_sense(tmp_path, monkeypatch, base, setting, value, problem):
+    def no_tokenizer(base):
+        raise AssertionError("the base model was loaded before the settings were checked")
+
+    monkeypatch.setattr(db, "load_tokenizer", no_tokenizer)
+    _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3), problem, base=base,
+                  train_text_encoder=True, **{setting: value})
+
+
 # --------------------------------------------------------------------------- training runs
 
 

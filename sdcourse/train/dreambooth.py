@@ -241,9 +241,33 @@ def load_components(base) -> dict:
 
 
 def load_tokenizer(base):
+    """The base model's tokenizer; a ``base`` that is no usable model (a mistyped path, an
+    invalid or unknown Hub id, a folder without a tokenizer) raises a one-line
+    :class:`DreamBoothError`."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(str(base), subfolder="tokenizer")
+    from ..models import _is_hub_id
+
+    base = str(base)
+    hint = ("give a diffusers Stable Diffusion folder (with model_index.json) or a Hub id like "
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+    if os.path.isdir(base):
+        if not os.path.isdir(os.path.join(base, "tokenizer")):
+            raise DreamBoothError(f"base model {base} is a folder without a tokenizer folder: {hint}")
+    elif not _is_hub_id(base):
+        raise DreamBoothError(f"base model {base!r} is neither a folder nor a Hub id: check the "
+                              f"path, or {hint}")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    except (OSError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        raise DreamBoothError(f"could not load base model {base} ({reason}): check the id and "
+                              f"your network, or {hint}") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers found no vocabulary
+        raise DreamBoothError(f"base model {base} has no tokenizer files (or is not on the Hub, or "
+                              f"not in the local cache while offline): {hint}")
+    return tokenizer
 
 
 def make_pipeline(parts: dict, tokenizer, device=None):
@@ -527,6 +551,13 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                                ("num_class_images", num_class_images, 1 if prior_preservation else 0)):
         if value < least:
             raise DreamBoothError(f"{name} must be at least {least}, got {value}")
+    for name, value in (("lr", lr), ("text_encoder_lr", text_encoder_lr)):
+        if value is not None and not value > 0:  # also NaN
+            raise DreamBoothError(f"{name} must be greater than 0, got {value}: give a learning "
+                                  "rate such as 1e-4 (or leave it out for the default)")
+    if not prior_loss_weight >= 0:
+        raise DreamBoothError(f"prior_loss_weight must be at least 0, got {prior_loss_weight}: "
+                              "1.0 weighs the class pictures like the subject's (DreamBooth's choice)")
     if base is None:
         from ..models import mini_model_path
 
