@@ -217,7 +217,7 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
         result["train_seconds" + suffix] = record["train_seconds"]
         result["train_cpu_seconds" + suffix] = record["train_cpu_seconds"]
     pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None,
-                                                   requires_safety_checker=False)
+                                                   requires_safety_checker=False, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     for name, value in measure(pipe, n, seed).items():
         result[name + "_base"] = value

@@ -194,6 +194,23 @@ def test_rates_and_weights_must_make_sense(tmp_path, monkeypatch, base, setting,
                   train_text_encoder=True, **{setting: value})
 
 
+def test_base_weights_load_as_safetensors_only(tmp_path, base):
+    """A base model whose UNet is a pickle (.bin) is not loaded: safetensors only."""
+    from diffusers import UNet2DConditionModel
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for part in base.iterdir():
+        if part.name != "unet":
+            (pickled / part.name).symlink_to(part)
+    UNet2DConditionModel.from_pretrained(base / "unet").save_pretrained(pickled / "unet",
+                                                                        safe_serialization=False)
+    assert not list((pickled / "unet").glob("*.safetensors"))
+    with pytest.raises(OSError, match="safetensors"):
+        db.load_components(pickled)
+    assert db.load_components(base)["unet"].config.sample_size == 8
+
+
 # --------------------------------------------------------------------------- training runs
 
 

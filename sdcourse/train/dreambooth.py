@@ -232,9 +232,10 @@ def load_components(base) -> dict:
     base = str(base)
     sampler = getattr(diffusers, diffusers.PNDMScheduler.load_config(base, subfolder="scheduler")["_class_name"])
     return {
-        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder").float(),
-        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae").float().eval(),
-        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet").float(),
+        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder",
+                                                      use_safetensors=True).float(),
+        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True).float().eval(),
+        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True).float(),
         "noise_scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),  # for training
         "scheduler": sampler.from_pretrained(base, subfolder="scheduler"),  # for sampling
     }
@@ -472,7 +473,8 @@ def load_dreambooth(out, device: str = "cpu"):
     settings = record["settings"]
     if settings["lora"]:
         pipe = StableDiffusionPipeline.from_pretrained(settings["base"], safety_checker=None,
-                                                       requires_safety_checker=False)
+                                                       requires_safety_checker=False,
+                                                       use_safetensors=True)
         from diffusers.utils import logging
 
         level = logging.get_verbosity()
@@ -483,7 +485,7 @@ def load_dreambooth(out, device: str = "cpu"):
         finally:
             logging.set_verbosity(level)
     else:
-        pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline")
+        pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
