@@ -160,13 +160,17 @@ def cmd_run(args) -> int:
     notebooks = resolve_notebooks(args.notebooks)  # every check happens before any kernel starts
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    if args.model:
+    model = args.model
+    if model:
         from .models import ModelChoiceError, choose_model
 
         try:
-            choose_model("text2img", args.model)
+            choose_model("text2img", model)
         except ModelChoiceError as error:
-            raise UsageError(f"--model {args.model}: {error}") from None
+            raise UsageError(f"--model {model}: {error}") from None
+        if model not in ("mini", "real") and os.path.isdir(model):
+            # a folder is given relative to here, but the kernel runs in the notebook's folder
+            model = os.path.abspath(model)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -174,8 +178,8 @@ def cmd_run(args) -> int:
     # no progress bars in the outputs; SDCOURSE_HEADLESS: no front end, so interactive widgets
     # are drawn once at their default (their messages can hang the runner, jupyter/nbclient#312)
     env = dict(os.environ, TQDM_DISABLE="1", SDCOURSE_HEADLESS="1")
-    if args.model:
-        env["SDCOURSE_MODEL"] = args.model
+    if model:
+        env["SDCOURSE_MODEL"] = model
     for path in notebooks:
         failure = run_notebook(path, args.out, args.timeout, env)
         if failure:

@@ -119,6 +119,24 @@ def test_run_order_and_kernel_environment(tmp_path, monkeypatch, capsys):
                and env["SDCOURSE_HEADLESS"] == "1" for _, env in calls)
 
 
+def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch):
+    """`--model ./folder` is checked here, but the kernel runs in the notebook's folder: it
+    gets the folder's absolute path. Keywords and Hub ids pass on as they are."""
+    (tmp_path / "nbs").mkdir()
+    nb = write_notebook(tmp_path / "nbs" / "00.ipynb", "pass")
+    (tmp_path / "work" / "my_model").mkdir(parents=True)
+    (tmp_path / "work" / "my_model" / "model_index.json").write_text("{}")
+    (tmp_path / "work" / "mini").mkdir()  # a folder named like a keyword: still the keyword
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    seen = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: seen.append(env["SDCOURSE_MODEL"]))
+    for model in ("./my_model", "my_model", "mini", "some/repo"):
+        assert cli.main(["run", str(nb), "--model", model, "--out", str(tmp_path / "o")]) == 0
+    model_dir = str(tmp_path / "work" / "my_model")
+    assert seen == [model_dir, model_dir, "mini", "some/repo"]
+
+
 def test_default_notebooks_are_the_checkouts(monkeypatch, tmp_path):
     folder = cli.default_notebooks_dir()
     if folder is None:
