@@ -38,6 +38,8 @@ _NAMES = {
     "load_pipeline": "models", "choose_model": "models", "mini_model_path": "models",
     # sizes.py: width/height checks before any work
     "check_size": "sizes",
+    # exercises.py: the exercises' self-checks
+    "self_check": "exercises",
 }
 __all__ = sorted(_NAMES)
 
