@@ -69,23 +69,46 @@ def default_notebooks_dir() -> Path | None:
 
 
 def resolve_notebooks(paths: list[str]) -> list[Path]:
-    """Check the requested notebooks (or find the course's) and sort them by name."""
+    """Check the requested notebooks (or find the course's) and sort them by name.
+
+    Every notebook is parsed here, so a corrupt one is reported before any of them runs."""
     if not paths:
         folder = default_notebooks_dir()
         if folder is None:
             raise UsageError("no notebooks found (looked for notebooks/*.ipynb next to the "
                              "sdcourse package and in the current directory); pass notebook paths")
-        return sorted(folder.glob("*.ipynb"), key=lambda p: p.name)
-    found = []
-    for raw in paths:
-        path = Path(raw)
-        if path.suffix != ".ipynb":
-            raise UsageError(f"{raw}: not a notebook (expected a .ipynb file)")
-        if not path.is_file():
-            raise UsageError(f"{raw}: no such notebook")
-        if path not in found:
-            found.append(path)
-    return sorted(found, key=lambda p: (p.name, str(p)))
+        found = sorted(folder.glob("*.ipynb"), key=lambda p: p.name)
+    else:
+        found = []
+        for raw in paths:
+            path = Path(raw)
+            if path.suffix != ".ipynb":
+                raise UsageError(f"{raw}: not a notebook (expected a .ipynb file)")
+            if not path.is_file():
+                raise UsageError(f"{raw}: no such notebook")
+            if path not in found:
+                found.append(path)
+        found.sort(key=lambda p: (p.name, str(p)))
+    for path in found:
+        _check_readable(path)
+    return found
+
+
+def _check_readable(path: Path) -> None:
+    """Raise a one-line UsageError unless ``path`` parses as a notebook."""
+    import warnings
+
+    import nbformat
+
+    try:
+        with warnings.catch_warnings():  # schema warnings: nbclient runs such notebooks anyway
+            warnings.simplefilter("ignore")
+            nbformat.read(path, as_version=4)
+    except Exception as error:  # not JSON, not UTF-8, not a notebook's structure, unreadable
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0][:120]}" if lines else type(error).__name__
+        raise UsageError(f"{path}: not a readable notebook ({reason}): restore it from git or "
+                         "download it again") from None
 
 
 def _write_atomic(path: Path, text: str) -> None:

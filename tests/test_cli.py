@@ -85,6 +85,22 @@ def test_bad_argument_fails_before_any_kernel(tmp_path, capsys, no_kernel, name,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content", ['{"cells": [', "[]", '{"nbformat": 4}', "\udcff"])
+def test_corrupt_notebook_fails_before_any_kernel(tmp_path, capsys, monkeypatch, no_kernel, content):
+    """A notebook that does not parse (cut short, not a notebook, not UTF-8) is one line
+    naming it, before the first notebook runs, whether named or found in notebooks/."""
+    good = write_notebook(tmp_path / "00_good.ipynb", "print(1)")
+    bad = tmp_path / "01_bad.ipynb"
+    bad.write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert cli.main(["run", str(good), str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "01_bad.ipynb: not a readable notebook" in err and "restore it" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    monkeypatch.setattr(cli, "default_notebooks_dir", lambda: tmp_path)
+    assert cli.main(["run", "--out", str(tmp_path / "out")]) == 2
+    assert "01_bad.ipynb: not a readable notebook" in capsys.readouterr().err
+
+
 def test_bad_timeout(tmp_path, capsys, no_kernel):
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
     assert cli.main(["run", str(good), "--timeout", "0"]) == 2
