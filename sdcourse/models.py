@@ -188,9 +188,10 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
                       "feature_extractor": [None, None], "image_encoder": [None, None]})
     index.update({name: _LIBRARY[name] for name in parts})
     text = json.dumps(index, indent=2)
-    # the folder's name changes whenever a shipped file or the index changes: never stale
+    # the folder's name changes whenever a shipped file or the index changes: never stale; and
+    # with the package's location, so two installs (venvs) never share links into one of them
     stamp = max(f.stat().st_mtime_ns for c in parts.values() for f in (MINI_DIR / c).rglob("*"))
-    digest = hashlib.sha256(f"{text}{stamp}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{MINI_DIR}\n{text}{stamp}".encode()).hexdigest()[:12]
     root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
     target = root / "mini" / f"{task}-{digest}"
     if (target / "model_index.json").exists():

@@ -168,3 +168,17 @@ def test_an_indexed_cuda_device_counts_as_a_gpu(monkeypatch, fake_pipeline):
     assert fake_pipeline.loaded[-1][1]["dtype"] == torch.float16  # half precision on any GPU
     models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
     assert fake_pipeline.loaded[-1][1]["dtype"] == torch.float32
+
+
+def test_two_installs_do_not_share_a_mini_model_folder(monkeypatch, tmp_path):
+    """Another install's package (another venv) with the same files gets a folder of its own,
+    linking into its own package, not the first install's."""
+    first = models.mini_model_path("text2img")
+    other = tmp_path / "other_venv" / "sdcourse" / "mini"
+    other.mkdir(parents=True)
+    for component in models.MINI_DIR.iterdir():
+        (other / component.name).symlink_to(component, target_is_directory=component.is_dir())
+    monkeypatch.setattr(models, "MINI_DIR", other)
+    second = models.mini_model_path("text2img")
+    assert second != first
+    assert str(other) in str((second / "unet").readlink())
