@@ -1,12 +1,16 @@
-"""The ``sdcourse`` command: run the course headless and check the machine.
+"""The ``sdcourse`` command: run the course headless, check the machine, train and measure
+the mini model.
 
     sdcourse run [NOTEBOOK ...] [--out DIR] [--timeout SECONDS] [--model mini|real|ID]
     sdcourse doctor
     sdcourse models path TASK
+    sdcourse train vae|text2img|inpaint|depth|depth-estimator [--out DIR] [--steps N] ...
+    sdcourse train dreambooth --instance-dir DIR --instance-prompt PROMPT [--class-prompt ...] ...
+    sdcourse evaluate vae|text2img|img2img|inpaint|depth2img|dreambooth [--n N] [--json] ...
 
 Each subcommand is two small functions: ``_add_<name>(subparsers)`` declares its arguments
-and ``cmd_<name>(args) -> int`` does the work. To add one (``train``, ``evaluate``), write
-the pair and list ``_add_<name>`` in :data:`COMMANDS`.
+and ``cmd_<name>(args) -> int`` does the work. To add one, write the pair and list
+``_add_<name>`` in :data:`COMMANDS`.
 
 Errors are one line on stderr (``sdcourse: error: ...``): exit status 2 for a bad command
 line, 1 for anything else; a notebook that fails is one line naming the notebook, the cell
@@ -430,7 +434,8 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a shipped mini model on fresh random cases",
                        description="Measure the shipped mini model on fresh cases drawn from --seed.")
     p.add_argument("model", choices=EVALUATIONS)
-    p.add_argument("--n", type=int, default=None, help="how many images (default 256 vae, 200 text2img)")
+    p.add_argument("--n", type=int, default=None, help="how many cases (default 256 vae, 200 text2img, 100 img2img, inpaint "
+                   "and depth2img, 50 dreambooth)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the fresh cases (default 1234)")
     p.add_argument("--train-seed", type=int, default=None, metavar="N",
                    help="dreambooth only: the seed its training runs use (default 0)")
@@ -471,7 +476,8 @@ COMMANDS = [_add_run, _add_doctor, _add_models, _add_train, _add_evaluate]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdcourse",
-        description="Stable Diffusion course: run the notebooks, check the machine.",
+        description="Stable Diffusion course: run the notebooks, check the machine, train and "
+        "evaluate the embedded mini model.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:

@@ -273,3 +273,26 @@ def test_evaluate_passes_the_training_seed_to_dreambooth(capsys, monkeypatch):
     assert cli.main(["evaluate", "dreambooth", "--train-seed", "3", "--json"]) == 0
     assert calls == [{"train_seed": 3, "seed": 1234}]
     assert capsys.readouterr().out.strip() == '{"ok": 1}'
+
+
+def test_readme_cli_reference_covers_every_command_and_option():
+    """README's CLI reference names each subcommand, its choices and every option the parser has."""
+    import argparse
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = re.search(r"^## CLI reference\n(.*?)^## ", readme, re.S | re.M).group(1)
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert f"sdcourse {name}" in section, name
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):  # models path
+                assert all(f"sdcourse {name} {inner}" in section for inner in action.choices)
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert option in section, f"sdcourse {name} {option}"
+            if not action.option_strings and action.choices and not isinstance(
+                    action, argparse._SubParsersAction):
+                for choice in action.choices:
+                    assert re.search(rf"\b{re.escape(choice)}\b", section), f"sdcourse {name} {choice}"
