@@ -123,13 +123,18 @@ def test_pytest_runs_tests_and_notebooks(pyproject):
     assert "--nbval-lax" in options["addopts"]
 
 
-def test_colab_install_url_is_the_project_repository():
-    """The Colab cell of 00_setup installs from the one repository address pyproject names."""
+def test_every_notebook_installs_the_course_on_colab_from_the_project_repository():
+    """Each notebook opens on its own Colab runtime, so each starts with the install cell; the
+    cell installs from the one repository address pyproject names (sources never spell it)."""
+    import json
     import re
 
     root = Path(__file__).resolve().parent.parent
     url = tomllib.loads((root / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
-    setup = (root / "notebooks" / "src" / "00_setup.py").read_text()
-    assert re.search(r'COURSE_REPO = "([^"]+)"', setup).group(1) == url
-    others = [p for p in (root / "notebooks" / "src").glob("*.py") if p.name != "00_setup.py"]
-    assert not any("github.com" in p.read_text() for p in others), "keep the URL in 00_setup only"
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        first = "".join(code[0]["source"])
+        assert "google.colab" in first, f"{path.name}: the first code cell is not the Colab install"
+        assert re.search(r'COURSE_REPO = "([^"]+)"', first).group(1) == url, path.name
+    sources = (root / "notebooks" / "src").glob("*.py")
+    assert not any("github.com" in p.read_text() for p in sources), "the URL lives in pyproject.toml"

@@ -5,7 +5,9 @@
     python tools/build_notebooks.py --allow-errors [NAME ...]   # while drafting
 
 Sources are plain Python files so that reviews show real diffs; ``# %% [markdown]`` starts a
-markdown cell (each line's leading ``# `` is removed). Executing stores the outputs the
+markdown cell (each line's leading ``# `` is removed), and a ``# %% [colab]`` line becomes the
+Colab install cell: every notebook opens on its own Colab runtime, so each needs it, and the
+repository address it installs from is read from pyproject.toml (written in one place). Executing stores the outputs the
 course ships (nbval compares cells marked ``# NBVAL_CHECK_OUTPUT`` against them).
 """
 from __future__ import annotations
@@ -21,6 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
 
 
+def colab_cell() -> str:
+    """The code of the Colab install cell, for the repository pyproject.toml names."""
+    import tomllib
+
+    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    return (
+        "# On Google Colab, install the course into this runtime (elsewhere this cell does nothing).\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        f'COURSE_REPO = "{url}"\n'
+        'if "google.colab" in sys.modules:\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{COURSE_REPO}"], check=True)')
+
+
 def parse(text: str) -> list:
     cells, kind, lines = [], None, []
 
@@ -33,7 +50,11 @@ def parse(text: str) -> list:
             cells.append(nbformat.v4.new_code_cell(body))
 
     for line in text.splitlines():
-        if line.startswith("# %%"):
+        if line.startswith("# %% [colab]"):
+            flush()
+            cells.append(nbformat.v4.new_code_cell(colab_cell()))
+            kind, lines = None, []
+        elif line.startswith("# %%"):
             flush()
             kind, lines = ("markdown" if "[markdown]" in line else "code"), []
         else:
