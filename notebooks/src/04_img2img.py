@@ -5,13 +5,14 @@
 # - how `StableDiffusionImg2ImgPipeline` starts from your picture instead of pure noise;
 # - what `strength` does to the schedule: how many steps actually run, from which noise level;
 # - the trade-off it controls, measured: similarity to the input against following the prompt;
-# - what the seed article's "style transfer" and "super-resolution" mean here.
+# - what the original article's "style transfer" and "super-resolution" mean here.
 #
 # **What you need**: CPU with the mini model: about a minute. Colab GPU with a real model:
 # about 2 minutes (download included).
 
+# %% [colab]
+
 # %%
-# On Google Colab, install the course first: run the first code cell of 00_setup.ipynb.
 import random
 
 import numpy as np
@@ -41,16 +42,19 @@ init_image.resize((128, 128))
 # img2img encodes the picture to latents, adds noise as if the picture were part-way through
 # the forward (noising) process, and denoises from there. `strength` says how far: with 25
 # steps and strength 0.6, the picture is noised to the level of step 10 of 25 and only the
-# last 15 steps run. Strength 1.0 is plain text-to-image (the picture is drowned in noise).
+# last 15 steps run. Strength 1.0 runs every step, from the first step's noise level. That
+# is *almost* text-to-image, not quite: the 25 steps start at t=961, not 999, where a trace
+# of the picture is left (the "signal" column: the input's weight in the noisy latents, √ᾱ),
+# enough to bias where the object lands (section 3 measures it).
 
 # %%
 # NBVAL_CHECK_OUTPUT
 for strength in (0.3, 0.6, 0.8, 1.0):
     pipe.scheduler.set_timesteps(25, device=device)
     timesteps, steps_run = pipe.get_timesteps(25, strength, device)
-    noise_level = float((1 - pipe.scheduler.alphas_cumprod[int(timesteps[0])]) ** 0.5)
+    alpha_bar = float(pipe.scheduler.alphas_cumprod[int(timesteps[0])])
     print(f"strength {strength:.1f}: {steps_run:>2} of 25 steps run, starting at t={int(timesteps[0]):>3} "
-          f"(noise level {noise_level:.2f})")
+          f"(noise {(1 - alpha_bar) ** 0.5:.2f}, signal {alpha_bar ** 0.5:.2f})")
 
 # %% [markdown]
 # A strength sweep: recolour the triangle blue.
@@ -111,14 +115,17 @@ print("higher strength follows the prompt more:", curve[1.0][1] > curve[0.2][1])
 
 # %% [markdown]
 # ## 4. Style transfer and super-resolution
-# The seed article mentions both as img2img uses:
+# The original article mentions both as img2img uses:
 # - **Style transfer** is img2img with a style prompt ("an oil painting of …") at a medium
 #   strength (0.5–0.7): the layout survives, the texture follows the words. On the mini model
 #   "style" is just colour, which is what section 3 measured.
 # - **Super-resolution** is a different model: the *Stable Diffusion x4 upscaler*
 #   (`StableDiffusionUpscalePipeline`) is a diffusion model conditioned on a low-resolution
-#   picture (plus a prompt) that generates a 4× larger one — 128 px in, 512 px out. It works in
-#   pixel space at low resolution with its own VAE. Stability AI's original repository was
+#   picture (plus a prompt) that generates a 4× larger one — 128 px in, 512 px out. It is a
+#   latent diffusion model too, but its VAE shrinks by 4, not 8: the latents of a 512 px
+#   output are 128×128, the size of the input picture, which is fed to the UNet beside them
+#   (4 latent + 3 picture channels), with a `noise_level` saying how much noise was added to
+#   that picture. Stability AI's original repository was
 #   removed from the Hub with the other SD 2.x repositories; look for a maintained mirror.
 #   The cell below runs it only where a GPU and the Hub are there.
 
@@ -130,25 +137,45 @@ else:
     from diffusers import StableDiffusionUpscalePipeline
 
     upscaler = StableDiffusionUpscalePipeline.from_pretrained(UPSCALER, dtype=torch.float16).to(device)
+    from IPython.display import display
+
     low = sweep[2].resize((128, 128))
-    upscaler(prompt, image=low).images[0]
+    high = upscaler(prompt, image=low).images[0]
+    print("upscaled:", low.size, "->", high.size)
+    display(high)
 
 # %% [markdown]
 # ## Exercises
 # 1. At which strength does the new colour win for at least half of the pictures? Read it
 #    off the curve, then check with a finer sweep.
-# 2. img2img with strength 1.0 ignores the input completely. Complete `steps_that_run` (how
-#    many denoising steps run for a strength and a step count) and run the self-check.
+# 2. Complete `steps_that_run` (how many denoising steps run for a strength and a step
+#    count) and run the self-check.
 
 
 # %%
 def steps_that_run(strength: float, num_inference_steps: int) -> int:
-    return min(int(num_inference_steps * strength), num_inference_steps)
+    raise NotImplementedError  # your code
 
 
 # %%
 # Self-check for exercise 2
-for s, n in [(0.3, 25), (0.6, 25), (1.0, 25), (0.5, 50)]:
-    pipe.scheduler.set_timesteps(n, device=device)
-    assert steps_that_run(s, n) == pipe.get_timesteps(n, s, device)[1], (s, n)
-print("✓ steps_that_run matches the pipeline")
+def check_exercise_2() -> str:
+    for s, n in [(0.3, 25), (0.6, 25), (1.0, 25), (0.5, 50)]:
+        pipe.scheduler.set_timesteps(n, device=device)
+        runs = pipe.get_timesteps(n, s, device)[1]
+        assert steps_that_run(s, n) == runs, f"strength {s}, {n} steps: the pipeline runs {runs}"
+    return "steps_that_run matches the pipeline"
+
+
+sdc.self_check(check_exercise_2, "exercise 2")
+
+# %% [markdown]
+# **A solution** (try it yourself first):
+
+
+# %%
+def steps_that_run(strength: float, num_inference_steps: int) -> int:
+    return min(int(num_inference_steps * strength), num_inference_steps)  # the last ones
+
+
+assert sdc.self_check(check_exercise_2, "exercise 2")
