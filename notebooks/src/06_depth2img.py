@@ -10,8 +10,9 @@
 # **What you need**: CPU with the mini model: about a minute. Colab GPU with a real depth
 # checkpoint: about 2 minutes (download included).
 
+# %% [colab]
+
 # %%
-# On Google Colab, install the course first: run the first code cell of 00_setup.ipynb.
 import random
 
 import numpy as np
@@ -66,15 +67,21 @@ sdc.show_images([picture, result], titles=["input", prompt], size=2);
 # %% [markdown]
 # ## 3. Your own depth map
 # `depth_map=` skips the estimator: any (1, H, W) tensor, larger = nearer. Here, the world's
-# true depth of a *different* picture (a triangle) with the same prompt colours: the layout
-# now comes from the depth map, not from the picture.
+# true depth of a *different* picture (a triangle, elsewhere in the frame), with the same
+# picture and prompt as before: at strength 1.0 the layout comes from the depth map. The
+# prompt still says "circle": the depth map decides *where*, the words *what*.
 
 # %%
 other = sample(9, color="red", shape="triangle", background="blue")
 depth_map = torch.from_numpy(other.depth)[None]
 from_depth = pipe(prompt=prompt, image=picture, depth_map=depth_map, strength=1.0,
                   num_inference_steps=25, guidance_scale=7.5, generator=sdc.make_generator(0)).images[0]
+print("depth_map:", tuple(depth_map.shape))
 sdc.show_images([other.depth, from_depth], titles=["depth map given", "strength 1.0"], size=2);
+if on_mini:  # where did the object land: on the depth map's object, or the picture's?
+    landed = read_image(from_depth).mask
+    print(f"object mask IoU with the depth map's object {mask_iou(landed, other.mask > 0.5):.2f}, "
+          f"with the input picture's object {mask_iou(landed, truth.mask > 0.5):.2f}")
 
 # %% [markdown]
 # ## 4. Measure: layout preserved, colours from the prompt
@@ -89,7 +96,7 @@ if on_mini:
     for i in range(24):
         scene = random_scene(rng)
         color = rng.choice([c for c in sdc.world.COLORS if c not in (scene.color, scene.background)])
-        bg = rng.choice([c for c in sdc.world.COLORS if c != color])
+        bg = rng.choice([c for c in sdc.world.COLORS if c not in (color, scene.background)])
         cases.append((render(scene), color, caption(color, scene.shape, bg)))
     img2img = sdc.load_pipeline("img2img", device=device, verbose=False)
 
@@ -115,9 +122,35 @@ if on_mini:
 
 # %% [markdown]
 # ## Exercises
-# 1. Pass a depth map that is flat (all zeros) with strength 1.0. What layout do you get?
+# 1. Pass a depth map without any object, a ramp from near on the left to far on the right
+#    (`torch.linspace`), with strength 1.0. What layout do you get? (A perfectly flat map
+#    would not work: the pipeline rescales each map by its min and max, 0/0 for a flat one.)
 # 2. Complete `normalize_depth` the way the pipeline rescales depth before the UNet sees it,
 #    and run the self-check.
+
+
+# %%
+def normalize_depth(d: torch.Tensor) -> torch.Tensor:
+    """Rescale each depth map in a batch (N, 1, h, w) to [-1, 1]."""
+    raise NotImplementedError  # your code
+
+
+# %%
+# Self-check for exercise 2
+def check_exercise_2() -> str:
+    d = torch.rand(2, 1, 8, 8) * 5 + 3
+    d[1] *= 10  # a second picture on another scale: each is rescaled on its own
+    n = normalize_depth(d)
+    assert n.shape == d.shape, f"shape {tuple(n.shape)}: keep (N, 1, h, w)"
+    assert torch.allclose(n.amin(dim=(1, 2, 3)), torch.tensor(-1.0)), "each picture's smallest value should become -1"
+    assert torch.allclose(n.amax(dim=(1, 2, 3)), torch.tensor(1.0)), "each picture's largest value should become 1"
+    return "depth rescaled to [-1, 1] per picture, as StableDiffusionDepth2ImgPipeline does"
+
+
+sdc.self_check(check_exercise_2, "exercise 2")
+
+# %% [markdown]
+# **A solution** (try it yourself first):
 
 
 # %%
@@ -128,9 +161,4 @@ def normalize_depth(d: torch.Tensor) -> torch.Tensor:
     return 2.0 * (d - lo) / (hi - lo) - 1.0
 
 
-# %%
-# Self-check for exercise 2
-d = torch.rand(2, 1, 8, 8) * 5 + 3
-n = normalize_depth(d)
-assert torch.allclose(n.amin(dim=(1, 2, 3)), torch.tensor(-1.0)) and torch.allclose(n.amax(dim=(1, 2, 3)), torch.tensor(1.0))
-print("✓ depth rescaled to [-1, 1] per picture, as StableDiffusionDepth2ImgPipeline does")
+assert sdc.self_check(check_exercise_2, "exercise 2")
