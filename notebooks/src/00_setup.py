@@ -17,14 +17,7 @@
 # tokenizer, CLIP text encoder, UNet, VAE, scheduler — and loads with the same
 # `from_pretrained` code, so everything you learn here carries over unchanged.
 
-# %%
-# On Google Colab, install the course into this runtime (elsewhere this cell does nothing).
-import subprocess
-import sys
-
-COURSE_REPO = "https://github.com/sdcourse/sdcourse"  # the one place the address is written
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{COURSE_REPO}"], check=True)
+# %% [colab]
 
 # %% [markdown]
 # ## 1. Device and precision
@@ -145,18 +138,39 @@ print(f"{batch_seconds / len(images):.2f} s per image in a batch of {len(images)
 #    and compare what `choose_model` prints.
 
 # %%
-ex_color, ex_shape, ex_background = "yellow", "triangle", "purple"
+# Exercise 1: change the three names (and the seed if you like), then run the self-check.
+ex_color, ex_shape, ex_background = "red", "circle", "blue"
 ex_seed = 1
 ex_image = pipe(caption(ex_color, ex_shape, ex_background), num_inference_steps=25,
                 generator=sdc.make_generator(ex_seed)).images[0]
 ex_image.resize((128, 128))
 
+
 # %%
 # Self-check for exercise 1
-if on_mini:
+def check_exercise_1() -> str:
+    if (ex_color, ex_shape, ex_background) == ("red", "circle", "blue"):
+        raise NotImplementedError  # the names are still the starting ones
+    assert (ex_color, ex_shape, ex_background) == ("yellow", "triangle", "purple"), \
+        "the exercise asks for a yellow triangle on a purple background"
     r = read_image(ex_image)
     got = (r.color, r.shape, r.background)
     assert got == (ex_color, ex_shape, ex_background), f"the evaluator read {got}: try another seed"
-    print("✓ the image shows what you asked for")
+    return "the image shows what you asked for"
+
+
+if on_mini:
+    sdc.self_check(check_exercise_1, "exercise 1")
 else:
     print("Self-check skipped: it reads the mini model's world (you are on a real model).")
+
+# %% [markdown]
+# **A solution** (try it yourself first):
+
+# %%
+ex_color, ex_shape, ex_background = "yellow", "triangle", "purple"
+ex_image = pipe(caption(ex_color, ex_shape, ex_background), num_inference_steps=25,
+                generator=sdc.make_generator(ex_seed)).images[0]
+if on_mini:
+    assert sdc.self_check(check_exercise_1, "exercise 1")
+ex_image.resize((128, 128))
