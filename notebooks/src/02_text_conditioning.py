@@ -13,8 +13,9 @@
 # **What you need**: CPU with the mini model: under a minute. Colab GPU with a real model:
 # about 2 minutes (download included).
 
+# %% [colab]
+
 # %%
-# On Google Colab, install the course first: run the first code cell of 00_setup.ipynb.
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -162,18 +163,25 @@ def token_heatmaps(maps: list, side: int) -> torch.Tensor:
     return total / len(maps)
 
 
+def stretch(m: torch.Tensor) -> torch.Tensor:
+    """Min-max scale a heatmap to [0, 1]: where a token gets *more* attention shows bright."""
+    return (m - m.min()) / (m.max() - m.min() + 1e-12)
+
+
 heat = token_heatmaps(maps, side=image.size[0]).cpu()
 tokens = tokenizer.convert_ids_to_tokens(ids)
 words = [(i, t.replace("</w>", "")) for i, t in enumerate(tokens) if 0 < i < len(ids) - 1]
-sdc.show_images([image] + [heat[i] / heat[i].max() for i, _ in words],
-                titles=["image"] + [w for _, w in words], cols=len(words) + 1, size=1.6);
+print("heatmaps:", tuple(heat.shape), "(token, height, width)")
+sdc.show_images([image] + [stretch(heat[i]) for i, _ in words] + [stretch(heat[len(ids):].mean(0))],
+                titles=["image"] + [w for _, w in words] + ["padding"], cols=len(words) + 2, size=1.6);
 
 # %% [markdown]
-# ## 4. Measure: which tokens look at the object?
-# If cross-attention ties a token to a place, that token puts more of its attention on the
-# object than the object's share of the picture. For 16 prompts we find the object with the
-# evaluator and compute, per token position, *attention share on the object ÷ object area*
-# (1 = no preference; above 1 = the token looks at the object).
+# ## 4. Measure: which tokens does the object attend to?
+# If cross-attention ties a token to a place, the positions of that place give the token more
+# attention than the rest of the picture does. For 16 prompts we find the object with the
+# evaluator and compute, per token position, *the token's attention share on the object ÷
+# the object's share of the picture* (1 = no preference; above 1 = the object's positions
+# attend to the token more than the background's do).
 
 # %%
 import random
@@ -201,28 +209,55 @@ for pos, name in enumerate(names):
 print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
 
 # %% [markdown]
-# Read the table: a ratio well above 1 marks the tokens whose keys the object's positions
-# match. In Stable Diffusion the object's noun and its adjectives light up (the basis of
-# prompt-to-prompt editing). In the mini model the text encoder is causal (each token sees
-# only the words before it), so the *later* positions — the shape word, the end-of-text and
-# padding tokens — carry the whole description, and that is where the UNet tends to look.
+# Read the table:
+# - The **colour word** is looked at more from the object than from the background (ratio
+#   above 1): it lights up the object. One picture's heatmaps, as above, are noisy (there
+#   its map is faint); averaged over 16 pictures the effect is clear.
+# - So does every word after it, and more strongly. CLIP's text encoder is causal — in
+#   Stable Diffusion too — so each position's vector sums up the prompt *up to that word*:
+#   "on" and "a", after "red circle", also carry "red circle". A token's map shows where its
+#   position is read, not only where its own word matters.
+# - The start token and the padding are looked at *less* from the object than from the
+#   background (ratio below 1): the background's positions, with no object to draw, put their
+#   attention there. Stable Diffusion's start token plays the same role of a sink for
+#   attention that has nowhere better to go.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("measured on", len(ratios), "pictures; every token's ratio computed:", tuple(mean_ratio.shape))
+content = mean_ratio[2:9]  # from the colour word to the end token
+print("measured on", len(ratios), "pictures")
+print("the colour word lights up the object (ratio > 1):", bool(mean_ratio[2] > 1))
+print("every word from the colour on does:", bool((content > 1).all()))
+print("the start token and padding look at the background (ratio < 1):",
+      bool(mean_ratio[0] < 1 and mean_ratio[9:].mean() < 1))
 
 # %% [markdown]
 # ## Exercises
-# 1. Which token does the shape word ("circle") attend to most? Plot its heatmap for a
-#    triangle and for a square.
-# 2. Count the tokens of a prompt of your own and check it fits in 77 (self-check below).
+# 1. Where in the picture do the image's positions attend to the shape word ("circle")?
+#    Plot that token's heatmap for a triangle and for a square.
+# 2. Write a prompt of your own, count the tokens the text encoder will see (with the
+#    tokenizer) and check that it fits in 77.
 
 # %%
-my_prompt = "a small orange triangle on a white background, flat colours, centred"
-my_tokens = len(tokenizer(my_prompt).input_ids)
+my_prompt = "a small orange triangle on a white background, flat colours, centred"  # or yours
+my_tokens = None  # your answer: how many tokens does the text encoder see?
+
 
 # %%
 # Self-check for exercise 2
-assert my_tokens == len(tokenizer.tokenize(my_prompt)) + 2, "remember the start and end tokens"
-assert my_tokens <= tokenizer.model_max_length, "too long: the end of the prompt would be cut"
-print(f"✓ {my_tokens} tokens: fits in {tokenizer.model_max_length}")
+def check_exercise_2() -> str:
+    if my_tokens is None:
+        raise NotImplementedError
+    assert my_tokens == len(tokenizer.tokenize(my_prompt)) + 2, "count the words' tokens, then the start and end tokens"
+    assert my_tokens <= tokenizer.model_max_length, "too long: the end of the prompt would be cut"
+    return f"{my_tokens} tokens: fits in {tokenizer.model_max_length}"
+
+
+sdc.self_check(check_exercise_2, "exercise 2")
+
+# %% [markdown]
+# **A solution** (try it yourself first):
+
+# %%
+my_tokens = len(tokenizer(my_prompt).input_ids)  # unpadded: start + the words' tokens + end
+assert sdc.self_check(check_exercise_2, "exercise 2")
