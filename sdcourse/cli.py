@@ -334,13 +334,16 @@ def _add_train(sub) -> None:
     db.add_argument("--class-dir", type=Path, metavar="DIR",
                     help="folder for the class pictures, reused when they are already there "
                     "(default: OUT/class_images)")
+    db.add_argument("--token-init", metavar="WORDS",
+                    help="words describing the subject (e.g. 'white black'): the token's embedding "
+                    "starts as their mean (full fine-tune only)")
     db.add_argument("--lr", type=float, default=None,
                     help="default 3e-3 LoRA, 3e-4 full (rates for the mini model; its evaluation uses 4e-4)")
     p.set_defaults(func=cmd_train)
 
 
 _DREAMBOOTH_ONLY = ("instance_dir", "instance_prompt", "class_prompt", "base", "full",
-                    "train_text_encoder", "no_prior", "lr", "class_dir")
+                    "train_text_encoder", "no_prior", "lr", "class_dir", "token_init")
 
 
 def _train_dreambooth(args, out: Path) -> int:
@@ -357,7 +360,7 @@ def _train_dreambooth(args, out: Path) -> int:
             args.instance_dir, prompt, args.class_prompt, out, token=args.token, base=args.base,
             lora=not args.full, train_text_encoder=args.train_text_encoder,
             prior_preservation=not args.no_prior, prior_loss_weight=args.prior_loss_weight,
-            lr=args.lr, class_dir=args.class_dir, seed=args.seed,
+            lr=args.lr, class_dir=args.class_dir, seed=args.seed, token_init=args.token_init,
             **({"steps": args.steps} if args.steps else {}))
     except dreambooth.DreamBoothError as error:
         raise UsageError(str(error)) from None

@@ -387,6 +387,36 @@ def test_text_encoder_gets_its_own_learning_rate(tmp_path, base):
         db.train_dreambooth(images, **(args | FAST | {"text_encoder_lr": 2e-3}))
 
 
+@pytest.mark.parametrize("words, lora, problem", [
+    ("white black", True, "a LoRA file does not carry"),
+    ("white xqzvw", False, "split by the tokenizer"),
+    ("sks", False, "is the rare token itself"),
+])
+def test_token_init_words_are_checked_first(tmp_path, monkeypatch, base, words, lora, problem):
+    _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3), problem, base=base,
+                  lora=lora, token_init=words)
+
+
+def test_token_init_starts_the_token_at_the_mean_of_the_words(tmp_path, base):
+    """The rare token's embedding starts as the mean of the given words' (textual inversion's
+    initializer); the encoder is frozen here, so the saved row is where it started."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    images = subject.make_instance_images(3)
+    result = db.train_dreambooth(images, "a sks circle", "a red circle", tmp_path / "init",
+                                 base=base, lora=False, token_init="white black",
+                                 **(FAST | {"steps": 1}))
+    tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    before = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").get_input_embeddings().weight
+    after = CLIPTextModel.from_pretrained(result, subfolder="text_encoder").get_input_embeddings().weight
+    sks, white, black = tok.convert_tokens_to_ids(["sks</w>", "white</w>", "black</w>"])
+    assert torch.allclose(after[sks], (before[white] + before[black]) / 2)
+    assert not torch.allclose(after[sks], before[sks])
+    assert torch.equal(after[white], before[white])  # the words themselves are untouched
+    record = json.loads((tmp_path / "init" / "dreambooth.json").read_text())
+    assert record["settings"]["token_init"] == ["white", "black"]
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 

@@ -34,7 +34,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -172,6 +172,34 @@ def check_prompts(instance_prompts: list[str], class_prompts: list[str], token: 
                                   "class prompts describe the ordinary class, without the token")
 
 
+def check_token_init(words: list[str], token: str, tokenizer, lora: bool) -> None:
+    """The words that start the rare token's embedding: single tokens, other than the token."""
+    if not words:
+        return
+    if lora:
+        raise DreamBoothError("token_init changes the text encoder's embedding of the rare token, "
+                              "which a LoRA file does not carry: use it with a full fine-tune "
+                              "(lora=False, --full)")
+    for word in words:
+        if word.lower() == token.lower():
+            raise DreamBoothError(f"token_init {word!r} is the rare token itself: give words that "
+                                  "describe the subject, e.g. its colours")
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) != 1:
+            raise DreamBoothError(f"token_init word {word!r} is split by the tokenizer into "
+                                  f"{len(pieces)} pieces ({' '.join(pieces)}): give everyday "
+                                  "words that are one token each")
+
+
+def set_token_embedding(text_encoder, tokenizer, token: str, words: list[str]) -> None:
+    """Set the rare token's input embedding to the mean of ``words``' embeddings."""
+    ids = tokenizer.convert_tokens_to_ids([tokenizer.tokenize(w)[0] for w in words])
+    (token_id,) = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(token))
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        table[token_id] = table[ids].mean(dim=0)
+
+
 # -------------------------------------------------------------------------------- settings
 
 
@@ -195,6 +223,7 @@ class Settings:
     seed: int = 0
     images_digest: str = ""
     text_encoder_lr: float | None = None  # None: the same as ``lr``
+    token_init: list[str] = field(default_factory=list)  # words whose embeddings start the token's
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -518,7 +547,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                      steps: int = 400, batch_size: int = 4, lr: float | None = None,
                      text_encoder_lr: float | None = None, class_dir=None,
                      seed: int = 0, save_every: int = 100, validate_every: int = 100,
-                     validation_prompts: list[str] | None = None) -> Path:
+                     validation_prompts: list[str] | None = None,
+                     token_init: str | list[str] | None = None) -> Path:
     """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
 
     ``instance``: a folder of 3-5 pictures, or a list of PIL images. ``instance_prompt``: one
@@ -531,6 +561,9 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     class pictures are kept (default ``out/class_images``); pictures already there for the
     same class prompts and seed are reused, so several runs can share one folder (as
     ``--class_data_dir`` does in diffusers' DreamBooth script).
+    ``token_init``: words that describe the subject (e.g. ``"white black"``); the rare token's
+    embedding starts as the mean of theirs instead of its own, as textual inversion starts
+    from an initializer token. Full fine-tunes only: a LoRA file does not carry embeddings.
 
     Returns ``out`` (holding ``pytorch_lora_weights.safetensors``) for a LoRA, else
     ``out/pipeline`` (a complete diffusers folder); :func:`load_dreambooth` loads either.
@@ -567,6 +600,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     tokenizer = load_tokenizer(base)
     check_token(token, tokenizer)
     check_prompts(instance_prompts, class_prompts, token)
+    init_words = token_init.split() if isinstance(token_init, str) else list(token_init or [])
+    check_token_init(init_words, token, tokenizer, lora)
 
     out = Path(out)
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
@@ -574,7 +609,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                         train_text_encoder, prior_preservation, prior_loss_weight,
                         num_class_images if prior_preservation else 0, batch_size,
                         lr if lr is not None else (3e-3 if lora else 3e-4), seed, _digest(images),
-                        text_encoder_lr if train_text_encoder else None)
+                        text_encoder_lr if train_text_encoder else None, init_words)
     record = _read_json(out / "dreambooth.json")
     if record is not None and record["settings"] != settings.to_json():
         raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: give another "
@@ -617,6 +652,8 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
 
     # 3. what learns: a LoRA on the attention projections, or every weight
     unet, text_encoder = parts["unet"], parts["text_encoder"]
+    if s.token_init:  # start the rare token where words describing the subject are
+        set_token_embedding(text_encoder, tokenizer, s.token, s.token_init)
     text_encoder.requires_grad_(s.train_text_encoder)
     if s.lora:
         add_lora(unet, s.rank, UNET_LORA_TARGETS)
