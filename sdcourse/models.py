@@ -219,14 +219,17 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
     Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
     safetensors only. The mini model loads in float32 on CPU (half precision is slow there).
     """
-    import diffusers
+    check_task(task)  # bad input fails here, before diffusers' slow import (seconds)
     import torch
 
     from .device import pick_device, pick_dtype
 
-    check_task(task)
     device = device or pick_device()
     choice = choose_model(task, model, device)
+    mini_path = mini_model_path(task) if choice.kind == "mini" else None  # says what is missing
+
+    import diffusers
+
     dtype = dtype or (pick_dtype(device) if choice.kind == "real" else
                       (torch.float16 if torch.device(device).type == "cuda" else torch.float32))
     cls = getattr(diffusers, PIPELINES[task])
@@ -239,7 +242,7 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
     if verbose:
         print(f"sdcourse: {choice}")
     if choice.kind == "mini":
-        pipe = cls.from_pretrained(mini_model_path(task), dtype=dtype, use_safetensors=True)
+        pipe = cls.from_pretrained(mini_path, dtype=dtype, use_safetensors=True)
     else:
         pipe = _load_real(cls, task, choice.source, dtype)
     pipe = pipe.to(device)

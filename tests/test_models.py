@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -182,3 +183,24 @@ def test_two_installs_do_not_share_a_mini_model_folder(monkeypatch, tmp_path):
     second = models.mini_model_path("text2img")
     assert second != first
     assert str(other) in str((second / "unet").readlink())
+
+
+def test_load_pipeline_rejects_bad_input_before_importing_diffusers(tmp_path):
+    """A bad task or model id fails in one line before diffusers' slow import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from sdcourse.models import load_pipeline, ModelChoiceError\n"
+            "for kwargs in ({'task': 'bogus'}, {'task': 'text2img', 'model': 'not an id', 'device': 'cpu'}):\n"
+            "    try:\n"
+            "        load_pipeline(**kwargs)\n"
+            "    except ModelChoiceError as error:\n"
+            "        print(str(error).splitlines()[0])\n"
+            "print('diffusers' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SDCOURSE_CACHE": str(tmp_path)}, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("unknown task 'bogus': choose one of text2img"), out
+    assert "neither a folder nor a Hub id" in lines[1], out
+    assert lines[-1] == "False", out
