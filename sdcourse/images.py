@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import numbers
 import os
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
     with a :class:`StandInWarning`, so the notebook still runs.
     """
     url = os.fspath(url)
+    _check_download_args(size, timeout, max_bytes)  # before any file, cache or network access
     if not url.startswith(("http://", "https://")):
         return _finish(_open_local(url), size)
 
@@ -117,6 +119,19 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
     except OSError:
         pass  # a cache that cannot be written (read-only disk, ...) should not fail the download
     return _finish(image, size)
+
+
+def _check_download_args(size, timeout, max_bytes) -> None:
+    """One-line ValueError for a bad ``size``, ``timeout`` or ``max_bytes``, before any work."""
+    if size is not None:
+        _as_wh(size)
+    if not isinstance(timeout, tuple) and (  # requests also takes (connect, read) pairs
+            isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds, e.g. 10, got {timeout!r}")
+    if max_bytes is not None and (isinstance(max_bytes, bool) or
+                                  not isinstance(max_bytes, numbers.Real) or max_bytes <= 0):
+        raise ValueError(f"max_bytes must be a positive number of bytes, e.g. 20_000_000, "
+                         f"or None for no limit, got {max_bytes!r}")
 
 
 def _fetch(url: str, timeout, max_bytes: int | None) -> bytes:
@@ -268,11 +283,16 @@ def _finish(image: Image.Image, size) -> Image.Image:
 
 
 def _as_wh(size) -> tuple[int, int]:
-    """``512`` -> ``(512, 512)``; ``(w, h)`` stays."""
-    width, height = (size, size) if isinstance(size, int) else size
-    if int(width) <= 0 or int(height) <= 0:
+    """``512`` -> ``(512, 512)``; ``(w, h)`` stays; anything else is a one-line ValueError."""
+    try:
+        width, height = (size, size) if isinstance(size, numbers.Integral) else size
+        width, height = int(width), int(height)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be an int for a square (512) or a (width, height) pair, "
+                         f"got {size!r}") from None
+    if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
-    return int(width), int(height)
+    return width, height
 
 
 # --------------------------------------------------------------------------------------------

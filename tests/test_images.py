@@ -186,6 +186,32 @@ def test_corrupt_cache_entry_is_downloaded_again(server, cache):
     assert path.read_bytes() == VALID_PNG
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    ({"size": 0}, "size must be positive"),
+    ({"size": (64, -1)}, "size must be positive"),
+    ({"size": "big"}, "size must be an int"),
+    ({"size": (1, 2, 3)}, "size must be an int"),
+    ({"timeout": 0}, "timeout must be a positive number"),
+    ({"max_bytes": -5}, "max_bytes must be a positive number"),
+])
+def test_bad_arguments_fail_before_any_request(server, cache, tmp_path, kwargs, words):
+    """A bad size (or timeout, max_bytes) is refused before the cache or the network is used."""
+    url = f"{server.url}/valid.png?test=bad-args-{len(server.counts)}"
+    path = images._cache_file(url, None)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")  # a corrupt entry: reading it would remove it
+    for target in (url, dead_url()):
+        with pytest.raises(ValueError, match=words) as info:
+            download_image(target, **kwargs)
+        assert not isinstance(info.value, DownloadError) and "\n" not in str(info.value)
+    assert not any(key.startswith("/valid.png?test=bad-args") for key in server.counts)
+    assert path.read_bytes() == b"half a file"  # the cache was not touched
+    local = tmp_path / "local.png"
+    local.write_bytes(GRAY_PNG)
+    with pytest.raises(ValueError, match=words):
+        download_image(local, **kwargs)
+
+
 def test_local_file(tmp_path):
     path = tmp_path / "local.png"
     path.write_bytes(GRAY_PNG)
