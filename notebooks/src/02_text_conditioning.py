@@ -191,7 +191,7 @@ from sdcourse.world import random_scene
 
 capture_cross_attention(True)
 ratios = []
-for i in range(16):
+for i in range(16 if on_mini else 0):  # the pixel reader finds objects in the mini world only
     scene = random_scene(random.Random(100 + i))
     maps.clear()
     img = pipe(scene.caption, num_inference_steps=25, generator=sdc.make_generator(i)).images[0]
@@ -202,11 +202,14 @@ for i in range(16):
     share = (h * mask).sum(dim=(1, 2)) / h.sum(dim=(1, 2))
     ratios.append(share / mask.mean())
 capture_cross_attention(False)
-mean_ratio = torch.stack(ratios).mean(0)
 names = ["<start>", "a", "<colour>", "<shape>", "on", "a", "<bg colour>", "background", "<end>"]
-for pos, name in enumerate(names):
-    print(f"{pos:>2} {name:<12} {mean_ratio[pos]:.2f}")
-print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
+if ratios:
+    mean_ratio = torch.stack(ratios).mean(0)
+    for pos, name in enumerate(names):
+        print(f"{pos:>2} {name:<12} {mean_ratio[pos]:.2f}")
+    print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
+else:
+    print("Skipped: the pixel reader finds objects in the mini model's world only.")
 
 # %% [markdown]
 # Read the table:
@@ -224,12 +227,13 @@ print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-content = mean_ratio[2:9]  # from the colour word to the end token
-print("measured on", len(ratios), "pictures")
-print("the colour word lights up the object (ratio > 1):", bool(mean_ratio[2] > 1))
-print("every word from the colour on does:", bool((content > 1).all()))
-print("the start token and padding look at the background (ratio < 1):",
-      bool(mean_ratio[0] < 1 and mean_ratio[9:].mean() < 1))
+if ratios:
+    content = mean_ratio[2:9]  # from the colour word to the end token
+    print("measured on", len(ratios), "pictures")
+    print("the colour word lights up the object (ratio > 1):", bool(mean_ratio[2] > 1))
+    print("every word from the colour on does:", bool((content > 1).all()))
+    print("the start token and padding look at the background (ratio < 1):",
+          bool(mean_ratio[0] < 1 and mean_ratio[9:].mean() < 1))
 
 # %% [markdown]
 # ## Exercises
