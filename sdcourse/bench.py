@@ -797,6 +797,28 @@ def run(quick: bool = False, device: str | None = None) -> Report:
     return report
 
 
+def _output_problem(option: str, path: Path) -> str | None:
+    """Why ``path`` (the value of ``option``) could not be written after the run, or None.
+
+    Checked before any measurement, so a typo costs seconds, not a whole benchmark run. A
+    missing folder is fine (it is created when the results are written), as long as the
+    nearest existing one above it is a writable folder.
+    """
+    if path.is_dir():
+        example = path / ("bench.json" if option == "--json" else "bench.md")
+        return f"{option} {path} is a folder: give a file name, e.g. {example}"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{option} {path} exists and is not writable: choose another path or fix its permissions"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{option} {path} cannot be written: {folder} is a file, not a folder; choose another path"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{option} {path} cannot be written: {folder} is not writable; choose another path"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdcourse.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -808,6 +830,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but PyTorch sees no CUDA GPU")
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        problem = path and _output_problem(option, path)
+        if problem:
+            parser.error(problem)
     os.environ.setdefault("TQDM_DISABLE", "1")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

@@ -180,3 +180,24 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     assert 0 < result["numbers"]["mini_unet_share_of_matmul_peak"]
     assert result["machine"]["torch"] == torch.__version__
     assert out_md.read_text().startswith("# sdcourse benchmark (--quick)")
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown"])
+def test_unwritable_output_paths_fail_before_any_measurement(tmp_path, monkeypatch, capsys, option):
+    """A --json/--markdown path that cannot be written stops the CLI at once, naming the path,
+    instead of after the whole benchmark; a missing folder is still fine (created at the end)."""
+    def no_run(**kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "run", no_run)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    for path, words in ((a_file / "missing" / "out", "is a file, not a folder"),
+                        (tmp_path, "is a folder: give a file name")):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main([option, str(path)])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("python -m sdcourse.bench: error: ") and words in error, error
+        assert f"{option} {path}" in error
+    assert bench._output_problem(option, tmp_path / "new" / "folder" / "bench.out") is None
