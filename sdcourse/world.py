@@ -47,9 +47,20 @@ class Scene:
     cy: float = 32.0
     size: float = 30.0  # side of the object's bounding box, pixels
 
+    def __post_init__(self):
+        _check_names(self.color, self.shape, self.background)
+
     @property
     def caption(self) -> str:
         return caption(self.color, self.shape, self.background)
+
+
+def _check_names(color: str | None, shape: str | None, background: str | None) -> None:
+    """One-line ValueError for a colour, shape or background the world cannot draw (None: unset)."""
+    for kind, name, valid in (("colour", color, COLORS), ("shape", shape, SHAPES),
+                              ("background", background, COLORS)):
+        if name is not None and name not in valid:
+            raise ValueError(f"unknown {kind} {name!r}: choose one of {', '.join(valid)}")
 
 
 @dataclass
@@ -74,6 +85,7 @@ def caption(color: str, shape: str, background: str) -> str:
 def random_scene(rng: random.Random, color: str | None = None, shape: str | None = None,
                  background: str | None = None) -> Scene:
     """Draw a scene; any of colour, shape, background may be fixed by the caller."""
+    _check_names(color or None, shape or None, background)
     color = color or rng.choice(list(COLORS))
     shape = shape or rng.choice(SHAPES)
     if background is None:

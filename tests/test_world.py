@@ -1,3 +1,5 @@
+import random
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,21 @@ def test_images_to_tensor_range_and_shape():
     x = world.images_to_tensor([world.sample(i).image for i in range(3)])
     assert tuple(x.shape) == (3, 3, 64, 64)
     assert x.min() >= -1 and x.max() <= 1
+
+
+def test_unknown_names_are_refused_where_the_scene_is_made():
+    """Not later, as a KeyError in render: a one-line ValueError listing the valid names."""
+    for fixed, words in (({"color": "pink"}, "unknown colour 'pink': choose one of red, green"),
+                         ({"background": "grey"}, "unknown background 'grey': choose one of red"),
+                         ({"shape": "hexagon"}, "unknown shape 'hexagon': choose one of circle")):
+        with pytest.raises(ValueError, match=words) as info:
+            world.random_scene(random.Random(0), **fixed)
+        assert "\n" not in str(info.value)
+        assert "black" in str(info.value) or "triangle" in str(info.value)
+    with pytest.raises(ValueError, match="unknown colour 'Red'"):
+        world.Scene("Red", "circle", "blue")
+    with pytest.raises(ValueError, match="unknown background 'sky'"):
+        world.Scene("red", "circle", "sky")
+    with pytest.raises(ValueError, match="unknown shape 'star'"):
+        world.Scene("red", "star", "blue")
+    assert world.render(world.Scene("red", "circle", "blue")).caption == "a red circle on a blue background"
