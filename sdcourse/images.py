@@ -404,13 +404,15 @@ def image_grid(images, rows: int | None = None, cols: int | None = None, size=No
       e.g. ``size=128`` to see 64x64 model outputs; enlarging uses NEAREST so pixels stay honest;
     - accepts PIL images, arrays or tensors (see :func:`show_images`).
     """
-    from diffusers.utils import make_image_grid
-
+    wh = _as_wh(size) if size is not None else None  # bad arguments fail before diffusers' import
     pictures = [_to_pil(x) for x in _as_list(images)]
     if not pictures:
         raise ValueError("image_grid needs at least one image")
     rows, cols = _grid_shape(len(pictures), rows, cols)
-    width, height = _as_wh(size) if size is not None else pictures[0].size
+    width, height = wh or pictures[0].size
+
+    from diffusers.utils import make_image_grid
+
     pictures = [_resize_for_display(p, (width, height)) for p in pictures]
     pictures += [Image.new("RGB", (width, height))] * (rows * cols - len(pictures))  # black
     return make_image_grid(pictures, rows, cols)
@@ -558,8 +560,18 @@ def _resize_for_display(image: Image.Image, size: tuple[int, int]) -> Image.Imag
     return image.resize(size, Image.Resampling.NEAREST if enlarging else Image.Resampling.LANCZOS)
 
 
+def _check_count(name: str, value) -> None:
+    """A grid's rows or cols: None (choose for me) or a whole number >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+        raise ValueError(f"{name} must be a whole number of 1 or more (or None to choose "
+                         f"automatically), got {value!r}")
+
+
 def _grid_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:
     """Rows and columns for ``n`` cells; omitted ones make the grid about square."""
+    _check_count("rows", rows)
+    _check_count("cols", cols)
     if rows is None and cols is None:
         cols = math.ceil(math.sqrt(n))
     if rows is None:

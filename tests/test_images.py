@@ -367,6 +367,23 @@ def test_image_grid_sizes():
         images.image_grid(tiles, rows=2, cols=2)
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    ({"cols": 0}, "cols must be a whole number of 1 or more"),
+    ({"rows": 0}, "rows must be a whole number of 1 or more"),
+    ({"rows": -1}, "rows must be a whole number of 1 or more"),
+    ({"cols": -2}, "cols must be a whole number of 1 or more"),
+    ({"cols": 2.5}, "cols must be a whole number of 1 or more"),
+    ({"size": 0}, "size must be positive"),
+])
+def test_image_grid_rejects_bad_rows_cols_and_size(kwargs, words):
+    """A clear one-line ValueError, not a ZeroDivisionError or an odd grid."""
+    tiles = [colored((i * 40, 0, 0)) for i in range(5)]
+    with pytest.raises(ValueError, match=words) as info:
+        images.image_grid(tiles, **kwargs)
+    assert "\n" not in str(info.value) and repr(next(iter(kwargs.values()))) in str(info.value)
+    assert images.image_grid(tiles, rows=np.int64(1)).size == (5 * 64, 64)
+
+
 def test_image_grid_accepts_tensors():
     import torch
 
