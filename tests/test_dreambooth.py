@@ -492,3 +492,4 @@ def test_notebook_07_trains_with_the_evaluation_recipe():
     assert given["train_text_encoder"] == str(recipe["train_text_encoder"])
     assert float(given["prior_loss_weight"]) == recipe["prior_loss_weight"]
     assert float(given["lr"]) == recipe["lr"]
+    assert given["token_init"].strip('"') == recipe["token_init"]

@@ -15,8 +15,9 @@
 # without it, under half a minute; then the measurements).
 # Colab GPU (T4) with a real model: about 15 minutes (download, class images, 400 LoRA steps).
 
+# %% [colab]
+
 # %%
-# On Google Colab, install the course first: run the first code cell of 00_setup.ipynb.
 import time
 
 import torch
@@ -38,7 +39,9 @@ on_mini = sdc.choose_model("text2img", device=device).kind == "mini"
 # %%
 instance_images = subject.make_instance_images(5)
 instance_prompts = subject.instance_prompts(5)
-sdc.show_images(instance_images, titles=instance_prompts, size=2.2);
+print(len(instance_images), "pictures of", instance_images[0].size, "| prompts:", instance_prompts[:2], "...")
+sdc.show_images(instance_images, titles=[p.removeprefix("a sks circle on a ") for p in instance_prompts],
+                size=2.2);
 
 # %% [markdown]
 # The base model has never seen it. Asked for "a sks circle on a green background" it draws
@@ -77,8 +80,8 @@ except DreamBoothError as error:
 #
 # The class prompt is the instance prompt without the rare token: "a photo of a dog" for
 # "a photo of sks dog". The mini world's captions always name a colour, so "a sks circle on
-# a red background" becomes "a blue circle on a red background": an ordinary colour, on each
-# instance picture's background in turn. (Class prompts on every background, green included,
+# a red background" becomes, say, "a black circle on a red background": an ordinary colour
+# drawn at random, on each instance picture's background in turn. (Class prompts on every background, green included,
 # did worse: they held "a sks circle on a green background" to the base model's ordinary
 # circle with 4 of 5 training seeds.)
 #
@@ -106,9 +109,12 @@ sdc.image_grid(class_images[:8], rows=1, size=64)
 # ## 4. Training
 # As in the original DreamBooth, we fine-tune every weight of the UNet, and here the text
 # encoder too: "sks" starts as an embedding the mini encoder never learned, and letting it
-# move is what carries the subject to backgrounds it was never shown on. The class pictures'
-# loss counts as much as the subject's (`prior_loss_weight=1.0`, the paper's choice; at half
-# weight the subject reached green less often). The rate peaks at 4e-4 and decays to zero
+# move is what carries the subject to backgrounds it was never shown on. We give it a
+# head start, as textual inversion does with its "initializer token": `token_init="white
+# black"` sets the embedding of "sks" to the mean of the embeddings of two words that
+# describe the subject (with it, the subject reached green with 8 of 9 training seeds
+# instead of 5). The class pictures' loss counts as much as the subject's (`prior_loss_weight=1.0`,
+# the paper's choice; at half weight the subject reached green less often). The rate peaks at 4e-4 and decays to zero
 # over 450 steps. Two runs from the same base model: the full recipe with prior
 # preservation, and one without it that is only a sixth as long — language drift does not
 # need a long run to show. Each call deletes its folder first, so the notebook always trains
@@ -116,11 +122,11 @@ sdc.image_grid(class_images[:8], rows=1, size=64)
 
 # %%
 if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate dreambooth` trains
-    settings = dict(lora=False, train_text_encoder=True, prior_loss_weight=1.0, lr=4e-4)
+    settings = dict(lora=False, train_text_encoder=True, prior_loss_weight=1.0, lr=4e-4, token_init="white black")
     full_steps = 450
 else:  # a real checkpoint on a GPU: a LoRA (see section 7)
     real = sdc.choose_model("text2img", device=device).source
-    settings, full_steps = dict(base=real, lora=True), 400
+    settings, full_steps = dict(base=real, lora=True, lr=1e-4), 400
 steps = {True: full_steps, False: full_steps // 6}  # without the prior, the class drifts fast
 runs, trained = {}, 0.0
 for prior in (True, False):
@@ -142,11 +148,13 @@ import copy
 from sdcourse.train.dreambooth import UNET_LORA_TARGETS, add_lora
 
 unet_params = sum(p.numel() for p in base.unet.parameters())
+text_params = sum(p.numel() for p in base.text_encoder.parameters())
 lora_unet = copy.deepcopy(base.unet)
 add_lora(lora_unet, 16, UNET_LORA_TARGETS)
 lora_params = sum(p.numel() for p in lora_unet.parameters() if p.requires_grad)
-print(f"full fine-tune: {unet_params / 1e6:.2f} M UNet weights change; "
-      f"a rank-16 LoRA would train {lora_params / 1e6:.2f} M ({lora_params / unet_params:.0%})")
+print(f"full fine-tune: {unet_params / 1e6:.2f} M UNet weights change (and the text encoder's "
+      f"{text_params / 1e6:.2f} M); a rank-16 LoRA on the UNet would train "
+      f"{lora_params / 1e6:.2f} M ({lora_params / unet_params:.0%} of the UNet)")
 
 # %% [markdown]
 # ## 5. Before and after, in new contexts
@@ -176,19 +184,35 @@ sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no pri
 #
 # The run without the prior had a sixth of the steps, so less time to drift than the run with
 # it. `sdcourse evaluate dreambooth` compares runs of equal length (450 steps each, 50
-# prompts): `prior_kept` 0.92 with the prior, 0.22 without.
+# prompts): `prior_kept` 0.96 with the prior, 0.22 without.
+#
+# Both measures read the mini world's pixels, so on a real checkpoint this section is skipped
+# (judge the grids above instead).
 
 # %%
-scores = {name: subject.measure(pipe, n=16) for name, pipe in
-          (("base", base), ("with prior", tuned[True]), ("without prior", tuned[False]))}
-for name, s in scores.items():
-    print(f"{name:>13}: subject_fidelity {s['subject_fidelity']:.2f}   prior_kept {s['prior_kept']:.2f}")
+if on_mini:
+    scores = {name: subject.measure(pipe, n=16) for name, pipe in
+              (("base", base), ("with prior", tuned[True]), ("without prior", tuned[False]))}
+    for name, s in scores.items():
+        print(f"{name:>13}: subject_fidelity {s['subject_fidelity']:.2f}   prior_kept {s['prior_kept']:.2f}")
+else:
+    print("Skipped: these measures read the mini model's world (you are on a real model).")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("the subject is learned:", scores["with prior"]["subject_fidelity"] > scores["base"]["subject_fidelity"])
-print("prior preservation keeps the class better:",
-      scores["with prior"]["prior_kept"] > scores["without prior"]["prior_kept"])
+if on_mini:
+    print("the subject is learned:", scores["with prior"]["subject_fidelity"] > scores["base"]["subject_fidelity"])
+    print("prior preservation keeps the class better:",
+          scores["with prior"]["prior_kept"] > scores["without prior"]["prior_kept"])
+
+# %% [markdown]
+# The run without the prior is short (75 steps): the class has begun to drift, and the
+# subject, helped by the token's start, sometimes reaches green. Trained the full 450 steps
+# without the prior (`sdcourse evaluate dreambooth`), the class is mostly gone (`prior_kept`
+# 0.22) and the subject never shows on green (`subject_fidelity` 0.00): trained on its five
+# pictures alone, the model ties the subject to their five backgrounds as well as to "sks".
+# The class pictures show ordinary circles on those same backgrounds, so with them only the
+# token is left to carry the subject.
 
 # %% [markdown]
 # ## 7. LoRA or full fine-tune, and what changes on a real GPU
@@ -205,7 +229,7 @@ print("prior preservation keeps the class better:",
 # ```python
 # train_dreambooth("my_dog/", "a photo of sks dog", "a photo of a dog",
 #                  base="stable-diffusion-v1-5/stable-diffusion-v1-5", lora=True,
-#                  steps=400, num_class_images=200, out="runs/my_dog")
+#                  lr=1e-4, steps=400, num_class_images=200, out="runs/my_dog")
 # ```
 #   It runs in fp16 mixed precision on the GPU; `accelerate launch` spreads it over several.
 #
@@ -213,23 +237,43 @@ print("prior preservation keeps the class better:",
 # 1. Train a LoRA (`lora=True`, 450 steps) with and without `train_text_encoder=True` and
 #    compare `subject_fidelity` on the green background with the full fine-tune's.
 # 2. Train with `prior_loss_weight=0.3` and compare `prior_kept`.
-# 3. Complete `is_rare` (a token is usable when the tokenizer keeps it as a single token and
-#    it is not an everyday word) and run the self-check.
-# 4. Train again with `seed=1` instead of `seed=0` and measure. Five pictures are very
+# 3. Complete `is_rare`: a token is usable when the tokenizer keeps it as a single token and
+#    it is not an everyday word. Hint: CLIP's vocabulary lists its BPE merges most frequent
+#    first, so a word's id says how common it is ("the" 518, "dog" 1929, "sks" 48136 of
+#    49408).
+# 4. Train again with `seed=6` instead of `seed=0` and measure. Five pictures are very
 #    little: on the mini model the same recipe learns the subject on its five backgrounds
 #    with every seed, but how well it carries it to green depends on the seed (`sdcourse
-#    evaluate dreambooth --train-seed N`: fidelity 1.00 with seed 0; 0.74, 0.86, 0.50 and
-#    0.94 with seeds 1 to 4). Judge a recipe over several seeds;
+#    evaluate dreambooth --train-seed N`: fidelity 1.00 with seed 0; 0.94, 0.82, 1.00,
+#    1.00, 0.88, 0.34, 1.00 and 0.98 with seeds 1 to 8). Then train seed 6 without
+#    `token_init`: does the token's start matter there? Judge a recipe over several seeds;
 #    `benchmarks/dreambooth_sweep.py` compares recipes that way.
 
 
 # %%
 def is_rare(token: str) -> bool:
-    ids = base.tokenizer(token).input_ids[1:-1]
-    return len(ids) == 1 and token not in {"dog", "red", "circle", "photo"}
+    raise NotImplementedError  # your code
 
 
 # %%
 # Self-check for exercise 3
-assert is_rare("sks") and not is_rare("dog") and not is_rare("red")
-print("✓ 'sks' is a single, meaningless token; 'dog' and 'red' already mean something")
+def check_exercise_3() -> str:
+    assert is_rare("sks") and is_rare("ohwx"), "'sks' and 'ohwx' are single tokens learned late"
+    assert not is_rare("dog") and not is_rare("red"), "'dog' and 'red' already mean something"
+    assert not is_rare("skskq"), "'skskq' splits into pieces ('sk', 'sk', 'q') that spell other words"
+    return "'sks' is a single, meaningless token; 'dog' and 'red' already mean something"
+
+
+sdc.self_check(check_exercise_3, "exercise 3")
+
+# %% [markdown]
+# **A solution** (try it yourself first):
+
+
+# %%
+def is_rare(token: str) -> bool:
+    ids = base.tokenizer(token).input_ids[1:-1]  # without the start and end tokens
+    return len(ids) == 1 and ids[0] > 40_000  # one piece, and among the last merges learned
+
+
+assert sdc.self_check(check_exercise_3, "exercise 3")
