@@ -20,8 +20,9 @@
 # (SD 2.1-base in float16): about 5 minutes, download included. The full benchmark of the
 # real architecture on your machine: `python -m sdcourse.bench` (see `benchmarks/README.md`).
 
+# %% [colab]
+
 # %%
-# On Google Colab, install the course first: run the first code cell of 00_setup.ipynb.
 import copy
 
 import sdcourse as sdc  # before diffusers: sdcourse quiets a transformers notice
@@ -202,7 +203,9 @@ else:
 # at high resolution. With SDPA there is nothing left to save: enabling slicing *replaces*
 # SDPA by the sliced plain attention — slower, and here more memory, not less. Turn it on only
 # when attention is what runs out of memory and SDPA is not available (old PyTorch, some
-# devices). On the whole pipeline:
+# devices). On the whole pipeline (on the mini model, attention over 8×8 latents is a sliver
+# of each step's work, so the pipeline's time hardly moves; the cost shows at the layer
+# level above, and on a real model at 512 px):
 
 # %%
 pipe.enable_attention_slicing()
@@ -292,7 +295,10 @@ for px in (256, 512, 768):
     print(f"SD 2.1 UNet step at {px} px: {unet_flops(SD21_UNET_CONFIG, px // 8) / 1e12:5.2f} TFLOP")
 
 # %% [markdown]
-# Measured on this UNet: a step at twice the side (4x the pixels):
+# Measured on this UNet: a step at twice the side (4x the pixels). On a UNet as small as the
+# mini model's, a step also pays a fixed cost (launching some hundred small operations) that
+# does not grow with the picture, so the time grows less than the FLOPs; on a real UNet at
+# 512 px the FLOPs dominate and time follows them:
 
 # %%
 t_double, _ = measure(f"UNet step at {2 * size} px", unet_step(pipe.unet, 2 * latent, device=device))
@@ -342,6 +348,37 @@ print(f"\none image here: {t_image:.2f} s; with attention slicing x{t_sliced / t
 
 # %%
 def weights_gib(n_params, dtype):
+    raise NotImplementedError  # your code (exercise 1)
+
+
+def nearest_valid(size, multiple=8):
+    raise NotImplementedError  # your code (exercise 2)
+
+
+# %%
+# Self-checks for exercises 1 and 2
+def check_exercise_1() -> str:
+    assert abs(weights_gib(SD21_PARAMS["unet"], torch.float16) - 1.61) < 0.01, "SD 2.1's UNet in fp16: 1.61 GiB"
+    assert abs(weights_gib(SD21_PARAMS["unet"], torch.float32) - 3.23) < 0.01, "and twice that in fp32"
+    return "weights: parameters × bytes per number"
+
+
+def check_exercise_2() -> str:
+    got = [nearest_valid(s) for s in (500, 503, 504, 3)]
+    assert got == [504, 504, 504, 8], f"{got}: the nearest multiple of 8 (and at least 8)"
+    assert all(check_size(nearest_valid(s), nearest_valid(s)) for s in range(1, 1100))
+    return "sizes: multiples of 8"
+
+
+sdc.self_check(check_exercise_1, "exercise 1")
+sdc.self_check(check_exercise_2, "exercise 2")
+
+# %% [markdown]
+# **Solutions** (try them yourself first):
+
+
+# %%
+def weights_gib(n_params, dtype):
     return n_params * dtype.itemsize / 2**30
 
 
@@ -349,10 +386,5 @@ def nearest_valid(size, multiple=8):
     return max(multiple, (size + multiple // 2) // multiple * multiple)
 
 
-# %%
-# Self-check for exercises 1 and 2
-assert abs(weights_gib(SD21_PARAMS["unet"], torch.float16) - 1.61) < 0.01, "SD 2.1's UNet in fp16: 1.61 GiB"
-assert abs(weights_gib(SD21_PARAMS["unet"], torch.float32) - 3.23) < 0.01, "and twice that in fp32"
-assert [nearest_valid(s) for s in (500, 503, 504, 3)] == [504, 504, 504, 8], "nearest multiple of 8"
-assert all(check_size(nearest_valid(s), nearest_valid(s)) for s in range(1, 1100))
-print("✓ weights: parameters × bytes; sizes: multiples of 8")
+assert sdc.self_check(check_exercise_1, "exercise 1")
+assert sdc.self_check(check_exercise_2, "exercise 2")
