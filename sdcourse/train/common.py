@@ -27,11 +27,7 @@ def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict |
         model.save_pretrained(tmp / name, safe_serialization=True)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final, old=old)  # find_checkpoint falls back on .old after a crash
     return final
 
 
@@ -80,18 +76,20 @@ def publish(model, target: Path, fp16: bool = True) -> None:
     replace_dir(tmp, target)
 
 
-def replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path, old: Path | None = None) -> None:
     """Move the finished folder ``new`` to ``target``, replacing what was there.
 
-    The old folder is first renamed to a sibling (``<target>.old<pid>``), the new one renamed
-    into place, and only then is the old one deleted: a crash at any moment leaves either
-    ``target`` or the old folder beside it, never nothing. Should the swap fail, the old
-    folder is put back (unless another process put its own folder at ``target`` meanwhile).
+    The old folder is first renamed to a sibling (``old``, default ``<target>.old<pid>``), the
+    new one renamed into place, and only then is the old one deleted: a crash at any moment
+    leaves either ``target`` or the old folder beside it, never nothing. Should the swap fail,
+    the old folder is put back (unless another process put its own folder at ``target``
+    meanwhile).
     """
     new, target = Path(new), Path(target)
+    aside = Path(old) if old is not None else target.with_name(f"{target.name}.old{os.getpid()}")
     old = None
     if os.path.lexists(target):
-        old = target.with_name(f"{target.name}.old{os.getpid()}")
+        old = aside
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     try:
