@@ -201,6 +201,7 @@ def check_exercise_2() -> str:
     small = mask_to_latent_size(m, 8)
     assert small.shape == (1, 1, 8, 8), f"shape {tuple(small.shape)}: the latent is 8x8"
     assert small.sum() == 16 and set(small.unique().tolist()) <= {0.0, 1.0}, "a 4x4 hole of ones"
+    assert small[..., 2:6, 2:6].all(), "the hole stays where it was: latent rows and columns 2 to 5"
     return "a 32x32 hole in a 64x64 picture is a 4x4 hole in the 8x8 latent"
 
 

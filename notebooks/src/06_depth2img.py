@@ -144,6 +144,8 @@ def check_exercise_2() -> str:
     assert n.shape == d.shape, f"shape {tuple(n.shape)}: keep (N, 1, h, w)"
     assert torch.allclose(n.amin(dim=(1, 2, 3)), torch.tensor(-1.0)), "each picture's smallest value should become -1"
     assert torch.allclose(n.amax(dim=(1, 2, 3)), torch.tensor(1.0)), "each picture's largest value should become 1"
+    big = d.flatten(1).argmax(dim=1)
+    assert (n.flatten(1).gather(1, big[:, None]) > 0.99).all(), "rescale, don't flip: the largest value maps to 1"
     return "depth rescaled to [-1, 1] per picture, as StableDiffusionDepth2ImgPipeline does"
 
 

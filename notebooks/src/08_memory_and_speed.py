@@ -364,8 +364,8 @@ def check_exercise_1() -> str:
 
 
 def check_exercise_2() -> str:
-    got = [nearest_valid(s) for s in (500, 503, 504, 3)]
-    assert got == [504, 504, 504, 8], f"{got}: the nearest multiple of 8 (and at least 8)"
+    got = [nearest_valid(s) for s in (500, 503, 504, 505, 3)]
+    assert got == [504, 504, 504, 504, 8], f"{got}: the nearest multiple of 8 (and at least 8)"
     assert all(check_size(nearest_valid(s), nearest_valid(s)) for s in range(1, 1100))
     return "sizes: multiples of 8"
 
