@@ -51,8 +51,8 @@ padded = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_
 print("input_ids:", tuple(padded.input_ids.shape), "| first 12:", padded.input_ids[0, :12].tolist())
 
 # %% [markdown]
-# What happens to a prompt that is too long? Everything after token 77 is silently dropped
-# (the pipeline warns you when it does this):
+# What happens to a prompt that is too long? The tokenizer drops everything after token 77
+# without a word (the pipeline logs a warning when it does this):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -215,8 +215,9 @@ else:
 # Read the table:
 # - The **colour word** is looked at more from the object than from the background (ratio
 #   above 1): it lights up the object. One picture's heatmaps, as above, are noisy (there
-#   its map is faint); averaged over 16 pictures the effect is clear.
-# - So does every word after it, and more strongly. CLIP's text encoder is causal — in
+#   its map is diffuse, and "background" even avoids the object); averaged over 16 pictures
+#   the effect is clear.
+# - So does every word after it, most of them more strongly (the shape word, "on" and "a"). CLIP's text encoder is causal — in
 #   Stable Diffusion too — so each position's vector sums up the prompt *up to that word*:
 #   "on" and "a", after "red circle", also carry "red circle". A token's map shows where its
 #   position is read, not only where its own word matters.

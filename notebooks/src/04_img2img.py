@@ -41,8 +41,8 @@ init_image.resize((128, 128))
 # ## 2. What `strength` does
 # img2img encodes the picture to latents, adds noise as if the picture were part-way through
 # the forward (noising) process, and denoises from there. `strength` says how far: with 25
-# steps and strength 0.6, the picture is noised to the level of step 10 of 25 and only the
-# last 15 steps run. Strength 1.0 runs every step, from the first step's noise level. That
+# steps and strength 0.6, the picture is noised to the noise level of step 11 of 25: the
+# first 10 steps are skipped and the last 15 run. Strength 1.0 runs every step, from the first step's noise level. That
 # is *almost* text-to-image, not quite: the 25 steps start at t=961, not 999, where a trace
 # of the picture is left (the "signal" column: the input's weight in the noisy latents, √ᾱ),
 # enough to bias where the object lands (section 3 measures it).

@@ -34,7 +34,8 @@ on_mini = sdc.choose_model("text2img", device=device).kind == "mini"
 # ## 1. The subject
 # The mini world only has one-colour shapes. Our subject is *one particular* circle: white on
 # its left half, black on its right — like "my dog" among dogs. Five pictures of it, on
-# backgrounds that are never green:
+# backgrounds that are never green (the world's captions say "a" even before "orange": the
+# mini model learned them that way):
 
 # %%
 instance_images = subject.make_instance_images(5)
@@ -117,8 +118,9 @@ sdc.image_grid(class_images[:8], rows=1, size=64)
 # the paper's choice; at half weight the subject reached green less often). The rate peaks at 4e-4 and decays to zero
 # over 450 steps. Two runs from the same base model: the full recipe with prior
 # preservation, and one without it that is only a sixth as long — language drift does not
-# need a long run to show. Each call deletes its folder first, so the notebook always trains
-# from scratch (call it again without deleting and it resumes or returns the finished run).
+# need a long run to show. The cell deletes each run's folder first, so the notebook always
+# trains from scratch (call `train_dreambooth` again without deleting and it resumes, or
+# returns the finished run).
 
 # %%
 if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate dreambooth` trains
