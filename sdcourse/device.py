@@ -70,8 +70,12 @@ def pick_dtype(device: str | torch.device) -> torch.dtype:
     bfloat16 is not used: the free Colab GPU (T4) has no bf16 support, and the published
     ``fp16`` variants load without conversion.
     """
-    kind = torch.device(device).type
-    return torch.float16 if kind in ("cuda", "mps") else torch.float32
+    return torch.float16 if is_gpu(device) else torch.float32
+
+
+def is_gpu(device: str | torch.device) -> bool:
+    """Whether ``device`` ("cuda", "cuda:1", "mps", a torch.device) is a GPU."""
+    return torch.device(device).type in ("cuda", "mps")
 
 
 def make_generator(seed: int, device: str | torch.device | None = None) -> torch.Generator:

@@ -113,19 +113,10 @@ def in_local_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 
-def _is_gpu(device) -> bool:
-    """Whether ``device`` ("cuda", "cuda:1", "mps", a torch.device) is a GPU."""
-    import torch
-
-    return torch.device(device).type in ("cuda", "mps")
-
-
 def _accelerator_present(device) -> bool:
-    if device is None:
-        from .device import pick_device
+    from .device import is_gpu, pick_device
 
-        device = pick_device()
-    return _is_gpu(device)
+    return is_gpu(device if device is not None else pick_device())
 
 
 def choose_model(task: str, model: str | None = None, device: str | None = None) -> Choice:
