@@ -86,20 +86,18 @@ def replace_dir(new: Path, target: Path, old: Path | None = None) -> None:
     meanwhile).
     """
     new, target = Path(new), Path(target)
-    aside = Path(old) if old is not None else target.with_name(f"{target.name}.old{os.getpid()}")
-    old = None
-    if os.path.lexists(target):
-        old = aside
+    old = Path(old) if old is not None else target.with_name(f"{target.name}.old{os.getpid()}")
+    had_old = os.path.lexists(target)
+    if had_old:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     try:
         os.replace(new, target)
     except BaseException:
-        if old is not None:
-            if os.path.lexists(target):  # another process's folder: newer than the old one
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(old, target)
+        if had_old and os.path.lexists(target):  # another process's folder: newer than ours
+            shutil.rmtree(old, ignore_errors=True)
+        elif had_old:
+            os.replace(old, target)
         raise
-    if old is not None:
+    if had_old:
         shutil.rmtree(old, ignore_errors=True)
