@@ -335,19 +335,19 @@ def _class_manifest(folder: Path) -> dict | None:
         return None
 
 
-def check_class_dir(folder, prompts: list[str], seed: int) -> None:
+def check_class_dir(folder, prompts: list[str], seed: int) -> bool:
     """The class folder must be new, empty, or one the trainer wrote: its pictures for other
     prompts are replaced, so a folder of anything else (the user's own photos given as
-    ``class_dir``) is refused rather than deleted."""
+    ``class_dir``) is refused rather than deleted. True when it already holds the pictures of
+    these prompts and seed (to be reused as they are)."""
     folder = Path(folder)
     if not os.path.lexists(folder):
-        return
+        return False
     hint = "give an empty or new folder for the class pictures (class_dir / --class-dir)"
     if not folder.is_dir():
         raise DreamBoothError(f"class folder {folder} is not a folder: {hint}")
-    manifest = _class_manifest(folder)
-    if manifest == {"prompts": prompts, "seed": seed}:
-        return  # this run's pictures: reused as they are
+    if _class_manifest(folder) == {"prompts": prompts, "seed": seed}:
+        return True
     names = {p.name for p in folder.iterdir()} - {".DS_Store"}  # macOS Finder's, not the user's
     if "prompts.json" in names:  # the trainer's folder: its pictures are 0000.png, 0001.png, ...
         names = {n for n in names if n != "prompts.json" and not re.fullmatch(r"\d{4}\.png", n)}
@@ -357,6 +357,7 @@ def check_class_dir(folder, prompts: list[str], seed: int) -> None:
             f"class folder {folder} holds {len(foreign)} file(s) the trainer did not write "
             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and would replace "
             f"them: {hint}")
+    return False
 
 
 @torch.no_grad()
@@ -372,9 +373,8 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     a real one (512 px pictures in batches that a 16 GB GPU holds).
     """
     folder = Path(folder)
-    if _class_manifest(folder) == {"prompts": prompts, "seed": seed}:
+    if check_class_dir(folder, prompts, seed):  # (and never replace pictures it did not draw)
         return [Image.open(folder / f"{i:04d}.png").convert("RGB") for i in range(len(prompts))]
-    check_class_dir(folder, prompts, seed)  # never replace pictures the trainer did not draw
     import shutil
 
     if batch is None:
