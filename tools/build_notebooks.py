@@ -7,8 +7,9 @@
 Sources are plain Python files so that reviews show real diffs; ``# %% [markdown]`` starts a
 markdown cell (each line's leading ``# `` is removed), and a ``# %% [colab]`` line becomes the
 Colab install cell: every notebook opens on its own Colab runtime, so each needs it, and the
-repository address it installs from is read from pyproject.toml (written in one place). Executing stores the outputs the
-course ships (nbval compares cells marked ``# NBVAL_CHECK_OUTPUT`` against them).
+repository address it installs from is read from pyproject.toml (written in one place).
+Executing stores the outputs the course ships (nbval compares cells marked
+``# NBVAL_CHECK_OUTPUT`` against them).
 """
 from __future__ import annotations
 
