@@ -211,6 +211,23 @@ def test_base_weights_load_as_safetensors_only(tmp_path, base):
     assert db.load_components(base)["unet"].config.sample_size == 8
 
 
+def test_pictures_are_encoded_in_batches_that_fit_the_picture_size(base):
+    """64 small pictures at once, but 512 px ones a few at a time (64 of them would need tens
+    of GB in the VAE's first layers); the latents do not depend on the batch."""
+    vae = db.load_components(base)["vae"]
+    seen = []
+    encode = vae.encode
+    vae.encode = lambda x: seen.append(len(x)) or encode(x)
+    small = subject.make_instance_images(5)
+    mean, std = db.encode_images(vae, small)
+    assert seen == [5]
+    big = [im.resize((512, 512)) for im in small]
+    db.encode_images(vae, big)
+    assert seen[1:] == [4, 1]
+    mean2, std2 = db.encode_images(vae, small, batch=2)
+    assert torch.allclose(mean, mean2, atol=1e-6) and torch.allclose(std, std2, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- training runs
 
 

@@ -399,10 +399,16 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
 
 
 @torch.no_grad()
-def encode_images(vae, images: list[Image.Image], batch: int = 64):
-    """Latent mean and std of pictures (the VAE is frozen: done once, sampled every step)."""
+def encode_images(vae, images: list[Image.Image], batch: int | None = None):
+    """Latent mean and std of pictures (the VAE is frozen: done once, sampled every step).
+
+    ``batch`` pictures go through the VAE at once: by default 64 of the mini model's size, 4 of
+    Stable Diffusion's 512 px (64 of those would need tens of GB in the encoder's first layers).
+    """
     from ..world import images_to_tensor
 
+    if batch is None:
+        batch = 64 if not images or images[0].width * images[0].height <= 64 * 64 else 4
     means, stds = [], []
     for i in range(0, len(images), batch):
         x = images_to_tensor(images[i:i + batch]).to(vae.device, vae.dtype)
