@@ -211,6 +211,21 @@ def test_base_weights_load_as_safetensors_only(tmp_path, base):
     assert db.load_components(base)["unet"].config.sample_size == 8
 
 
+def test_frozen_parts_are_half_precision_on_cuda_only():
+    """On CUDA the VAE and a frozen text encoder are held in float16 (fp16 mixed precision
+    computes in it anyway; a 16 GB GPU needs the memory); elsewhere float32, as ever."""
+    assert db.frozen_dtype("cuda") == db.frozen_dtype(torch.device("cuda", 1)) == torch.float16
+    assert db.frozen_dtype("cpu") == db.frozen_dtype(torch.device("cpu")) == torch.float32
+    assert db.frozen_dtype("mps") == torch.float32  # the trainer runs on cuda or cpu only
+
+
+def test_the_vae_loads_in_the_frozen_precision(base):
+    parts = db.load_components(base, vae_dtype=torch.float16)
+    assert parts["vae"].dtype == torch.float16
+    assert parts["unet"].dtype == parts["text_encoder"].dtype == torch.float32  # what may learn
+    assert db.load_components(base)["vae"].dtype == torch.float32
+
+
 def test_pictures_are_encoded_in_batches_that_fit_the_picture_size(base):
     """64 small pictures at once, but 512 px ones a few at a time (64 of them would need tens
     of GB in the VAE's first layers); the latents do not depend on the batch."""

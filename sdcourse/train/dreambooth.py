@@ -23,9 +23,10 @@ pictures with the frozen VAE, add noise at a random timestep, make the UNet pred
 The learning rate decays to zero along a cosine, so the last weights are settled ones.
 
 It runs on :mod:`accelerate`, so ``accelerate launch`` scales it unchanged, in fp16 mixed
-precision on a CUDA GPU. Inputs are checked before anything expensive happens; checkpoints
-are written atomically, and running the same call (or command) again resumes from the last
-one. On the mini model a run takes a few minutes on a laptop CPU.
+precision on a CUDA GPU, where the frozen VAE (and the text encoder when it is not trained) is
+held in float16 too (:func:`frozen_dtype`). Inputs are checked before anything expensive
+happens; checkpoints are written atomically, and running the same call (or command) again
+resumes from the last one. On the mini model a run takes a few minutes on a laptop CPU.
 """
 from __future__ import annotations
 
@@ -252,8 +253,9 @@ def _write_json(path: Path, data: dict) -> None:
 # ----------------------------------------------------------------------------- components
 
 
-def load_components(base) -> dict:
-    """The base model's tokenizer, text encoder, VAE, UNet and scheduler, in float32."""
+def load_components(base, vae_dtype: torch.dtype = torch.float32) -> dict:
+    """The base model's text encoder, VAE, UNet and schedulers, in float32; the VAE in
+    ``vae_dtype`` (chosen when loading, as diffusers wants a model's precision chosen)."""
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -263,11 +265,24 @@ def load_components(base) -> dict:
     return {
         "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder",
                                                       use_safetensors=True).float(),
-        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True).float().eval(),
+        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True,
+                                             dtype=vae_dtype).eval(),
         "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True).float(),
         "noise_scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),  # for training
         "scheduler": sampler.from_pretrained(base, subfolder="scheduler"),  # for sampling
     }
+
+
+def frozen_dtype(device) -> torch.dtype:
+    """The precision of the parts that do not learn (the VAE, and the text encoder when it is
+    not trained): float16 on a CUDA GPU, float32 elsewhere.
+
+    Why: on CUDA the trainer computes in fp16 mixed precision anyway, and half precision halves
+    these parts' memory, which Stable Diffusion needs on a 16 GB GPU. What learns stays float32
+    (fp16 mixed precision needs float32 trainable weights for its scaled gradients). On a CPU
+    there is no mixed precision and float32 keeps runs exactly as they were.
+    """
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def load_tokenizer(base):
@@ -488,6 +503,8 @@ def save_result(out: Path, parts: dict, tokenizer, settings: Settings) -> Path:
         return out
     target, tmp = out / "pipeline", out / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    # saved in float32 like the base model, also the parts held in float16 (frozen_dtype)
+    parts = parts | {"vae": parts["vae"].float(), "text_encoder": parts["text_encoder"].float()}
     make_pipeline(parts, tokenizer).save_pretrained(tmp, safe_serialization=True)
     common.replace_dir(tmp, target)  # the previous pipeline stays until the new one is in place
     return target
@@ -640,7 +657,8 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
     torch.manual_seed(s.seed)
-    parts = load_components(s.base)
+    frozen = frozen_dtype(accelerator.device)
+    parts = load_components(s.base, vae_dtype=frozen)
     parts["vae"].to(accelerator.device)
     size = resolution(parts)
     images = [to_resolution(im, size) for im in images]
@@ -650,7 +668,8 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     if s.prior_preservation:
         if accelerator.is_main_process:
             pipe = make_pipeline(parts, tokenizer, accelerator.device)
-            class_images = generate_class_images(pipe, s.class_prompts, class_dir, seed=s.seed)
+            with accelerator.autocast():  # a float16 VAE decodes the float32 UNet's latents
+                class_images = generate_class_images(pipe, s.class_prompts, class_dir, seed=s.seed)
         accelerator.wait_for_everyone()
         if not class_images:
             class_images = generate_class_images(None, s.class_prompts, class_dir, seed=s.seed)
@@ -688,7 +707,7 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     ids = tokenize(tokenizer, prompts)
     frozen_hidden = None
     if not s.train_text_encoder:
-        text_encoder.to(accelerator.device)
+        text_encoder.to(accelerator.device, frozen)
         with torch.no_grad():
             frozen_hidden = torch.cat([text_encoder(ids[i:i + 64].to(accelerator.device))[0]
                                        for i in range(0, len(ids), 64)])
