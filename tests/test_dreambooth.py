@@ -388,6 +388,61 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
         db.train_dreambooth(images, **(args | {"rank": 4}))
 
 
+def _checkpointing(model) -> bool:
+    """Whether a diffusers or transformers model recomputes activations in the backward pass."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_gradient_checkpointing_saves_memory_not_results(tmp_path, base, monkeypatch):
+    """With ``gradient_checkpointing`` the UNet, and the text encoder it trains, recompute their
+    activations in the backward pass; the trained weights are those of a run without it."""
+    images = subject.make_instance_images(3)
+    args = dict(instance_prompt="a sks circle", class_prompt="a red circle", base=base,
+                train_text_encoder=True, lr=1e-2, **FAST)
+    checkpointed = []
+
+    class Recording(db.TrainedWeights):  # sees the models as each checkpoint is saved
+        def __init__(self, model):
+            checkpointed.append(_checkpointing(model))
+            super().__init__(model)
+
+    monkeypatch.setattr(db, "TrainedWeights", Recording)
+    db.train_dreambooth(images, out=tmp_path / "plain", **args)
+    assert checkpointed == [False] * 4  # unet and text encoder, at steps 1 and 2
+    checkpointed.clear()
+    db.train_dreambooth(images, out=tmp_path / "gc", gradient_checkpointing=True, **args)
+    assert checkpointed == [True] * 4
+
+    from safetensors.torch import load_file
+
+    plain, gc = (load_file(tmp_path / run / db.LORA_FILE) for run in ("plain", "gc"))
+    assert plain.keys() == gc.keys() and any("text_encoder" in k for k in gc)
+    assert all(torch.allclose(plain[k], gc[k], atol=1e-6) for k in plain)
+    record = json.loads((tmp_path / "gc" / "dreambooth.json").read_text())
+    assert record["settings"]["gradient_checkpointing"] is True
+    # like every setting, it belongs to the run: the folder refuses the other value
+    with pytest.raises(db.DreamBoothError, match="other settings"):
+        db.train_dreambooth(images, out=tmp_path / "gc", **args)
+
+
+def test_runs_recorded_before_a_setting_existed_still_resume(tmp_path, base):
+    """A dreambooth.json written before ``gradient_checkpointing`` existed holds no such key:
+    it reads as the default, so the finished run is returned at once, not refused."""
+    images = subject.make_instance_images(3)
+    out = tmp_path / "old"
+    args = dict(instance_prompt="a sks circle", base=base, prior_preservation=False,
+                **(FAST | {"steps": 1}))
+    db.train_dreambooth(images, out=out, **args)
+    record = json.loads((out / "dreambooth.json").read_text())
+    del record["settings"]["gradient_checkpointing"]
+    (out / "dreambooth.json").write_text(json.dumps(record))
+    mtime = (out / db.LORA_FILE).stat().st_mtime_ns
+    assert db.train_dreambooth(images, out=out, **args) == out
+    assert (out / db.LORA_FILE).stat().st_mtime_ns == mtime  # not trained again
+    with pytest.raises(db.DreamBoothError, match="other settings"):
+        db.train_dreambooth(images, out=out, gradient_checkpointing=True, **args)
+
+
 def test_full_finetune_writes_a_pipeline(tmp_path, base):
     from diffusers import StableDiffusionPipeline
 
@@ -477,7 +532,21 @@ def test_cli_passes_the_class_dir_on(tmp_path, monkeypatch):
                  "a sks circle", "--class-prompt", "a circle", "--class-dir",
                  str(tmp_path / "class"), "--out", str(tmp_path / "run")]) == 0
     assert seen["class_dir"] == tmp_path / "class"
+    assert seen["gradient_checkpointing"] is False
     assert main(["train", "vae", "--class-dir", str(tmp_path)]) == 2
+
+
+def test_cli_passes_gradient_checkpointing_on(tmp_path, monkeypatch, capsys):
+    from sdcourse.cli import main
+
+    seen = {}
+    monkeypatch.setattr(db, "train_dreambooth", lambda *a, **kw: seen.update(kw) or tmp_path)
+    assert main(["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
+                 "a sks circle", "--class-prompt", "a circle", "--gradient-checkpointing",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert seen["gradient_checkpointing"] is True
+    assert main(["train", "vae", "--gradient-checkpointing"]) == 2
+    assert "--gradient-checkpointing: only for `sdcourse train dreambooth`" in capsys.readouterr().err
 
 
 def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, monkeypatch):

@@ -24,9 +24,11 @@ The learning rate decays to zero along a cosine, so the last weights are settled
 
 It runs on :mod:`accelerate`, so ``accelerate launch`` scales it unchanged, in fp16 mixed
 precision on a CUDA GPU, where the frozen VAE (and the text encoder when it is not trained) is
-held in float16 too (:func:`frozen_dtype`). Inputs are checked before anything expensive
-happens; checkpoints are written atomically, and running the same call (or command) again
-resumes from the last one. On the mini model a run takes a few minutes on a laptop CPU.
+held in float16 too (:func:`frozen_dtype`); with ``gradient_checkpointing`` too, a LoRA on
+Stable Diffusion at 512 px is meant to fit a 16 GB GPU such as Colab's free T4. Inputs are
+checked before anything expensive happens; checkpoints are written atomically, and running
+the same call (or command) again resumes from the last one. On the mini model a run takes a
+few minutes on a laptop CPU.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -207,7 +209,8 @@ def set_token_embedding(text_encoder, tokenizer, token: str, words: list[str]) -
 @dataclass
 class Settings:
     """Everything a run's result depends on (except ``steps``: a longer run continues a shorter
-    one). Kept in ``<out>/dreambooth.json``; a checkpoint only resumes under the same settings."""
+    one), and how it trains (``gradient_checkpointing``). Kept in ``<out>/dreambooth.json``; a
+    checkpoint only resumes under the same settings."""
 
     instance_prompts: list[str]
     class_prompts: list[str]
@@ -225,9 +228,20 @@ class Settings:
     images_digest: str = ""
     text_encoder_lr: float | None = None  # None: the same as ``lr``
     token_init: list[str] = field(default_factory=list)  # words whose embeddings start the token's
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def stored(cls, record: dict) -> dict:
+        """The settings of a ``dreambooth.json`` record, with the default of each setting added
+        since it was written (what every run had before that setting existed): runs made by an
+        earlier version still resume, and are still returned at once when finished."""
+        defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                    for f in fields(cls)
+                    if f.default is not MISSING or f.default_factory is not MISSING}
+        return defaults | record["settings"]
 
 
 def _digest(images: list[Image.Image]) -> str:
@@ -571,7 +585,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                      text_encoder_lr: float | None = None, class_dir=None,
                      seed: int = 0, save_every: int = 100, validate_every: int = 100,
                      validation_prompts: list[str] | None = None,
-                     token_init: str | list[str] | None = None) -> Path:
+                     token_init: str | list[str] | None = None,
+                     gradient_checkpointing: bool = False) -> Path:
     """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
 
     ``instance``: a folder of 3-5 pictures, or a list of PIL images. ``instance_prompt``: one
@@ -587,6 +602,11 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     ``token_init``: words that describe the subject (e.g. ``"white black"``); the rare token's
     embedding starts as the mean of theirs instead of its own, as textual inversion starts
     from an initializer token. Full fine-tunes only: a LoRA file does not carry embeddings.
+    ``gradient_checkpointing``: keep few activations and recompute the rest in the backward
+    pass (the UNet's, and the text encoder's when it trains): far less memory for slower steps
+    (one more forward pass each); the usual way to fit a LoRA on Stable Diffusion at 512 px
+    into a 16 GB GPU. Like every setting it belongs to the run: a folder trained without it
+    does not resume with it.
 
     Returns ``out`` (holding ``pytorch_lora_weights.safetensors``) for a LoRA, else
     ``out/pipeline`` (a complete diffusers folder); :func:`load_dreambooth` loads either.
@@ -632,9 +652,10 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                         train_text_encoder, prior_preservation, prior_loss_weight,
                         num_class_images if prior_preservation else 0, batch_size,
                         lr if lr is not None else (3e-3 if lora else 3e-4), seed, _digest(images),
-                        text_encoder_lr if train_text_encoder else None, init_words)
+                        text_encoder_lr if train_text_encoder else None, init_words,
+                        gradient_checkpointing)
     record = _read_json(out / "dreambooth.json")
-    if record is not None and record["settings"] != settings.to_json():
+    if record is not None and Settings.stored(record) != settings.to_json():
         raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: give another "
                               "out folder, or delete this one to start over")
     if record is not None and record.get("done_step", 0) >= steps:
@@ -684,6 +705,11 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
         add_lora(unet, s.rank, UNET_LORA_TARGETS)
         if s.train_text_encoder:
             add_lora(text_encoder, s.rank, TEXT_LORA_TARGETS)
+    if s.gradient_checkpointing:  # activations recomputed in the backward pass: less memory
+        unet.enable_gradient_checkpointing()
+        if s.train_text_encoder:  # (transformers 5 renamed gradient_checkpointing_enable)
+            getattr(text_encoder, "activation_checkpointing_enable",
+                    text_encoder.gradient_checkpointing_enable)()
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "base_lr": s.lr},
               {"params": [p for p in text_encoder.parameters() if p.requires_grad],
                "base_lr": s.text_encoder_lr or s.lr}]
