@@ -246,8 +246,6 @@ def _load_real(cls, task: str, source: str, dtype):
     """Load a real checkpoint: ``source``, then (if it is one of the registry's) the task's
     other registry entries in order, should it fail to load (a repository deleted or renamed).
     Offline and not downloaded before, it stops at once with what to do."""
-    import torch
-
     fallbacks = [repo for repo in REAL_MODELS[task] if repo != source]
     candidates = [source] + (fallbacks if source in REAL_MODELS[task] else [])
     if not os.path.isdir(source) and not any(map(in_local_cache, candidates)) and not hub_reachable():
@@ -256,15 +254,28 @@ def _load_real(cls, task: str, source: str, dtype):
                                "the embedded model (SDCOURSE_MODEL=mini)")
     for i, repo in enumerate(candidates):
         try:
-            if dtype == torch.float16:
-                try:
-                    return cls.from_pretrained(repo, dtype=dtype, use_safetensors=True, variant="fp16")
-                except (OSError, ValueError):
-                    pass  # some mirrors ship only full-precision files
-            return cls.from_pretrained(repo, dtype=dtype, use_safetensors=True)
+            return from_pretrained(cls, repo, dtype)
         except OSError as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             if i + 1 == len(candidates):
                 raise ModelChoiceError(f"could not load {repo} ({reason}): check the id and your "
                                        "network, or use the embedded model (SDCOURSE_MODEL=mini)") from error
             print(f"sdcourse: could not load {repo} ({reason}); trying {candidates[i + 1]}")
+
+
+def from_pretrained(cls, source, dtype=None, **kwargs):
+    """``cls.from_pretrained(source, dtype=dtype, **kwargs)`` from safetensors files only; in
+    float16 from the checkpoint's fp16 files (``variant="fp16"``) where it has them.
+
+    Why: the fp16 variant is half the download and loads without conversion; some mirrors (and
+    local folders) ship only full-precision files, which then load and are converted instead.
+    """
+    import torch
+
+    if dtype == torch.float16:
+        try:
+            return cls.from_pretrained(source, dtype=dtype, use_safetensors=True, variant="fp16",
+                                       **kwargs)
+        except (OSError, ValueError):
+            pass  # no fp16 files there
+    return cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)

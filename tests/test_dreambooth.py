@@ -455,6 +455,28 @@ def test_full_finetune_writes_a_pipeline(tmp_path, base):
     assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), base_unet.parameters()))
     assert db.load_dreambooth(tmp_path / "full").unet.config.sample_size == 8
     assert db.load_dreambooth(result).unet.config.sample_size == 8  # the returned path loads too
+    assert db.load_dreambooth(result, dtype=torch.bfloat16).unet.dtype == torch.bfloat16
+
+
+def test_a_lora_run_loads_in_the_precision_asked_for(tmp_path, base, monkeypatch):
+    """``load_dreambooth(out, dtype=...)``: the base model and the LoRA in that precision; in
+    float16 the base model's fp16 files are asked for first, its full ones where it has none."""
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "lora"
+    db.train_dreambooth(subject.make_instance_images(3), "a sks circle", out=out, base=base,
+                        prior_preservation=False, **(FAST | {"steps": 1}))
+    assert db.load_dreambooth(out).unet.dtype == torch.float32  # as saved
+    pipe = db.load_dreambooth(out, dtype=torch.bfloat16)
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}  # LoRA included
+    assert pipe.text_encoder.dtype == pipe.vae.dtype == torch.bfloat16
+
+    asked = []
+    load = StableDiffusionPipeline.from_pretrained.__func__
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", classmethod(
+        lambda cls, *args, **kwargs: asked.append(kwargs.get("variant")) or load(cls, *args, **kwargs)))
+    assert db.load_dreambooth(out, dtype=torch.float16).unet.dtype == torch.float16
+    assert asked == ["fp16", None]  # the base folder has no fp16 files: its full ones, converted
 
 
 def test_text_encoder_gets_its_own_learning_rate(tmp_path, base):

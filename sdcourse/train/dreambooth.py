@@ -524,11 +524,16 @@ def save_result(out: Path, parts: dict, tokenizer, settings: Settings) -> Path:
     return target
 
 
-def load_dreambooth(out, device: str = "cpu"):
+def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     """The pipeline a run produced: its base model, plus the LoRA or the fine-tuned weights.
 
-    ``out``: the run folder, or the path :func:`train_dreambooth` returned."""
+    ``out``: the run folder, or the path :func:`train_dreambooth` returned. ``dtype``: the
+    pipeline's precision (default: as saved, float32), e.g. ``torch.float16`` on a GPU, where
+    a LoRA's base model then loads its fp16 files when it has them, as
+    :func:`sdcourse.models.load_pipeline` loads real checkpoints."""
     from diffusers import StableDiffusionPipeline
+
+    from ..models import from_pretrained
 
     out = Path(out)
     if out.name == "pipeline" and (out.parent / "dreambooth.json").exists():
@@ -538,9 +543,8 @@ def load_dreambooth(out, device: str = "cpu"):
         raise DreamBoothError(f"{out} holds no finished DreamBooth run: train it first")
     settings = record["settings"]
     if settings["lora"]:
-        pipe = StableDiffusionPipeline.from_pretrained(settings["base"], safety_checker=None,
-                                                       requires_safety_checker=False,
-                                                       use_safetensors=True)
+        pipe = from_pretrained(StableDiffusionPipeline, settings["base"], dtype,
+                               safety_checker=None, requires_safety_checker=False)
         from diffusers.utils import logging
 
         level = logging.get_verbosity()
@@ -551,7 +555,8 @@ def load_dreambooth(out, device: str = "cpu"):
         finally:
             logging.set_verbosity(level)
     else:
-        pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", use_safetensors=True)
+        pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", dtype=dtype,
+                                                       use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
