@@ -147,6 +147,7 @@ ex_image.resize((128, 128))
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 1
 def check_exercise_1() -> str:
     if (ex_color, ex_shape, ex_background) == ("red", "circle", "blue"):
@@ -168,6 +169,7 @@ else:
 # **A solution** (try it yourself first):
 
 # %%
+# NBVAL_CHECK_OUTPUT
 ex_color, ex_shape, ex_background = "yellow", "triangle", "purple"
 ex_image = pipe(caption(ex_color, ex_shape, ex_background), num_inference_steps=25,
                 generator=sdc.make_generator(ex_seed)).images[0]

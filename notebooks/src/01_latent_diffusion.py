@@ -74,6 +74,7 @@ print(f"measured time ratio: {large['ms'] / small['ms']:.1f}x")
 # component from the same folder the pipeline uses (`subfolder="vae"`).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from diffusers import AutoencoderKL
 
 model_path = sdc.mini_model_path("text2img") if on_mini else choice.source
@@ -89,6 +90,7 @@ print("latent channels:", vae.config.latent_channels,
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def pil_to_tensor(image) -> torch.Tensor:
     """PIL image -> (1, 3, H, W) float tensor in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
@@ -189,6 +191,7 @@ saving = None  # your answer: how many times fewer attention FLOPs in the latent
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 2
 def check_exercise_2() -> str:
     if saving is None:
@@ -197,11 +200,12 @@ def check_exercise_2() -> str:
     return f"attention in latent space is {saving:.0f}x cheaper"
 
 
-sdc.self_check(check_exercise_2, "exercise 2")
+passed = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 # %%
+# NBVAL_CHECK_OUTPUT
 saving = (pixel_positions / latent_positions) ** 2  # every position attends to every position
 assert sdc.self_check(check_exercise_2, "exercise 2")

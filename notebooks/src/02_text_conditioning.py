@@ -89,6 +89,7 @@ print("SD 1.x: (1, 77, 768)   SD 2.x: (1, 77, 1024)")
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 class StoreCrossAttention:
     """An attention processor that computes attention explicitly and stores the weights."""
 
@@ -138,6 +139,7 @@ print("same output as the default processor:", torch.allclose(ours, theirs, atol
 # Now generate an image while storing every cross-attention map of every step.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 capture_cross_attention(True)
 maps.clear()
 image = pipe(prompt, num_inference_steps=25, guidance_scale=7.5,
@@ -152,6 +154,7 @@ print(len(maps), "maps stored; shapes:", sorted({tuple(m.shape) for m in maps}))
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def token_heatmaps(maps: list, side: int) -> torch.Tensor:
     """Average cross-attention per token: (77, side, side), from maps of any resolution."""
     total = 0
@@ -249,6 +252,7 @@ my_tokens = None  # your answer: how many tokens does the text encoder see?
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 2
 def check_exercise_2() -> str:
     if my_tokens is None:
@@ -258,11 +262,12 @@ def check_exercise_2() -> str:
     return f"{my_tokens} tokens: fits in {tokenizer.model_max_length}"
 
 
-sdc.self_check(check_exercise_2, "exercise 2")
+passed = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 # %%
+# NBVAL_CHECK_OUTPUT
 my_tokens = len(tokenizer(my_prompt).input_ids)  # unpadded: start + the words' tokens + end
 assert sdc.self_check(check_exercise_2, "exercise 2")

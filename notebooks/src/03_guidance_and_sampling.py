@@ -39,6 +39,7 @@ print(type(scheduler).__name__, "| latent size:", unet.config.sample_size,
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def encode_prompt(texts: list[str]) -> torch.Tensor:
     """Prompts -> text-encoder hidden states (batch, 77, width)."""
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
@@ -281,6 +282,7 @@ def combine(noise_uncond, noise_text, guidance):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 2
 def check_exercise_2() -> str:
     a, b = torch.randn(4), torch.randn(4)
@@ -290,13 +292,14 @@ def check_exercise_2() -> str:
     return "guidance 0 = unconditional, 1 = conditional, > 1 extrapolates past the prompt"
 
 
-sdc.self_check(check_exercise_2, "exercise 2")
+passed = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def combine(noise_uncond, noise_text, guidance):
     return noise_uncond + guidance * (noise_text - noise_uncond)
 

@@ -33,6 +33,7 @@ size = 64 if on_mini else 512
 # the same picture is enlarged to 512 px).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 init_image = sdc.download_image(sdc.sample_image_path("shapes_img2img"), size=size)
 print("input:", init_image.size, init_image.mode)
 init_image.resize((128, 128))
@@ -158,6 +159,7 @@ def steps_that_run(strength: float, num_inference_steps: int) -> int:
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 2
 def check_exercise_2() -> str:
     for s, n in [(0.3, 25), (0.6, 25), (1.0, 25), (0.5, 50)]:
@@ -167,13 +169,14 @@ def check_exercise_2() -> str:
     return "steps_that_run matches the pipeline"
 
 
-sdc.self_check(check_exercise_2, "exercise 2")
+passed = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def steps_that_run(strength: float, num_inference_steps: int) -> int:
     return min(int(num_inference_steps * strength), num_inference_steps)  # the last ones
 

@@ -194,6 +194,7 @@ def mask_to_latent_size(mask: torch.Tensor, vae_scale_factor: int) -> torch.Tens
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 2
 def check_exercise_2() -> str:
     m = torch.zeros(1, 1, 64, 64)
@@ -205,13 +206,14 @@ def check_exercise_2() -> str:
     return "a 32x32 hole in a 64x64 picture is a 4x4 hole in the 8x8 latent"
 
 
-sdc.self_check(check_exercise_2, "exercise 2")
+passed = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def mask_to_latent_size(mask: torch.Tensor, vae_scale_factor: int) -> torch.Tensor:
     """(1, 1, H, W) binary mask -> (1, 1, H/f, W/f), nearest neighbour."""
     h, w = mask.shape[-2:]

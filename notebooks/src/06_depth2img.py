@@ -33,6 +33,7 @@ size = 64 if on_mini else 512
 # MiDaS/DPT) and its image processor. Called by hand:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 truth = sample(8, color="red", shape="circle", background="blue")
 picture = truth.image.resize((size, size))
 pixels = pipe.feature_extractor(images=picture, return_tensors="pt").pixel_values.to(device)
@@ -136,6 +137,7 @@ def normalize_depth(d: torch.Tensor) -> torch.Tensor:
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 2
 def check_exercise_2() -> str:
     d = torch.rand(2, 1, 8, 8) * 5 + 3
@@ -149,13 +151,14 @@ def check_exercise_2() -> str:
     return "depth rescaled to [-1, 1] per picture, as StableDiffusionDepth2ImgPipeline does"
 
 
-sdc.self_check(check_exercise_2, "exercise 2")
+passed = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def normalize_depth(d: torch.Tensor) -> torch.Tensor:
     """Rescale each depth map in a batch (N, 1, h, w) to [-1, 1]."""
     lo = d.amin(dim=(1, 2, 3), keepdim=True)

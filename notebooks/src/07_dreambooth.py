@@ -38,6 +38,7 @@ on_mini = sdc.choose_model("text2img", device=device).kind == "mini"
 # mini model learned them that way):
 
 # %%
+# NBVAL_CHECK_OUTPUT
 instance_images = subject.make_instance_images(5)
 instance_prompts = subject.instance_prompts(5)
 print(len(instance_images), "pictures of", instance_images[0].size, "| prompts:", instance_prompts[:2], "...")
@@ -258,6 +259,7 @@ def is_rare(token: str) -> bool:
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-check for exercise 3
 def check_exercise_3() -> str:
     assert is_rare("sks") and is_rare("ohwx"), "'sks' and 'ohwx' are single tokens learned late"
@@ -266,13 +268,14 @@ def check_exercise_3() -> str:
     return "'sks' is a single, meaningless token; 'dog' and 'red' already mean something"
 
 
-sdc.self_check(check_exercise_3, "exercise 3")
+passed = sdc.self_check(check_exercise_3, "exercise 3")
 
 # %% [markdown]
 # **A solution** (try it yourself first):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def is_rare(token: str) -> bool:
     ids = base.tokenizer(token).input_ids[1:-1]  # without the start and end tokens
     return len(ids) == 1 and ids[0] > 40_000  # one piece, and among the last merges learned

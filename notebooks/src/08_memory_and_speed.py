@@ -356,6 +356,7 @@ def nearest_valid(size, multiple=8):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # Self-checks for exercises 1 and 2
 def check_exercise_1() -> str:
     assert abs(weights_gib(SD21_PARAMS["unet"], torch.float16) - 1.61) < 0.01, "SD 2.1's UNet in fp16: 1.61 GiB"
@@ -370,14 +371,15 @@ def check_exercise_2() -> str:
     return "sizes: multiples of 8"
 
 
-sdc.self_check(check_exercise_1, "exercise 1")
-sdc.self_check(check_exercise_2, "exercise 2")
+passed_1 = sdc.self_check(check_exercise_1, "exercise 1")
+passed_2 = sdc.self_check(check_exercise_2, "exercise 2")
 
 # %% [markdown]
 # **Solutions** (try them yourself first):
 
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def weights_gib(n_params, dtype):
     return n_params * dtype.itemsize / 2**30
 
