@@ -66,7 +66,7 @@ pipe = sdc.load_pipeline("text2img", device=device)
 load_seconds = time.perf_counter() - start
 parts = [name for name, part in pipe.components.items() if part is not None]
 print(type(pipe).__name__, "with", ", ".join(parts))
-print(f"loaded in {load_seconds:.1f} s")
+print(f"loaded in {load_seconds:.1f} s, on {pipe.device} in {pipe.dtype}")
 
 # %% [markdown]
 # ## 4. A first image
@@ -134,8 +134,9 @@ print(f"{batch_seconds / len(images):.2f} s per image in a batch of {len(images)
 # ## Exercises
 # 1. Make "a yellow triangle on a purple background" (change the three names below, then run
 #    the self-check). Try a few seeds: does every seed work?
-# 2. Set `SDCOURSE_MODEL=mini` (or `real` on a GPU) before starting Jupyter, rerun this notebook
-#    and compare what `choose_model` prints.
+# 2. Set `SDCOURSE_MODEL=mini` (or `real` on a GPU) before starting Jupyter — on Colab, run
+#    `import os; os.environ["SDCOURSE_MODEL"] = "mini"` in a cell before `load_pipeline` —
+#    rerun this notebook and compare what `choose_model` prints.
 
 # %%
 # Exercise 1: change the three names (and the seed if you like), then run the self-check.
