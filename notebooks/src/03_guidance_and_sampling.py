@@ -19,6 +19,7 @@ import random
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 import sdcourse as sdc
@@ -28,6 +29,8 @@ from sdcourse.world import random_scene
 device = sdc.pick_device()
 pipe = sdc.load_pipeline("text2img", device=device)
 on_mini = sdc.choose_model("text2img", device=device).kind == "mini"
+if not on_mini:  # real checkpoints ship PNDM, which takes its first step twice: use DDIM, as the mini model
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 tokenizer, text_encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
 scheduler, vae = pipe.scheduler, pipe.vae
 print(type(scheduler).__name__, "| latent size:", unet.config.sample_size,
@@ -96,12 +99,17 @@ assert same, "the hand-written loop drifted from the pipeline: compare them step
 # %% [markdown]
 # ## 2. Taking it apart
 # **The scheduler** decides which noise levels the 25 steps visit (out of the 1000 used in
-# training) and how each step removes predicted noise:
+# training) and how each step removes predicted noise. Two of its methods in the loop do
+# nothing for DDIM but matter for other schedulers: `init_noise_sigma` scales the starting
+# noise (1.0 here; Euler-type schedulers start from noise of a larger spread) and
+# `scale_model_input` rescales the latents before the UNet sees them (identity here; Euler
+# divides by sqrt(σ² + 1)). Calling both keeps the loop right when you swap the scheduler.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 scheduler.set_timesteps(25)
 print("timesteps:", scheduler.timesteps[:6].tolist(), "...", scheduler.timesteps[-3:].tolist())
+print("init_noise_sigma:", scheduler.init_noise_sigma)
 print("noise level sqrt(1 - alpha_bar) at the first and last step:",
       [round(float((1 - scheduler.alphas_cumprod[int(t)]) ** 0.5), 3)
        for t in (scheduler.timesteps[0], scheduler.timesteps[-1])])
@@ -131,10 +139,13 @@ sdc.show_images([im for _, im in snapshots], titles=[n for n, _ in snapshots], s
 # ## 3. Classifier-free guidance
 # **Why it works.** During training, about 10% of captions were replaced by the empty
 # prompt `""` (caption dropout), so the same UNet learned two things: the noise in a picture
-# *of this caption*, and the noise in *any* picture. **Why it is needed.** Stable Diffusion
-# learned from web captions, which often describe their picture wrongly, so the conditional
-# prediction alone only half-trusts the prompt. The mini model's captions imitate that: in
-# its last fine-tuning, a fifth of them named a wrong colour. **How.** At sampling time we
+# *of this caption*, and the noise in *any* picture. **Why it is needed.** Even with perfect
+# captions, the conditional model at scale 1 samples everything the caption allows, including
+# pictures that match it only loosely; guidance trades that variety for fidelity, pushing
+# samples towards what makes the caption most likely (Ho & Salimans, 2022). Noisy web
+# captions make it worse: the conditional prediction alone only half-trusts the prompt. The
+# mini model's captions imitate that: in its last fine-tuning, a fifth of them named a wrong
+# colour. **How.** At sampling time we
 # ask for both predictions and extrapolate from the unconditional towards the conditional one:
 #
 # `noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)`
@@ -179,6 +190,7 @@ if on_mini:
     for name, images in (("without the negative prompt", plain), ("with it", steered)):
         read = [read_image(im) for im in images]
         print(f"{name}:\n  object colours {dict(Counter(r.color for r in read))}"
+              f"\n  shapes         {dict(Counter(r.shape for r in read))}"
               f"\n  backgrounds    {dict(Counter(r.background for r in read))}")
     count = lambda images, what, value: sum(getattr(read_image(im), what) == value for im in images)
     print(f"{favourite} objects: {count(plain, 'color', favourite)}/12 without, "
@@ -190,7 +202,10 @@ else:
     print("Skipped: the pixel reader knows the mini model's world only (judge the grid by eye).")
 
 # %% [markdown]
-# The favourite colour is gone — and so is the blue background, and a few objects, though
+# The favourite colour is gone, but for one dark green triangle (the pixel reader calls it
+# black) — and so is the blue background, three objects, and much of the roundness: look at
+# the bottom row, where most "circles" come out as rounded triangles (the reader, which only
+# knows circle, square and triangle, still files most of them as circles). All this though
 # the negative prompt asked for the same blue background as the prompt. Guidance multiplies
 # the *whole* difference between the two predictions by 7.5, and two captions are never
 # predicted identically outside the words they differ in: whatever "green" changed anywhere
