@@ -2,7 +2,7 @@
 # # 05 · Inpainting: repainting inside a mask
 #
 # **What you will learn**
-# - how `StableDiffusionInpaintPipeline` repaints only where a mask is white;
+# - how `StableDiffusionInpaintPipeline` repaints where a mask is white and keeps the rest;
 # - why Stable Diffusion has a separate **inpainting UNet** with 9 input channels, and what it
 #   gains over the trick of blending a plain text-to-image model (measured side by side);
 # - how to measure an inpainting: the requested object inside the mask, the rest unchanged.
@@ -69,8 +69,11 @@ print(f"mask {size}x{size} -> 1x{size // vae_scale}x{size // vae_scale}; masked 
 # %% [markdown]
 # The trick that needs no special model ("blended" sampling): run the ordinary text-to-image
 # UNet, and after every step overwrite the latents outside the mask with the original
-# picture's latents, noised to the current step. The model never sees the surroundings while
-# it predicts, so what it paints inside may not fit. Written out:
+# picture's latents, noised to the level of the next step. The model never sees the
+# surroundings while it predicts, so what it paints inside may not fit. (Give
+# `StableDiffusionInpaintPipeline` a plain 4-channel UNet, e.g.
+# `StableDiffusionInpaintPipeline(**t2i.components)`, and it runs this same blending itself.)
+# Written out:
 
 # %%
 t2i = sdc.load_pipeline("text2img", device=device, verbose=False)
@@ -88,7 +91,7 @@ def blended_inpaint(prompt, image, mask, steps=25, guidance=7.5, seed=0):
     ids = t2i.tokenizer([prompt, ""], padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids.to(device)
     text, uncond = t2i.text_encoder(ids)[0].chunk(2)
-    generator = sdc.make_generator(seed)
+    generator = sdc.make_generator(seed, "cpu")  # noise drawn on the CPU, then moved: the same on every device
     scheduler.set_timesteps(steps, device=device)
     latents = torch.randn(known.shape, generator=generator).to(device, known.dtype)
     latents = latents * scheduler.init_noise_sigma  # 1 for DDIM; larger for e.g. Euler
@@ -160,7 +163,11 @@ else:
 
 # %% [markdown]
 # Read the numbers: the inpainting UNet sees the whole picture and the mask at every step,
-# so it draws a new object that fits the hole and leaves the surroundings alone. Blending
+# so it draws a new object that fits the hole and redraws the surroundings almost unchanged
+# — almost, because the whole picture is decoded from latents, so outside the mask the
+# PSNR can be no better than the VAE's own round trip (about 30 dB on the mini world); where
+# the original pixels must survive exactly, paste them back with
+# `pipe.image_processor.apply_overlay(mask_image, init_image, result)`. Blending
 # only pastes the surroundings back into the latents at every step; the plain UNet never
 # learned to respect a hole, and on the mini world's simple pictures that trick already
 # works most of the time: the inpainting UNet does better on both counts, but with 24 cases
@@ -203,6 +210,10 @@ def check_exercise_2() -> str:
     assert small.shape == (1, 1, 8, 8), f"shape {tuple(small.shape)}: the latent is 8x8"
     assert small.sum() == 16 and set(small.unique().tolist()) <= {0.0, 1.0}, "a 4x4 hole of ones"
     assert small[..., 2:6, 2:6].all(), "the hole stays where it was: latent rows and columns 2 to 5"
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., 13:45, 13:45] = 1  # a hole off the 8-pixel grid
+    assert mask_to_latent_size(m, 8).sum() == 16, ("nearest neighbour: latent position i takes "
+                                                  "pixel 8·i (not the max over its 8x8 block)")
     return "a 32x32 hole in a 64x64 picture is a 4x4 hole in the 8x8 latent"
 
 
