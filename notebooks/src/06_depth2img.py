@@ -37,7 +37,8 @@ size = 64 if on_mini else 512
 truth = sample(8, color="red", shape="circle", background="blue")
 picture = truth.image.resize((size, size))
 pixels = pipe.feature_extractor(images=picture, return_tensors="pt").pixel_values.to(device)
-with torch.no_grad():
+half = pipe.depth_estimator.dtype == torch.float16  # DPT's batch norms need autocast in fp16, as the pipeline does
+with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=half):
     depth = pipe.depth_estimator(pixels.to(pipe.depth_estimator.dtype)).predicted_depth
 print("pixel_values:", tuple(pixels.shape), "-> predicted_depth:", tuple(depth.shape))
 sdc.show_images([picture, depth[0].float().cpu(), truth.depth],
@@ -148,6 +149,8 @@ def check_exercise_2() -> str:
     assert torch.allclose(n.amax(dim=(1, 2, 3)), torch.tensor(1.0)), "each picture's largest value should become 1"
     big = d.flatten(1).argmax(dim=1)
     assert (n.flatten(1).gather(1, big[:, None]) > 0.99).all(), "rescale, don't flip: the largest value maps to 1"
+    d[0, 0, 0, 0] = (d[0].amin() + d[0].amax()) / 2
+    assert normalize_depth(d)[0, 0, 0, 0].abs() < 1e-5, "a straight-line rescale: halfway maps to 0"
     return "depth rescaled to [-1, 1] per picture, as StableDiffusionDepth2ImgPipeline does"
 
 
