@@ -13,7 +13,8 @@
 # **What you need**: CPU with the mini model: about 4 minutes (100 class pictures, half a
 # minute; a 450-step training run with prior preservation, about 2 minutes; a 75-step run
 # without it, under half a minute; then the measurements).
-# Colab GPU (T4) with a real model: about 15 minutes (download, class images, 400 LoRA steps).
+# Colab GPU (T4) with a real model: roughly 15 minutes (download, class images, 400 LoRA steps;
+# an estimate: the course was built without a GPU).
 
 # %% [colab]
 
@@ -60,7 +61,8 @@ sdc.image_grid(before, rows=1, size=64)
 # %% [markdown]
 # ## 2. A rare token
 # The subject is bound to a token that has (almost) no meaning yet: "sks" is one token of
-# CLIP's vocabulary, rarely seen. A common word would carry its own meaning, which
+# CLIP's vocabulary, rarely seen (to the mini model it means nothing; real Stable Diffusion
+# gives it a weak pull of its own — towards a rifle — which training overrides). A common word would carry its own meaning, which
 # fine-tuning would have to overwrite — the trainer refuses those before doing any work:
 
 # %%
@@ -128,8 +130,10 @@ if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate d
     settings = dict(lora=False, train_text_encoder=True, prior_loss_weight=1.0, lr=4e-4, token_init="white black")
     full_steps = 450
 else:  # a real checkpoint on a GPU: a LoRA (see section 7)
-    real = sdc.choose_model("text2img", device=device).source
-    settings, full_steps = dict(base=real, lora=True, lr=1e-4), 400
+    real = base.name_or_path  # the checkpoint that loaded (after any fallback in the registry)
+    # one picture per step (plus one class picture) and gradient checkpointing fit a 15 GiB T4
+    settings = dict(base=real, lora=True, lr=1e-4, batch_size=1, gradient_checkpointing=True)
+    full_steps = 400
 steps = {True: full_steps, False: full_steps // 6}  # without the prior, the class drifts fast
 runs, trained = {}, 0.0
 for prior in (True, False):
@@ -162,12 +166,12 @@ print(f"full fine-tune: {unet_params / 1e6:.2f} M UNet weights change (and the t
 # %% [markdown]
 # ## 5. Before and after, in new contexts
 # A full fine-tune is a complete diffusers folder, loaded with `from_pretrained`
-# (`load_dreambooth` does that; for a LoRA it calls `pipe.load_lora_weights(folder)` on the
-# base pipeline). The subject on a green background — a context no instance picture had —
+# (`load_dreambooth` does that; for a LoRA it loads the base model and calls
+# `pipe.load_lora_weights(folder)`). The subject on a green background — a context no instance picture had —
 # and ordinary circles, which should stay ordinary:
 
 # %%
-tuned = {prior: load_dreambooth(path, device=device) for prior, path in runs.items()}
+tuned = {prior: load_dreambooth(path, device=device, dtype=base.dtype) for prior, path in runs.items()}
 prompts = [subject.subject_prompt("green"), subject.subject_prompt("orange"),
            "a red circle on a green background", "a blue circle on a white background"]
 rows = []
@@ -223,7 +227,8 @@ if on_mini:
 #   DreamBooth, the strongest binding, but a whole new UNet to store (3.4 GB for SD 1.5 in
 #   fp32) and ≥ 14 GB of GPU memory to train with Adam.
 # - **LoRA** (`lora=True`, the default) trains small low-rank matrices beside the frozen
-#   attention projections, fits a free T4 (16 GB) in fp16, and the result is a few MB that
+#   attention projections, fits a free T4 (about 15 GiB usable) in fp16 mixed precision
+#   with one picture per step and gradient checkpointing, and the result is a few MB that
 #   loads onto the base model. On a real checkpoint it is the usual choice. On the mini
 #   model, whose text encoder has never seen "sks", try it in exercise 1 with and without
 #   `train_text_encoder=True`.
@@ -232,13 +237,18 @@ if on_mini:
 # ```python
 # train_dreambooth("my_dog/", "a photo of sks dog", "a photo of a dog",
 #                  base="stable-diffusion-v1-5/stable-diffusion-v1-5", lora=True,
-#                  lr=1e-4, steps=400, num_class_images=200, out="runs/my_dog")
+#                  lr=1e-4, steps=400, num_class_images=200, out="runs/my_dog",
+#                  batch_size=1, gradient_checkpointing=True)
 # ```
-#   It runs in fp16 mixed precision on the GPU; `accelerate launch` spreads it over several.
+#   It runs in fp16 mixed precision on the GPU. On several GPUs, start the same trainer from
+#   a terminal with `accelerate launch -m sdcourse train dreambooth --instance-dir my_dog
+#   --instance-prompt "a photo of sks dog" --class-prompt "a photo of a dog" --base …`.
 #
 # ## Exercises
 # 1. Train a LoRA (`lora=True`, 450 steps) with and without `train_text_encoder=True` and
-#    compare `subject_fidelity` on the green background with the full fine-tune's.
+#    compare `subject_fidelity` on the green background with the full fine-tune's. Start from
+#    `settings` without `token_init` (full fine-tune only) and without `lr` (a LoRA's default
+#    is 3e-3).
 # 2. Train with `prior_loss_weight=0.3` and compare `prior_kept`.
 # 3. Complete `is_rare`: a token is usable when the tokenizer keeps it as a single token and
 #    it is not an everyday word. Hint: CLIP's vocabulary lists its BPE merges most frequent
@@ -264,8 +274,9 @@ def is_rare(token: str) -> bool:
 def check_exercise_3() -> str:
     assert is_rare("sks") and is_rare("ohwx"), "'sks' and 'ohwx' are single tokens learned late"
     assert not is_rare("dog") and not is_rare("red"), "'dog' and 'red' already mean something"
+    assert not is_rare("bitcoin") and not is_rare("pikachu"), "single tokens, but words everyone knows (ids 6366, 28107)"
     assert not is_rare("skskq"), "'skskq' splits into pieces ('sk', 'sk', 'q') that spell other words"
-    return "'sks' is a single, meaningless token; 'dog' and 'red' already mean something"
+    return "'sks' is a single, rare token; 'dog', 'red' and 'pikachu' already mean something"
 
 
 passed = sdc.self_check(check_exercise_3, "exercise 3")
