@@ -204,8 +204,8 @@ else:
 # SDPA by the sliced plain attention — slower, and here more memory, not less. Turn it on only
 # when attention is what runs out of memory and SDPA is not available (old PyTorch, some
 # devices). On the whole pipeline (on the mini model, attention over 8×8 latents is a sliver
-# of each step's work, so the pipeline's time hardly moves; the cost shows at the layer
-# level above, and on a real model at 512 px):
+# of each step's work, so the pipeline's time moves by no more than this machine's
+# run-to-run noise; the cost shows at the layer level above, and on a real model at 512 px):
 
 # %%
 pipe.enable_attention_slicing()
