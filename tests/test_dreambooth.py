@@ -357,7 +357,8 @@ def test_stale_class_pictures_are_replaced_by_a_swap(tmp_path, base):
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch, capsys):
-    """Kill the run while it writes its 3rd checkpoint: the rerun continues from step 2."""
+    """Kill the run while it writes its 3rd checkpoint: the rerun continues from step 2, with
+    the LoRA and optimizer state of step 2, and ends where an uninterrupted run ends."""
     out = tmp_path / "run"
     images = subject.make_instance_images(3)
     args = dict(instance_prompt="a sks circle", out=out, base=base, prior_preservation=False,
@@ -383,6 +384,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     assert common.checkpoint_step(common.find_checkpoint(out)) == 4
     assert not list(out.glob("*.tmp")) and not (out / "checkpoint.old").exists()
     assert (out / db.LORA_FILE).exists()
+    # the same weights as a run never killed: a resume that restarted the LoRA (or the
+    # optimizer's moments, or the batches) from scratch would end elsewhere
+    from safetensors.torch import load_file
+
+    db.train_dreambooth(images, **(args | {"out": tmp_path / "whole"}))
+    resumed, whole = load_file(out / db.LORA_FILE), load_file(tmp_path / "whole" / db.LORA_FILE)
+    assert resumed.keys() == whole.keys() and any("text_encoder" in k for k in whole)
+    differ = [k for k in whole if not torch.allclose(resumed[k], whole[k], atol=1e-6)]
+    assert not differ, f"{len(differ)} of {len(whole)} LoRA tensors differ, e.g. {differ[:2]}"
     # another setting is another run: it is not mixed into this one
     with pytest.raises(db.DreamBoothError, match="other settings"):
         db.train_dreambooth(images, **(args | {"rank": 4}))
