@@ -583,30 +583,54 @@ def test_cli_passes_gradient_checkpointing_on(tmp_path, monkeypatch, capsys):
 
 def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, monkeypatch):
     """`evaluate dreambooth --train-seed N`: both training runs get seed N, in folders of their
-    own (a run of another seed is never reused), and the result says which seed it measured."""
+    own (a run of another seed is never reused), and the result says which seed it measured.
+    Each pipeline's measures land under its own keys: with prior preservation unsuffixed, then
+    ``_no_prior``, then ``_base`` for the untouched model."""
     import diffusers
 
     from sdcourse.train import dreambooth as trainer
 
-    seen = []
+    seen, runs = [], {}
 
     def train(images, prompts, class_prompts, out, **kw):
         seen.append((kw["seed"], kw["prior_preservation"], out))
+        runs[out] = "prior" if kw["prior_preservation"] else "no_prior"
+        seconds = {"prior": 11, "no_prior": 22}[runs[out]]
         out.mkdir(parents=True)
-        (out / "dreambooth.json").write_text(json.dumps({"train_seconds": 1, "train_cpu_seconds": 1}))
+        (out / "dreambooth.json").write_text(json.dumps({"train_seconds": seconds,
+                                                         "train_cpu_seconds": seconds + 1}))
         return out
 
     class Pipe:
+        def __init__(self, name):
+            self.name = name
+
         def set_progress_bar_config(self, **kw):
             pass
 
+    measured = {"prior": (0.9, 0.8), "no_prior": (0.7, 0.1), "base": (0.0, 0.95)}
+    calls = []
+
+    def measure(pipe, n, seed):
+        calls.append((pipe.name, n, seed))
+        fidelity, kept = measured[pipe.name]
+        return {"subject_fidelity": fidelity, "prior_kept": kept}
+
     monkeypatch.setattr(trainer, "train_dreambooth", train)
-    monkeypatch.setattr(trainer, "load_dreambooth", lambda out: Pipe())
-    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", lambda *a, **k: Pipe())
-    monkeypatch.setattr(subject, "measure", lambda pipe, n, seed: {"subject_fidelity": 0.5})
-    result = subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=3)
-    assert result["train_seed"] == 3 and result["subject_fidelity_no_prior"] == 0.5
+    monkeypatch.setattr(trainer, "load_dreambooth", lambda out: Pipe(runs[out]))
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained",
+                        lambda *a, **k: Pipe("base"))
+    monkeypatch.setattr(subject, "measure", measure)
+    result = subject.evaluate_dreambooth(n=2, seed=7, cache_dir=tmp_path, train_seed=3)
+    assert result["train_seed"] == 3 and result["n"] == 2
     assert [(s, p) for s, p, _ in seen] == [(3, True), (3, False)]
+    assert sorted(calls) == [("base", 2, 7), ("no_prior", 2, 7), ("prior", 2, 7)]
+    assert {k: v for k, v in result.items() if k.startswith(("subject_fidelity", "prior_kept"))} == {
+        "subject_fidelity": 0.9, "prior_kept": 0.8,
+        "subject_fidelity_no_prior": 0.7, "prior_kept_no_prior": 0.1,
+        "subject_fidelity_base": 0.0, "prior_kept_base": 0.95}
+    assert (result["train_seconds"], result["train_seconds_no_prior"]) == (11, 22)
+    assert (result["train_cpu_seconds"], result["train_cpu_seconds_no_prior"]) == (12, 23)
     subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=4)
     assert len({out for _, _, out in seen}) == 4
 
