@@ -3,13 +3,33 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from sdcourse import world
 from sdcourse.train import common, vae
 
 
-def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path):
+@pytest.fixture
+def vae_steps(monkeypatch):
+    """The step of each training picture the VAE trainer draws (clear it between calls).
+
+    At batch 2 and seed 0, step ``s`` draws world samples ``2s`` and ``2s + 1``; evaluation
+    and the scaling factor use :func:`world.dataset`'s seeds (7_000_021 and up), left out."""
+    steps = []
+    real_sample = world.sample
+
+    def recording_sample(seed, **fixed):
+        if seed < 10**6:
+            steps.append(seed // 2)
+        return real_sample(seed, **fixed)
+
+    monkeypatch.setattr(world, "sample", recording_sample)
+    return steps
+
+
+def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path, vae_steps):
     out = tmp_path / "vae"
     # a 6-step schedule stopped at step 4 (as the shipped VAE stopped at 2000 of 4000)
     vae.train(out, steps=6, stop_at=4, batch_size=2, freeze_encoder_at=2, save_every=3, eval_every=100)
+    assert vae_steps == [0, 0, 1, 1, 2, 2, 3, 3]
     assert common.checkpoint_step(common.find_checkpoint(out)) == 4
     snapshot = AutoencoderKL.from_pretrained(out / "frozen_encoder_vae")
     assert snapshot.config.scaling_factor != 0.18215  # measured on data, not copied from SD
@@ -19,14 +39,20 @@ def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(snapshot.decoder.parameters(),
                                                          after.decoder.parameters()))
     # a second call, without stop_at, resumes at step 4 and runs only the missing steps
+    # (not bit-identical to an uninterrupted run: posterior.sample() draws from the global RNG)
+    vae_steps.clear()
     vae.train(out, steps=6, batch_size=2, freeze_encoder_at=2, save_every=2, eval_every=100)
+    assert vae_steps == [4, 4, 5, 5]  # not 0 to 5: the checkpoint was used
     assert common.checkpoint_step(common.find_checkpoint(out)) == 6
+    resumed = AutoencoderKL.from_pretrained(out / "checkpoint" / "vae")
+    for a, b in zip(snapshot.encoder.parameters(), resumed.encoder.parameters()):
+        assert torch.equal(a, b)  # it went on from the checkpoint's weights, encoder still frozen
     lines = (out / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines if "psnr" in line] == ["4", "6"]
     assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint.old").exists()
 
 
-def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path):
+def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path, monkeypatch):
     """Few steps of the text2img trainer, resumed; then the 9- and 5-channel UNets from it."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -38,14 +64,32 @@ def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path):
     AutoencoderKL(**vae.VAE_CONFIG).save_pretrained(vae_dir)  # random weights: mechanics only
     common_args = dict(vae_path=vae_dir, tokenizer_path=MINI_DIR / "tokenizer", batch_size=4,
                        n_images=16, save_every=1, eval_every=0)
+    saved = []  # the step of each checkpoint written (save_every=1: one per step run)
+    real_save = common.save_checkpoint
+    monkeypatch.setattr(common, "save_checkpoint",
+                        lambda out, step, *a, **k: saved.append(step) or real_save(out, step, *a, **k))
     t2i = tmp_path / "t2i"
-    text2img.train(t2i, steps=2, **common_args)
+    text2img.train(t2i, steps=4, stop_at=2, freeze_text_encoder_at=3, **common_args)
+    assert saved == [1, 2]
     first = UNet2DConditionModel.from_pretrained(t2i / "checkpoint" / "unet")
-    text2img.train(t2i, steps=4, freeze_text_encoder_at=2, **common_args)
+    saved.clear()
+    text2img.train(t2i, steps=4, freeze_text_encoder_at=3, **common_args)
+    assert saved == [3, 4]  # only the missing steps, not a restart from step 0
     assert common.checkpoint_step(common.find_checkpoint(t2i)) == 4
     later = UNet2DConditionModel.from_pretrained(t2i / "checkpoint" / "unet")
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), later.parameters()))
-    # the text encoder froze at step 2: the snapshot and the final one are the same
+    # batch i is the same on resume, and the optimizer state is restored (the freeze at step 3
+    # starts a new optimizer, so it must not be at the resume step): stopped at 2 and resumed
+    # is the uninterrupted 4-step run
+    whole = tmp_path / "t2i_whole"
+    text2img.train(whole, steps=4, freeze_text_encoder_at=3, **common_args)
+    for name, cls in (("unet", UNet2DConditionModel), ("unet_ema", UNet2DConditionModel),
+                      ("text_encoder", CLIPTextModel)):
+        resumed = cls.from_pretrained(t2i / "checkpoint" / name)
+        uninterrupted = cls.from_pretrained(whole / "checkpoint" / name)
+        for (key, a), b in zip(resumed.named_parameters(), uninterrupted.parameters()):
+            assert torch.equal(a, b), (name, key)
+    # the text encoder froze at step 3: the snapshot and the final one are the same
     frozen = CLIPTextModel.from_pretrained(t2i / "at_text_encoder_freeze" / "text_encoder")
     final = CLIPTextModel.from_pretrained(t2i / "checkpoint" / "text_encoder")
     assert all(torch.equal(a, b) for a, b in zip(frozen.parameters(), final.parameters()))
