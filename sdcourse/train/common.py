@@ -28,6 +28,9 @@ def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict |
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
     replace_dir(tmp, final, old=old)  # find_checkpoint falls back on .old after a crash
+    # a run resumed from a .old (killed between the renames) had no checkpoint to swap out,
+    # so replace_dir left that .old alone: now superseded, it goes
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
