@@ -178,6 +178,30 @@ def test_vae_resumes_from_a_checkpoint_taken_at_the_freeze_step(tmp_path):
         assert torch.equal(a, b)  # frozen from step 2 on
 
 
+def test_vae_resumes_from_checkpoint_old_left_by_a_kill_between_the_renames(tmp_path, vae_steps):
+    """save_checkpoint renames checkpoint -> checkpoint.old, then checkpoint.tmp -> checkpoint:
+    killed in between, only checkpoint.old is left. The next run resumes from it, exactly as
+    from checkpoint (same weights, same optimizer), and once its own checkpoint is in place
+    the superseded .old is gone."""
+    args = dict(steps=4, batch_size=2, freeze_encoder_at=None, save_every=2, eval_every=100)
+    crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    for out in (crashed, clean):
+        vae.train(out, stop_at=2, **args)
+    (crashed / "checkpoint").rename(crashed / "checkpoint.old")
+    assert sorted(p.name for p in crashed.glob("checkpoint*")) == ["checkpoint.old"]
+    assert common.checkpoint_step(common.find_checkpoint(crashed)) == 2
+
+    vae_steps.clear()
+    vae.train(crashed, **args)
+    assert vae_steps == [2, 2, 3, 3]  # resumed at step 2, not restarted
+    assert common.checkpoint_step(common.find_checkpoint(crashed)) == 4
+    assert sorted(p.name for p in crashed.glob("checkpoint*")) == ["checkpoint"]
+    vae.train(clean, **args)  # the same resume from an intact checkpoint
+    a = AutoencoderKL.from_pretrained(crashed / "checkpoint" / "vae")
+    b = AutoencoderKL.from_pretrained(clean / "checkpoint" / "vae")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
 def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path, monkeypatch):
     """Replacing a published folder never passes through a moment with nothing there: a crash
     while swapping leaves the previous model; a finished swap leaves no old copy behind."""
