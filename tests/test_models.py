@@ -13,6 +13,9 @@ def quiet_env(monkeypatch, tmp_path):
 
 
 def test_argument_beats_environment_beats_auto(monkeypatch):
+    # nothing in the local cache, whatever this machine's Hugging Face cache holds: "real"
+    # then means the registry's first checkpoint
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
     monkeypatch.setenv("SDCOURSE_MODEL", "real")
     assert models.choose_model("text2img", model="mini", device="cpu").kind == "mini"
     choice = models.choose_model("text2img", device="cpu")
