@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -103,10 +104,35 @@ def test_peak_memory_counts_tensors_alive_during_the_call():
     assert peak is not None and 8 * 2**20 <= peak < 9 * 2**20
 
 
-def test_time_call_and_matmul_rate():
-    times = bench.time_call(lambda: sum(range(1000)), reps=3)
-    assert len(times) == 3 and all(t >= 0 for t in times)
-    assert bench.matmul_gflops(256, reps=2) > 0
+def test_time_call_times_each_rep_after_untimed_warmup(monkeypatch):
+    """On a fake clock where the k-th call of fn takes k seconds: warmup + reps calls, and
+    only the last reps are timed, each on its own."""
+    clock, calls = [100.0], []
+
+    def fn():
+        calls.append(1)
+        clock[0] += len(calls)
+
+    # bench's own clock only (patching time.perf_counter itself would also fool pytest)
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert bench.time_call(fn, reps=3, warmup=2) == [3.0, 4.0, 5.0]
+    assert len(calls) == 5
+    calls.clear()
+    assert bench.time_call(fn, reps=2, warmup=0) == [1.0, 2.0]
+    assert len(calls) == 2
+
+
+def test_matmul_rate_is_two_n_cubed_flops_over_the_best_time(monkeypatch):
+    asked = []
+
+    def fake_time_call(fn, device="cpu", reps=3, warmup=1):
+        asked.append((device, reps, warmup))
+        assert fn().shape == (64, 64)  # what is timed is the n x n product
+        return [0.5, 0.25, 0.4]
+
+    monkeypatch.setattr(bench, "time_call", fake_time_call)
+    assert bench.matmul_gflops(64, reps=3) == 2 * 64 ** 3 / 0.25 / 1e9
+    assert asked == [("cpu", 3, 1)]
 
 
 def test_table_and_markdown_render_skipped_and_measured_rows():
