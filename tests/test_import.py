@@ -1,0 +1,29 @@
+"""``import sdcourse`` is cheap: sdcourse/__init__.py promises its helpers are imported lazily,
+so the import "costs nothing until a helper is used" (time to first image matters)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "diffusers", "transformers")
+
+CODE = f"""
+import json, sys
+loaded = lambda: sorted(m for m in sys.modules
+                        if m.split('.')[0] in {HEAVY!r} or m.startswith('sdcourse.'))
+import sdcourse
+after_import = loaded()
+sdcourse.pick_device  # a helper is used: only now does its module (and torch) come in
+print(json.dumps({{"after_import": after_import, "after_use": loaded()}}))
+"""
+
+
+def test_import_sdcourse_loads_no_heavy_library_until_a_helper_is_used():
+    # a fresh interpreter: in this one, other tests have long imported torch
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT, check=True).stdout
+    found = json.loads(out.splitlines()[-1])
+    assert found["after_import"] == []  # no torch, diffusers, transformers, nor a helper module
+    # the check does see imports: using one helper brings in its module and torch
+    assert "sdcourse.device" in found["after_use"] and "torch" in found["after_use"]
