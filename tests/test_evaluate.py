@@ -1,6 +1,12 @@
-import numpy as np
+import re
+from types import SimpleNamespace
 
-from sdcourse import evaluate, world
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdcourse import evaluate, models, world
 
 
 def test_evaluator_reads_ground_truth_pictures():
@@ -29,3 +35,216 @@ def test_object_mask_matches_truth_and_iou():
     reading = evaluate.read_image(s.image)
     assert evaluate.mask_iou(reading.mask, s.mask > 0.5) > 0.9
     assert evaluate.mask_iou(reading.mask, ~reading.mask) == 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# The evaluation suites' maths, on fake pipelines. Each fake is called exactly as the suite
+# calls a diffusers pipeline and answers with the world's own renderer: a "perfect" one draws
+# what the prompt asks for where the input picture's object is, an "identity" one gives the
+# input back. What the suite must then report follows from the pictures, not from its code.
+
+N, SEED = 4, 1234
+#: The PSNR of pixels whose every channel is off by 10: 20 log10(255 / 10) = 28.13 dB
+PSNR_OFF_BY_10 = 20 * np.log10(255 / 10)
+
+
+class FakePipe:
+    """A stand-in for a diffusers pipeline: ``draw(prompt, image=..., ...)`` makes each picture."""
+
+    def __init__(self, draw, **attributes):
+        self.draw, self.calls = draw, []
+        self.__dict__.update(attributes)
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+    def __call__(self, prompt, generator=None, **kwargs):
+        assert isinstance(generator, torch.Generator)  # seeded per batch, as a real run is
+        per_case = {k: v for k, v in kwargs.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in kwargs.items() if not isinstance(v, list)}
+        self.calls.append((list(prompt), fixed))
+        images = [self.draw(p, **{k: v[i] for k, v in per_case.items()}, **fixed)
+                  for i, p in enumerate(prompt)]
+        return SimpleNamespace(images=images)
+
+
+def _parse(prompt: str) -> tuple[str, str, str]:
+    return re.fullmatch(r"a (\w+) (\w+) on a (\w+) background", prompt).groups()
+
+
+def _layouts(n: int = N, seed: int = SEED) -> dict:
+    """The scene behind each input picture the suite will pass (its ground-truth rendering)."""
+    return {world.render(s).image.tobytes(): s for s in evaluate.random_scenes(n, seed)}
+
+
+def _perfect(layouts):
+    """Draws exactly the prompted scene, the object where the input picture's object is."""
+    def draw(prompt, image, **kwargs):
+        scene = layouts[image.tobytes()]
+        color, shape, background = _parse(prompt)
+        return world.render(world.Scene(color, shape, background, scene.cx, scene.cy,
+                                        scene.size)).image
+    return draw
+
+
+def _plain(background: str) -> Image.Image:
+    return Image.new("RGB", (world.SIZE, world.SIZE), world.COLORS[background])
+
+
+def _identity(prompt, image, **kwargs):
+    return image.copy()
+
+
+def _use(monkeypatch, task, pipe):
+    """``load_pipeline(task, ...)`` answers ``pipe`` (and any other task fails the test)."""
+    def load(asked, **kwargs):
+        assert asked == task and kwargs.get("model") == "mini"
+        return pipe
+
+    monkeypatch.setattr(models, "load_pipeline", load)
+
+
+def test_img2img_suite_scores_a_perfect_and_an_identity_pipeline(monkeypatch):
+    layouts = _layouts()
+    perfect = _perfect(layouts)
+    # strength 0.8 recolours perfectly, 0.3 keeps the picture: each key gets its strength's score
+    by_strength = FakePipe(lambda p, image, strength, **kw:
+                           perfect(p, image) if strength == 0.8 else _identity(p, image))
+    _use(monkeypatch, "img2img", by_strength)
+    result = evaluate.evaluate_img2img(n=N, seed=SEED, steps=3, batch=3)
+    assert (result["n"], result["steps"]) == (N, 3)
+    assert (result["color_adopt_s08"], result["color_adopt_s03"]) == (1.0, 0.0)
+    assert result["layout_iou_s08"] >= 0.95 and result["layout_iou_s03"] >= 0.95
+    assert [(len(p), f["strength"]) for p, f in by_strength.calls] == [(3, 0.8), (1, 0.8), (3, 0.3), (1, 0.3)]
+    prompts = by_strength.calls[0][0] + by_strength.calls[1][0]  # a new colour, nothing else
+    for prompt, scene in zip(prompts, layouts.values()):
+        color, shape, background = _parse(prompt)
+        assert color != scene.color and (shape, background) == (scene.shape, scene.background)
+
+    blank = FakePipe(lambda p, image, **kw: _plain(_parse(p)[2]))  # no object at all
+    _use(monkeypatch, "img2img", blank)
+    result = evaluate.evaluate_img2img(n=N, seed=SEED)
+    assert result["layout_iou_s08"] == result["layout_iou_s03"] == 0.0
+    assert result["color_adopt_s08"] == result["color_adopt_s03"] == 0.0
+
+
+def _off_by_10(image) -> Image.Image:
+    return Image.fromarray((np.asarray(image, np.int16) + 10).clip(0, 255).astype(np.uint8))
+
+
+def test_inpaint_suite_scores_the_object_in_the_mask_and_the_pixels_outside(monkeypatch):
+    layouts = _layouts()
+    perfect = _perfect(layouts)
+
+    def inpaint(prompt, image, mask_image, **kwargs):  # the prompted scene inside, the input outside
+        inside = np.asarray(mask_image.convert("L"))[..., None] > 127
+        return Image.fromarray(np.where(inside, np.asarray(perfect(prompt, image)), np.asarray(image)))
+
+    pipe = FakePipe(inpaint)
+    _use(monkeypatch, "inpaint", pipe)
+    result = evaluate.evaluate_inpaint(n=N, seed=SEED, steps=3)
+    assert (result["n"], result["steps"], result["object_in_mask"]) == (N, 3, 1.0)
+    assert result["psnr_outside"] > 100  # identical outside: only the 1e-10 floor on the error
+    (prompts, fixed), = pipe.calls
+    assert fixed["num_inference_steps"] == 3 and len(prompts) == N
+    for prompt, scene in zip(prompts, layouts.values()):  # a new object on the same background
+        color, shape, background = _parse(prompt)
+        assert color not in (scene.color, scene.background) and background == scene.background
+
+    # the input given back: nothing new in the mask, everything kept outside
+    _use(monkeypatch, "inpaint", FakePipe(_identity))
+    result = evaluate.evaluate_inpaint(n=N, seed=SEED)
+    assert result["object_in_mask"] == 0.0 and result["psnr_outside"] > 100
+
+    # the object right, but every pixel outside the mask off by 10: PSNR outside is 28.13 dB
+    def shifted(prompt, image, mask_image, **kwargs):
+        inside = np.asarray(mask_image.convert("L"))[..., None] > 127
+        return Image.fromarray(np.where(inside, np.asarray(perfect(prompt, image)),
+                                        np.asarray(_off_by_10(image))))
+
+    _use(monkeypatch, "inpaint", FakePipe(shifted))
+    result = evaluate.evaluate_inpaint(n=N, seed=SEED)
+    assert result["object_in_mask"] == 1.0
+    assert result["psnr_outside"] == pytest.approx(PSNR_OFF_BY_10, abs=1e-3)
+
+    # the prompted object drawn well away from the mask, in the corner farthest from it:
+    # right colour and shape, wrong place
+    def misplaced(prompt, image, mask_image, **kwargs):
+        scene = layouts[image.tobytes()]
+        color, shape, background = _parse(prompt)
+        x, y = (10.0 if scene.cx > world.SIZE / 2 else 54.0), (10.0 if scene.cy > world.SIZE / 2 else 54.0)
+        return world.render(world.Scene(color, shape, background, x, y, 16.0)).image
+
+    _use(monkeypatch, "inpaint", FakePipe(misplaced))
+    assert evaluate.evaluate_inpaint(n=N, seed=SEED)["object_in_mask"] == 0.0
+
+    # a plain picture of another colour: no object, and nothing outside the mask kept
+    def other_background(prompt, image, **kwargs):
+        color, shape, background = _parse(prompt)
+        return _plain(next(c for c in world.COLORS if c not in (color, background)))
+
+    _use(monkeypatch, "inpaint", FakePipe(other_background))
+    result = evaluate.evaluate_inpaint(n=N, seed=SEED)
+    assert result["object_in_mask"] == 0.0 and result["psnr_outside"] < 15
+
+
+class _DepthEstimator:
+    """Depth from the world's pixels: the object's share of each pixel (its colour's mix with
+    the border's), nearness 0.9 on the object and the world's receding background elsewhere.
+    ``flat``: the same depth everywhere, which correlates with nothing."""
+
+    def __init__(self, flat=False):
+        self.flat = flat
+
+    def float(self):
+        return self
+
+    def __call__(self, pixel_values):
+        px = pixel_values.permute(0, 2, 3, 1).double()  # (N, H, W, 3), normalised: linear in RGB
+        if self.flat:
+            return SimpleNamespace(predicted_depth=torch.ones(px.shape[:3]))
+        depths = []
+        for p in px:
+            border = torch.cat([p[0], p[-1], p[:, 0], p[:, -1]])
+            bg = border.median(0).values
+            far = ((p - bg) ** 2).sum(-1)
+            fg = p.reshape(-1, 3)[far.argmax()]
+            share = (((p - bg) * (fg - bg)).sum(-1) / ((fg - bg) ** 2).sum()).clamp(0, 1)
+            depths.append(share * 0.9 + (1 - share) * torch.from_numpy(world.background_depth()).double())
+        return SimpleNamespace(predicted_depth=torch.stack(depths).float())
+
+
+def test_depth2img_suite_scores_colours_background_layout_and_the_estimator(monkeypatch):
+    from sdcourse.train.depth_estimator import image_processor
+
+    layouts = _layouts()
+    pipe = FakePipe(_perfect(layouts), depth_estimator=_DepthEstimator(),
+                    feature_extractor=image_processor())
+    _use(monkeypatch, "depth2img", pipe)
+    result = evaluate.evaluate_depth2img(n=N, seed=SEED, steps=3)
+    assert (result["n"], result["steps"]) == (N, 3)
+    assert result["color_acc"] == result["background_acc"] == 1.0
+    assert result["layout_iou"] >= 0.95
+    assert result["depth_corr"] >= 0.99  # exact depth, up to the pictures' 8-bit rounding
+    (prompts, _), = pipe.calls
+    asked = [_parse(p) for p in prompts]
+    for (color, shape, background), scene in zip(asked, layouts.values()):
+        assert color != scene.color and color != background and shape == scene.shape
+
+    # the input given back: the layout is kept, the prompt's colours are not; its background
+    # counts only where the prompt happened to ask for the picture's own
+    pipe = FakePipe(_identity, depth_estimator=_DepthEstimator(flat=True),
+                    feature_extractor=image_processor())
+    _use(monkeypatch, "depth2img", pipe)
+    result = evaluate.evaluate_depth2img(n=N, seed=SEED)
+    assert result["color_acc"] == 0.0 and result["layout_iou"] >= 0.95
+    same = [bg == scene.background for (_, _, bg), scene in zip(asked, layouts.values())]
+    assert result["background_acc"] == sum(same) / N
+    assert result["depth_corr"] == 0.0  # a flat depth map explains none of the true one
+
+    # only the prompted background, no object: the background right, the layout lost
+    blank = FakePipe(lambda p, image, **kw: _plain(_parse(p)[2]), depth_estimator=_DepthEstimator(),
+                     feature_extractor=image_processor())
+    _use(monkeypatch, "depth2img", blank)
+    result = evaluate.evaluate_depth2img(n=N, seed=SEED)
+    assert (result["layout_iou"], result["color_acc"], result["background_acc"]) == (0.0, 0.0, 1.0)
