@@ -7,6 +7,7 @@ import json
 import random
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,6 +84,57 @@ def test_class_prompts_are_the_instance_prompts_without_the_token():
         # the instance pictures' backgrounds, in their order: never the unseen green
         assert background == backgrounds[i % len(backgrounds)]
     assert len({p.split()[1] for p in subject.class_prompts(100)}) >= 6  # many ordinary colours
+
+
+def _caption(prompt: str) -> tuple[str, str, str]:
+    return re.fullmatch(r"a (\w+) (\w+) on a (\w+) background", prompt).groups()
+
+
+class _DrawingPipe:
+    """Called as ``measure`` calls a text-to-image pipeline; ``draw(prompt)`` makes each picture."""
+
+    def __init__(self, draw):
+        self.draw, self.prompts = draw, []
+
+    def __call__(self, prompt, num_inference_steps, guidance_scale, generator):
+        assert isinstance(generator, torch.Generator)
+        self.prompts.append(list(prompt))
+        return SimpleNamespace(images=[self.draw(p) for p in prompt])
+
+
+def _the_subject(prompt):  # a model that learnt the subject and lost its class
+    return subject.render_subject(_caption(prompt)[2])
+
+
+def _ordinary(color=None, shape=subject.SHAPE):
+    """An ordinary one-colour object: the prompt's colour (red for a word the world lacks, as
+    the base model draws "sks"), or ``color``, as ``shape``."""
+    def draw(prompt):
+        asked, _, background = _caption(prompt)
+        asked = color or (asked if asked in world.COLORS else "red")
+        return world.render(world.Scene(asked, shape, background)).image
+    return draw
+
+
+@pytest.mark.parametrize("draw, fidelity, kept", [
+    (_the_subject, 1.0, 0.0),
+    (_ordinary(), 0.0, 1.0),
+    (_ordinary(shape="square"), 0.0, 0.0),  # the class is circles
+    (_ordinary(color="blue"), 0.0, 0.0),  # the class prompts ask for orange, yellow, white
+])
+def test_measure_reads_the_subject_and_the_class_from_the_pictures(draw, fidelity, kept):
+    """``measure`` on pipelines that always draw the subject, or ordinary circles (or the
+    wrong ordinary object). Seed 5's class prompts ask for a white circle too: the subject
+    reads as one, and must not count as the class kept."""
+    pipe = _DrawingPipe(draw)
+    result = subject.measure(pipe, n=4, seed=5, batch=3, steps=2, token="zwx")
+    assert result == {"subject_fidelity": fidelity, "prior_kept": kept}
+    assert [len(p) for p in pipe.prompts] == [3, 1, 3, 1]  # subject prompts, then the class's
+    asked = [_caption(p) for p in pipe.prompts[0] + pipe.prompts[1]]
+    assert set(asked) == {("zwx", subject.SHAPE, "green")}  # the run's token, an unseen context
+    asked = [_caption(p) for p in pipe.prompts[2] + pipe.prompts[3]]
+    assert all(c in world.COLORS and b == "green" for c, _, b in asked)
+    assert {c for c, _, _ in asked} == {"orange", "yellow", "white"}
 
 
 # ----------------------------------------------------------------------------- input checks
