@@ -207,6 +207,50 @@ def test_prompts_must_carry_the_token(tmp_path, monkeypatch, base):
     _expect_error(tmp_path, monkeypatch, images, "needs a class_prompt", base=base, class_prompt=None)
 
 
+@pytest.mark.parametrize("prompts, got", [
+    (["a sks circle"] * 2, "got 2"),  # fewer than the 3 pictures
+    (["a sks circle"] * 4, "got 4"),  # more
+    (["a sks circle", None, "a sks circle"], "got 3"),  # one per picture, but not all strings
+    (None, "got 0"),
+])
+def test_instance_prompts_must_be_one_or_one_per_picture(tmp_path, monkeypatch, base, prompts, got):
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            r"instance_prompt: give one string, or a list of one string per "
+                            r"picture \(3\)", base=base, instance_prompt=prompts)
+    assert message.endswith(got)
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("steps", 0), ("steps", -5), ("batch_size", 0), ("rank", 0), ("num_class_images", 0),
+])
+def test_counts_below_one_are_refused_before_any_model_loads(tmp_path, monkeypatch, base,
+                                                             setting, value):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(db, "load_tokenizer", no_model)
+    monkeypatch.setattr(db, "load_components", no_model)
+    with pytest.raises(db.DreamBoothError) as info:
+        db.train_dreambooth(subject.make_instance_images(3), "a sks circle", "a red circle",
+                            tmp_path / "run", base=base, **{setting: value})
+    assert str(info.value) == f"{setting} must be at least 1, got {value}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_class_pictures_are_needed_without_prior_preservation(tmp_path, monkeypatch, base):
+    """``num_class_images=0`` is refused only when prior preservation would draw them."""
+    class Reached(Exception):
+        pass
+
+    def reached(base):
+        raise Reached
+
+    monkeypatch.setattr(db, "load_tokenizer", reached)
+    with pytest.raises(Reached):  # past every check of the settings
+        db.train_dreambooth(subject.make_instance_images(3), "a sks circle", out=tmp_path / "run",
+                            base=base, prior_preservation=False, num_class_images=0)
+
+
 def test_a_bad_base_model_is_one_line(tmp_path, monkeypatch, base):
     """A mistyped --base, a folder that is no pipeline, or an id that cannot be loaded:
     one line saying what to give instead, not a traceback from transformers."""
@@ -428,6 +472,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         db.train_dreambooth(images, **args)
     assert common.checkpoint_step(common.find_checkpoint(out)) == 2
+    # half a run is nothing to load: one line saying so, not diffusers' missing-file error
+    with pytest.raises(db.DreamBoothError, match=r"holds no finished DreamBooth run: train it first$"):
+        db.load_dreambooth(out)
     monkeypatch.setattr(common, "save_checkpoint", real_save)
     capsys.readouterr()
 
@@ -503,6 +550,15 @@ def test_runs_recorded_before_a_setting_existed_still_resume(tmp_path, base):
     assert (out / db.LORA_FILE).stat().st_mtime_ns == mtime  # not trained again
     with pytest.raises(db.DreamBoothError, match="other settings"):
         db.train_dreambooth(images, out=out, gradient_checkpointing=True, **args)
+
+
+def test_loading_a_folder_without_a_run_is_one_line(tmp_path):
+    """``load_dreambooth`` on a folder that never trained (or on its ``pipeline`` path) says
+    so in one line instead of failing inside diffusers."""
+    for folder in (tmp_path / "nowhere", tmp_path, tmp_path / "pipeline"):
+        with pytest.raises(db.DreamBoothError) as info:
+            db.load_dreambooth(folder)
+        assert str(info.value) == f"{folder} holds no finished DreamBooth run: train it first"
 
 
 def test_full_finetune_writes_a_pipeline(tmp_path, base):
