@@ -336,7 +336,9 @@ def test_pictures_are_encoded_in_batches_that_fit_the_picture_size(base):
     db.encode_images(vae, big)
     assert seen[1:] == [4, 1]
     mean2, std2 = db.encode_images(vae, small, batch=2)
-    assert torch.allclose(mean, mean2, atol=1e-6) and torch.allclose(std, std2, atol=1e-6)
+    # the same numbers up to float rounding: how a batch is split over threads and kernels
+    # changes the order of the sums (differences of ~2e-6 with 2 threads)
+    assert torch.allclose(mean, mean2, atol=1e-4) and torch.allclose(std, std2, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- training runs
