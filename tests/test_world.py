@@ -49,6 +49,25 @@ def test_images_to_tensor_range_and_shape():
     assert x.min() >= -1 and x.max() <= 1
 
 
+def test_images_to_tensor_maps_each_colour_to_its_value_per_channel():
+    """Pixel value v in channel c of image n lands at x[n, c, :, :] as exactly v / 127.5 - 1."""
+    import torch
+    from PIL import Image
+
+    names = ["red", "yellow", "black"]
+    # a non-square size tells (H, W) from (W, H); an RGBA picture must become RGB first
+    images = [Image.new("RGB", (5, 3), world.COLORS[n]) for n in names[:2]]
+    images.append(Image.new("RGBA", (5, 3), world.COLORS[names[2]] + (128,)))
+    x = world.images_to_tensor(images)
+    assert tuple(x.shape) == (3, 3, 3, 5) and x.dtype == torch.float32
+    for i, name in enumerate(names):
+        for c, value in enumerate(world.COLORS[name]):
+            assert torch.equal(x[i, c], torch.full((3, 5), value / 127.5 - 1.0)), (name, c)
+    # the ends of the byte range are the ends of [-1, 1]
+    ends = world.images_to_tensor([Image.new("RGB", (2, 2), (0, 255, 0))])
+    assert ends[0, 0].eq(-1).all() and ends[0, 1].eq(1).all() and ends[0, 2].eq(-1).all()
+
+
 def test_unknown_names_are_refused_where_the_scene_is_made():
     """Not later, as a KeyError in render: a one-line ValueError listing the valid names."""
     for fixed, words in (({"color": "pink"}, "unknown colour 'pink': choose one of red, green"),
