@@ -116,10 +116,15 @@ def _check_readable(path: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, so a reader never sees half a file."""
+    """Write text to path through a temporary file, so a reader never sees half a file.
+
+    If the write or the rename fails, the temporary file is removed and path is left as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful replace
 
 
 def _write_outputs(nb, source: Path, out: Path) -> None:
