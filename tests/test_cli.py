@@ -135,10 +135,15 @@ def test_corrupt_notebook_fails_before_any_kernel(tmp_path, capsys, monkeypatch,
     assert "01_bad.ipynb: not a readable notebook" in capsys.readouterr().err
 
 
-def test_bad_timeout(tmp_path, capsys, no_kernel):
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_bad_timeout(tmp_path, capsys, no_kernel, value):
+    """A timeout that is not a positive number is one line, before --out is created."""
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
-    assert cli.main(["run", str(good), "--timeout", "0"]) == 2
-    assert "--timeout" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert cli.main(["run", str(good), "--timeout", value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sdcourse: error: --timeout {value}: must be a positive number of seconds\n"
+    assert not out.exists()
 
 
 def test_bad_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
