@@ -420,6 +420,34 @@ def test_show_images_axes_and_titles():
         images.show_images(pictures, titles=["only one"])
 
 
+def test_show_images_draws_the_promised_conversion():
+    """CHW -> HWC, [-1, 1] -> [0, 1]; [0, 1] floats and uint8 drawn as they are; gray in gray."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    per_channel = torch.empty(3, 4, 5)  # CHW in [-1, 1], one value per channel
+    per_channel[0], per_channel[1], per_channel[2] = -1.0, 0.0, 0.5
+    hwc01 = torch.rand(4, 5, 3)
+    u8 = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    gray = np.full((4, 5), 0.25, dtype=np.float32)
+    pictures = [torch.full((3, 4, 5), -1.0), per_channel, hwc01, u8, gray, colored((9, 8, 7), 4)]
+    fig = images.show_images(pictures, cols=3)
+    try:
+        shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
+        assert shown[0].shape == (4, 5, 3) and np.array_equal(shown[0], np.zeros((4, 5, 3)))
+        assert shown[1].shape == (4, 5, 3)
+        for c, value in enumerate([0.0, 0.5, 0.75]):
+            assert np.allclose(shown[1][..., c], value), c
+        assert np.allclose(shown[2], hwc01.numpy())  # already [0, 1]: not rescaled
+        assert shown[3].dtype == np.uint8 and np.array_equal(shown[3], u8)
+        assert np.allclose(shown[4], 0.25)
+        image = fig.axes[4].images[0]
+        assert image.get_cmap().name == "gray" and image.get_clim() == (0, 1)  # not stretched
+        assert np.array_equal(shown[5], np.full((4, 4, 3), (9, 8, 7), dtype=np.uint8))
+    finally:
+        plt.close(fig)
+
+
 def test_plot_latent_channels():
     import matplotlib.pyplot as plt
     import torch
