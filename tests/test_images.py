@@ -158,6 +158,33 @@ def test_explicit_cache_dir(server, tmp_path, cache):
     assert cached_files(cache) == []
 
 
+def test_unwritable_cache_still_returns_the_image(server, tmp_path):
+    """A cache folder that cannot be made (its parent is a regular file) does not fail the call."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"a regular file")
+    url = f"{server.url}/valid.png?test=unwritable"
+    for _ in range(2):  # nothing was cached: the second call downloads again, and works again
+        image = download_image(url, cache_dir=blocker / "images")
+        assert image.size == (8, 6) and image.getpixel((0, 0)) == (10, 200, 30)
+    assert server.counts["/valid.png?test=unwritable"] == 2
+    assert blocker.read_bytes() == b"a regular file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+def test_cache_write_failing_midway_leaves_no_partial_file(server, cache, monkeypatch):
+    """The temporary file is made, then the final rename fails: the image comes back anyway
+    and neither the temporary file nor a partial cache entry is left behind."""
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(images.os, "replace", refuse)
+    url = f"{server.url}/valid.png?test=rename-fails"
+    image = download_image(url)
+    assert image.size == (8, 6) and image.getpixel((0, 0)) == (10, 200, 30)
+    assert (cache / "images").is_dir()  # the write got as far as the folder
+    assert cached_files(cache) == []
+
+
 def test_size_resizes(server):
     assert download_image(f"{server.url}/valid.png?s=1", size=32).size == (32, 32)
     assert download_image(f"{server.url}/valid.png?s=2", size=(40, 20)).size == (40, 20)
