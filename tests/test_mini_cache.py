@@ -1,0 +1,90 @@
+"""Tests for sdcourse.models.mini_model_path: the per-task pipeline folder built from the shipped
+mini components, cached under a name that changes when the shipped files change.
+
+The shipped folder (sdcourse/mini) is never touched: the tests point MINI_DIR at a copy.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sdcourse import models
+
+TASKS = ("text2img", "img2img", "inpaint", "depth2img")
+
+
+@pytest.fixture(scope="module")
+def mini_copy(tmp_path_factory):
+    """One copy of the shipped components per module (about 45 MB), mtimes kept."""
+    if not all((models.MINI_DIR / c).is_dir()
+               for parts in models._MINI_COMPONENTS.values() for c in parts.values()):
+        pytest.skip("the mini model's components are not all shipped (not trained yet)")
+    copy = tmp_path_factory.mktemp("package") / "mini"
+    shutil.copytree(models.MINI_DIR, copy)
+    return copy
+
+
+@pytest.fixture
+def mini(mini_copy, monkeypatch):
+    monkeypatch.setattr(models, "MINI_DIR", mini_copy)
+    return mini_copy
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_folder_has_the_index_and_every_component(mini, tmp_path, task):
+    path = models.mini_model_path(task, cache_dir=tmp_path)
+    assert path.parent == tmp_path / "mini" and path.name.startswith(f"{task}-")
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == models.PIPELINES[task]
+    parts = models._MINI_COMPONENTS[task]
+    for name, component in parts.items():
+        assert index[name] == models._LIBRARY[name]
+        assert (path / name).is_dir(), name
+        # the part is the shipped component it stands for (e.g. unet -> unet_inpaint)
+        assert (path / name).resolve() == (mini / component).resolve(), name
+        expected = sorted(p.relative_to(mini / component) for p in (mini / component).rglob("*"))
+        assert sorted(p.relative_to(path / name) for p in (path / name).rglob("*")) == expected
+    # every component the index names is there (diffusers loads them all)
+    named = {k for k, v in index.items() if isinstance(v, list) and v[0] is not None}
+    assert named == set(parts)
+    assert sorted(p.name for p in (tmp_path / "mini").iterdir()) == [path.name]  # no .tmp left
+
+
+def test_folder_loads_as_a_diffusers_pipeline(mini, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    path = models.mini_model_path("text2img", cache_dir=tmp_path)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(path)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    assert pipe.safety_checker is None
+
+
+def test_second_call_reuses_the_folder_without_rebuilding(mini, tmp_path, monkeypatch):
+    first = models.mini_model_path("inpaint", cache_dir=tmp_path)
+    index = first / "model_index.json"
+    before = (first.stat().st_mtime_ns, index.stat().st_mtime_ns, index.stat().st_ino)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("mini_model_path rebuilt a folder that was already there")
+
+    with monkeypatch.context() as m:  # building needs mkdir and a link or a copy
+        m.setattr(Path, "mkdir", no_rebuild)
+        m.setattr(Path, "symlink_to", no_rebuild)
+        m.setattr(models.shutil, "copytree", no_rebuild)
+        second = models.mini_model_path("inpaint", cache_dir=tmp_path)
+    assert second == first
+    assert (first.stat().st_mtime_ns, index.stat().st_mtime_ns, index.stat().st_ino) == before
+    assert sorted(p.name for p in (tmp_path / "mini").iterdir()) == [first.name]
+
+
+def test_a_changed_shipped_file_gives_a_new_folder(mini, tmp_path):
+    first = models.mini_model_path("text2img", cache_dir=tmp_path)
+    config = mini / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text() + "\n")  # still valid JSON, but a different file
+    second = models.mini_model_path("text2img", cache_dir=tmp_path)
+    assert second != first and (second / "model_index.json").exists()
+    assert (second / "scheduler" / "scheduler_config.json").read_text() == config.read_text()
+    assert models.mini_model_path("text2img", cache_dir=tmp_path) == second  # then reused
