@@ -146,6 +146,18 @@ def test_bad_timeout(tmp_path, capsys, no_kernel, value):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("under", ["file", "file/sub"])
+def test_out_that_cannot_be_created_fails_before_any_kernel(tmp_path, capsys, no_kernel, under):
+    """--out inside a regular file: exit status 2, one line naming --out, no kernel."""
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / under / "out"
+    assert cli.main(["run", str(good), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sdcourse: error: --out {out}: cannot create it (Not a directory)\n"
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
 def test_bad_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
     typo = str(tmp_path / "no_such_model")
