@@ -172,8 +172,9 @@ def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None
         nb, timeout=timeout, kernel_name="python3",
         resources={"metadata": {"path": str(path.resolve().parent)}},
         on_cell_execute=before, on_cell_executed=after,
-        # the kernel's own log (not the cells' output) would break the progress bar
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        # the kernel's own log (not the cells' output) would break the progress bar and the
+        # one-line failure: a kernel shut down mid-cell (a timeout) logs a ZMQError traceback
+        extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
     )
     failure = None
     try:

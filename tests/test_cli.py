@@ -158,6 +158,22 @@ def test_out_that_cannot_be_created_fails_before_any_kernel(tmp_path, capsys, no
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+def test_cell_past_the_timeout_fails_naming_notebook_and_cell(tmp_path, capfd, monkeypatch):
+    """A cell that runs past --timeout stops the run: status 1, one line naming the notebook
+    and the cell, the notebooks after it not run. capfd, not capsys: the kernel process writes
+    to the same stderr, and its log (a traceback as it is shut down mid-cell) must not show."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # the progress bar would add lines to stderr
+    slow = write_notebook(tmp_path / "a_slow.ipynb", "x = 1", "import time\ntime.sleep(60)", "x = 2")
+    never = write_notebook(tmp_path / "b_next.ipynb", "print('not reached')")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(slow), str(never), "--out", str(out), "--timeout", "1"]) == 1
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"sdcourse run: FAILED {slow}: cell 2: CellTimeoutError: ")
+    assert "timed out" in err and f"(partial output in {out})" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_slow.html", "a_slow.ipynb"]
+
+
 def test_bad_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
     typo = str(tmp_path / "no_such_model")
