@@ -266,12 +266,25 @@ def _models():
 
 
 def test_doctor_lists_every_task(capsys, offline):
+    """Offline: the hub line says unreachable, and each task has its line
+    ``<task padded to 13> <kind>: <source> (<reason>)`` with the choice models makes."""
     models = _models()
     assert cli.main(["doctor"]) == 0
-    out = capsys.readouterr().out
-    assert "hub" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert "hub           unreachable" in lines
     for task in models.TASKS:
-        assert task in out
+        choice = models.choose_model(task)
+        assert f"{task:<13} {choice.kind}: {choice.source} ({choice.reason})" in lines, task
+    assert not [line for line in lines if "error (" in line]
+
+
+def test_doctor_hub_line_follows_hub_reachable(capsys, monkeypatch):
+    models = _models()
+    for reachable, word in ((True, "reachable"), (False, "unreachable")):
+        monkeypatch.setattr(models, "hub_reachable", lambda: reachable)
+        assert cli.main(["doctor"]) == 0
+        hub = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hub ")]
+        assert hub == [f"hub           {word}"]
 
 
 def test_models_path(capsys, monkeypatch, tmp_path):
