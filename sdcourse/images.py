@@ -424,6 +424,8 @@ def show_images(images, titles=None, cols: int | None = None, size: float = 2.5)
     Accepts one picture or a list of them: PIL images, numpy arrays or torch tensors, channels
     first (C, H, W) or last (H, W, C), floats in [0, 1] or [-1, 1] (the range the VAE uses), or
     uint8. A 4-D batch (N, C, H, W) counts as N pictures. One-channel pictures are drawn in gray.
+    When the shape allows both layouts, the one with RGB channels wins (3x4x4 is CHW, 4x5x3 is
+    HWC); if that does not decide, a tensor is read channels first and a numpy array last.
     """
     import matplotlib.pyplot as plt
 
@@ -525,12 +527,27 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _channels_first(shape, x) -> bool:
+    """Whether a 3-D picture whose first size could be channels is laid out (C, H, W).
+
+    When both ends could be channels (3x4x4: RGB 4x4 or RGBA 3x4), the reading with three
+    (RGB) channels wins; if that does not decide, a torch tensor is read channels first (torch's
+    layout) and a numpy array channels last.
+    """
+    first, last = shape[0], shape[-1]
+    if last not in (1, 3, 4):
+        return True
+    if (first == 3) != (last == 3):
+        return first == 3
+    return hasattr(x, "detach")
+
+
 def _to_display_array(x) -> np.ndarray:
     """A picture -> (H, W) or (H, W, 3|4) array, uint8 or floats in [0, 1]."""
     if isinstance(x, Image.Image):
         return np.asarray(x if x.mode in ("L", "RGB", "RGBA") else x.convert("RGB"))
     array = _to_numpy(x)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and _channels_first(array.shape, x):
         array = array.transpose(1, 2, 0)  # channels first -> channels last
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]

@@ -477,6 +477,32 @@ def test_show_images_draws_the_promised_conversion():
         plt.close(fig)
 
 
+def test_tiny_chw_tensor_is_read_channels_first():
+    """A 3x4x4 tensor is a 4x4 RGB picture, not a 3-row RGBA one; a 4x5x3 tensor is HWC; when
+    the channel count does not decide (4x4x4), a tensor is CHW and a numpy array HWC."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    square_tensor, square_array = torch.zeros(4, 4, 4), np.zeros((4, 4, 4), np.float32)
+    square_tensor[0] = 1.0  # read CHW: channel 0 is 1 everywhere
+    square_array[..., 0] = 1.0  # read HWC: the same
+    fig = images.show_images([torch.full((3, 4, 4), -1.0), torch.zeros(4, 5, 3),
+                              square_tensor, square_array])
+    try:
+        shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
+        assert shown[0].shape == (4, 4, 3) and np.array_equal(shown[0], np.zeros((4, 4, 3)))
+        assert shown[1].shape == (4, 5, 3)
+        for drawn in shown[2:]:
+            assert np.array_equal(drawn[..., 0], np.ones((4, 4)))
+            assert np.array_equal(drawn[..., 1:], np.zeros((4, 4, 3)))
+    finally:
+        plt.close(fig)
+    chw = torch.full((3, 4, 4), -1.0)
+    chw[0] = 1.0  # red
+    grid = images.image_grid([chw], size=4)
+    assert grid.size == (4, 4) and grid.getpixel((0, 0)) == (255, 0, 0)
+
+
 def test_plot_latent_channels():
     import matplotlib.pyplot as plt
     import torch
