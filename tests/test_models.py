@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 
@@ -88,6 +89,7 @@ class FakePipeline:
     missing: set = set()  # repositories that fail to load
     no_fp16: set = set()  # repositories without fp16 files
     loaded: list = []
+    collector_running: list = []  # gc.isenabled() at each load
 
     @classmethod
     def from_pretrained(cls, repo, **kwargs):
@@ -96,6 +98,7 @@ class FakePipeline:
         if repo in cls.no_fp16 and kwargs.get("variant") == "fp16":
             raise OSError(f"{repo} has no file with variant fp16")
         cls.loaded.append((repo, kwargs))
+        cls.collector_running.append(gc.isenabled())
         return cls()
 
     def to(self, device):
@@ -112,6 +115,7 @@ def fake_pipeline(monkeypatch):
     monkeypatch.setattr(FakePipeline, "missing", set())
     monkeypatch.setattr(FakePipeline, "no_fp16", set())
     monkeypatch.setattr(FakePipeline, "loaded", [])
+    monkeypatch.setattr(FakePipeline, "collector_running", [])
     monkeypatch.setattr(diffusers, "StableDiffusionInpaintPipeline", FakePipeline)
     return FakePipeline
 
@@ -207,3 +211,30 @@ def test_load_pipeline_rejects_bad_input_before_importing_diffusers(tmp_path):
     assert lines[0].startswith("unknown task 'bogus': choose one of text2img"), out
     assert "neither a folder nor a Hub id" in lines[1], out
     assert lines[-1] == "False", out
+
+
+def test_garbage_collector_paused_for_the_mini_load_only_and_restored(monkeypatch, fake_pipeline):
+    """load_pipeline pauses Python's cyclic collector while the libraries import and the mini
+    model loads (full passes over a growing heap that free nothing), not while a real
+    checkpoint downloads, and gives the collector back as it was, also after an error."""
+    assert gc.isenabled()
+    models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    assert fake_pipeline.collector_running == [False, True]
+    assert gc.isenabled()
+    fake_pipeline.missing = set(models.REAL_MODELS["inpaint"])
+    with pytest.raises(models.ModelChoiceError):
+        models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    assert gc.isenabled()
+    gc.disable()  # a learner who switched it off keeps it off
+    try:
+        models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    monkeypatch.setattr(models, "mini_model_path", lambda task: 1 / 0)  # fails inside the pause
+    with pytest.raises(ZeroDivisionError):
+        models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
+    assert gc.isenabled()
