@@ -287,19 +287,49 @@ def _load_real(cls, task: str, source: str, dtype):
             print(f"sdcourse: could not load {repo} ({reason}); trying {candidates[i + 1]}")
 
 
+#: Processor classes that older checkpoints' ``model_index.json`` still name but transformers 5
+#: removed, with the class that reads the same files. The SD 2 depth checkpoint names
+#: ``DPTFeatureExtractor``: without this, its pipeline does not load at all.
+RENAMED_PROCESSORS = {"DPTFeatureExtractor": "DPTImageProcessor"}
+
+
 def from_pretrained(cls, source, dtype=None, **kwargs):
     """``cls.from_pretrained(source, dtype=dtype, **kwargs)`` from safetensors files only; in
     float16 from the checkpoint's fp16 files (``variant="fp16"``) where it has them.
 
     Why: the fp16 variant is half the download and loads without conversion; some mirrors (and
     local folders) ship only full-precision files, which then load and are converted instead.
+    A component whose processor class transformers removed (:data:`RENAMED_PROCESSORS`) is
+    loaded with its replacement and put in the pipeline afterwards.
     """
     import torch
 
+    renamed = _renamed_processors(cls, source)
+    kwargs.update(dict.fromkeys(renamed))  # None: diffusers leaves these to us
+    pipe = None
     if dtype == torch.float16:
         try:
-            return cls.from_pretrained(source, dtype=dtype, use_safetensors=True, variant="fp16",
+            pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, variant="fp16",
                                        **kwargs)
-        except (OSError, ValueError):
-            pass  # no fp16 files there
-    return cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+        except (OSError, ValueError) as error:
+            if "fp16" not in str(error):
+                raise  # not about missing fp16 files: trying again would only download more
+    if pipe is None:
+        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+    if renamed:
+        import transformers
+
+        pipe.register_modules(**{name: getattr(transformers, new).from_pretrained(source, subfolder=name)
+                                 for name, new in renamed.items()})
+    return pipe
+
+
+def _renamed_processors(cls, source) -> dict[str, str]:
+    """The components of ``source`` whose ``model_index.json`` names a class of
+    :data:`RENAMED_PROCESSORS` that this transformers lacks, with the class to use instead."""
+    import transformers
+
+    index = cls.load_config(source)  # model_index.json alone: a small download
+    return {name: RENAMED_PROCESSORS[spec[1]] for name, spec in index.items()
+            if isinstance(spec, (list, tuple)) and len(spec) == 2 and spec[0] == "transformers"
+            and spec[1] in RENAMED_PROCESSORS and not hasattr(transformers, spec[1])}

@@ -1,6 +1,7 @@
 import gc
 import json
 import os
+import shutil
 
 import pytest
 
@@ -88,6 +89,7 @@ class FakePipeline:
 
     missing: set = set()  # repositories that fail to load
     no_fp16: set = set()  # repositories without fp16 files
+    broken: set = set()  # repositories whose fp16 files load but fail for another reason
     loaded: list = []
     collector_running: list = []  # gc.isenabled() at each load
 
@@ -97,9 +99,18 @@ class FakePipeline:
             raise OSError(f"{repo} is not a valid model identifier\nmore detail")
         if repo in cls.no_fp16 and kwargs.get("variant") == "fp16":
             raise OSError(f"{repo} has no file with variant fp16")
+        if repo in cls.broken:
+            cls.loaded.append((repo, kwargs))
+            raise ValueError(f"{repo}: a component failed")
         cls.loaded.append((repo, kwargs))
         cls.collector_running.append(gc.isenabled())
         return cls()
+
+    @classmethod
+    def load_config(cls, repo):  # the pipeline's model_index.json
+        if repo in cls.missing:
+            raise OSError(f"{repo} is not a valid model identifier")
+        return {"unet": ["diffusers", "UNet2DConditionModel"]}
 
     def to(self, device):
         return self
@@ -114,6 +125,7 @@ def fake_pipeline(monkeypatch):
 
     monkeypatch.setattr(FakePipeline, "missing", set())
     monkeypatch.setattr(FakePipeline, "no_fp16", set())
+    monkeypatch.setattr(FakePipeline, "broken", set())
     monkeypatch.setattr(FakePipeline, "loaded", [])
     monkeypatch.setattr(FakePipeline, "collector_running", [])
     monkeypatch.setattr(diffusers, "StableDiffusionInpaintPipeline", FakePipeline)
@@ -158,6 +170,11 @@ def test_half_precision_asks_for_the_fp16_variant_then_full_files(monkeypatch, f
     fake_pipeline.no_fp16 = {"some/repo"}  # a mirror with full-precision files only
     models.load_pipeline("inpaint", model="some/repo", device="cpu", dtype=torch.float16, verbose=False)
     assert fake_pipeline.loaded == [("some/repo", half)]
+    fake_pipeline.loaded.clear()
+    fake_pipeline.no_fp16, fake_pipeline.broken = set(), {"some/repo"}  # an error that is not about fp16 files: no second download
+    with pytest.raises(ValueError, match="a component failed"):
+        models.from_pretrained(fake_pipeline, "some/repo", torch.float16)
+    assert fake_pipeline.loaded == [("some/repo", half | {"variant": "fp16"})]
 
 
 def test_an_indexed_cuda_device_counts_as_a_gpu(monkeypatch, fake_pipeline):
@@ -238,3 +255,39 @@ def test_garbage_collector_paused_for_the_mini_load_only_and_restored(monkeypatc
     with pytest.raises(ZeroDivisionError):
         models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
     assert gc.isenabled()
+
+
+@pytest.mark.filterwarnings("ignore:In CPU autocast")  # diffusers on a CPU; filtered for notebooks by sdcourse
+def test_a_checkpoint_naming_a_processor_class_transformers_removed_still_loads(tmp_path):
+    """SD 2 depth's model_index.json names DPTFeatureExtractor, which transformers 5 removed:
+    from_pretrained loads that component with DPTImageProcessor instead, and the pipeline
+    draws exactly what one saved with the new name draws."""
+    import diffusers
+    import numpy as np
+    import torch
+
+    from sdcourse import world
+
+    new = models.mini_model_path("depth2img")
+    old = tmp_path / "depth2img-old-index"
+    shutil.copytree(new, old, symlinks=True)
+    index = json.loads((old / "model_index.json").read_text())
+    index["feature_extractor"] = ["transformers", "DPTFeatureExtractor"]
+    (old / "model_index.json").write_text(json.dumps(index))
+    (old / "feature_extractor").unlink()  # a link into the package: replaced by an old-style copy
+    shutil.copytree(new / "feature_extractor", old / "feature_extractor")
+    config_file = old / "feature_extractor" / "preprocessor_config.json"
+    config = json.loads(config_file.read_text())
+    del config["image_processor_type"]
+    config_file.write_text(json.dumps(config | {"feature_extractor_type": "DPTFeatureExtractor"}))
+    cls = diffusers.StableDiffusionDepth2ImgPipeline
+    with pytest.raises(ValueError, match="has no class `DPTFeatureExtractor`"):  # diffusers alone
+        cls.from_pretrained(old)
+
+    pipes = [models.from_pretrained(cls, str(folder), torch.float32) for folder in (old, new)]
+    assert type(pipes[0].feature_extractor) is type(pipes[1].feature_extractor)
+    picture = world.sample(3).image
+    drawn = [pipe("a red circle on a blue background", image=picture, num_inference_steps=3,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+             for pipe in pipes]
+    assert np.array_equal(drawn[0], drawn[1])
