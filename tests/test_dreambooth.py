@@ -324,6 +324,29 @@ def test_the_vae_loads_in_the_frozen_precision(base):
     assert db.load_components(base)["vae"].dtype == torch.float32
 
 
+def test_on_a_gpu_the_weights_come_from_the_fp16_files_the_pipeline_used(tmp_path, base):
+    """With ``fp16_files`` (on CUDA) a checkpoint's fp16 files are read, not its full ones (no
+    second download); a base without them loads its full files; what learns is float32."""
+    from diffusers import StableDiffusionPipeline
+
+    both = tmp_path / "both"
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.save_pretrained(both)
+    with torch.no_grad():  # the fp16 files hold other weights, to tell which ones were read
+        for model in (pipe.unet, pipe.text_encoder, pipe.vae):
+            for weight in model.parameters():
+                weight.add_(0.5)
+    pipe.to(torch.float16).save_pretrained(both, variant="fp16")
+    parts = db.load_components(both, fp16_files=True)
+    full = db.load_components(both)
+    for name in ("unet", "text_encoder", "vae"):
+        assert parts[name].dtype == torch.float32
+        read, plain = next(parts[name].parameters()), next(full[name].parameters())
+        assert torch.allclose(read, plain + 0.5, atol=1e-2), name
+    no_fp16 = db.load_components(base, fp16_files=True)  # only full-precision files there
+    assert torch.equal(next(no_fp16["unet"].parameters()), next(full["unet"].parameters()))
+
+
 def test_pictures_are_encoded_in_batches_that_fit_the_picture_size(base):
     """64 small pictures at once, but 512 px ones a few at a time (64 of them would need tens
     of GB in the VAE's first layers); the latents do not depend on the batch."""

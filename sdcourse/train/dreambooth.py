@@ -267,21 +267,36 @@ def _write_json(path: Path, data: dict) -> None:
 # ----------------------------------------------------------------------------- components
 
 
-def load_components(base, vae_dtype: torch.dtype = torch.float32) -> dict:
+def load_components(base, vae_dtype: torch.dtype = torch.float32, fp16_files: bool = False) -> dict:
     """The base model's text encoder, VAE, UNet and schedulers, in float32; the VAE in
-    ``vae_dtype`` (chosen when loading, as diffusers wants a model's precision chosen)."""
+    ``vae_dtype`` (chosen when loading, as diffusers wants a model's precision chosen).
+
+    ``fp16_files`` (on a GPU): read the weights from the checkpoint's fp16 files where it has
+    them (``variant="fp16"``), the ones its pipeline was loaded from, rather than download
+    its full-precision files as well (5 GB more for SD 2). They are then held in float32 all
+    the same: under fp16 mixed precision, what learns needs float32 weights.
+    """
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     base = str(base)
+
+    def weights(cls, subfolder, **kwargs):
+        if fp16_files:
+            try:
+                return cls.from_pretrained(base, subfolder=subfolder, use_safetensors=True,
+                                           variant="fp16", **kwargs)
+            except (OSError, ValueError) as error:
+                if "fp16" not in str(error):
+                    raise  # not about missing fp16 files
+        return cls.from_pretrained(base, subfolder=subfolder, use_safetensors=True, **kwargs)
+
     sampler = getattr(diffusers, diffusers.PNDMScheduler.load_config(base, subfolder="scheduler")["_class_name"])
     return {
-        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder",
-                                                      use_safetensors=True).float(),
-        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True,
-                                             dtype=vae_dtype).eval(),
-        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", use_safetensors=True).float(),
+        "text_encoder": weights(CLIPTextModel, "text_encoder").float(),
+        "vae": weights(AutoencoderKL, "vae", dtype=vae_dtype).eval(),
+        "unet": weights(UNet2DConditionModel, "unet").float(),
         "noise_scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),  # for training
         "scheduler": sampler.from_pretrained(base, subfolder="scheduler"),  # for sampling
     }
@@ -702,7 +717,7 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
     torch.manual_seed(s.seed)
     frozen = frozen_dtype(accelerator.device)
-    parts = load_components(s.base, vae_dtype=frozen)
+    parts = load_components(s.base, vae_dtype=frozen, fp16_files=frozen == torch.float16)
     parts["vae"].to(accelerator.device)
     size = resolution(parts)
     images = [to_resolution(im, size) for im in images]
