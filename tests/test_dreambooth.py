@@ -276,6 +276,30 @@ def test_a_bad_base_model_is_one_line(tmp_path, monkeypatch, base):
     assert "details" not in message
 
 
+def test_the_unet_learns_what_its_checkpoint_predicts(tmp_path, monkeypatch, base):
+    """The target is the noise for epsilon checkpoints (SD 1.x, the mini model) and the
+    velocity for v-prediction ones (SD 2.x at 768 px); other kinds are refused in one line."""
+    from diffusers import DDPMScheduler
+
+    latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([10, 500, 990])
+    epsilon = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    assert epsilon.config.prediction_type == "epsilon"
+    assert db.check_prediction_type(base) == "epsilon"
+    assert torch.equal(db.training_target(epsilon, latents, noise, t), noise)
+    velocity = DDPMScheduler.from_config(epsilon.config, prediction_type="v_prediction")
+    alpha_bar = velocity.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
+    assert torch.allclose(db.training_target(velocity, latents, noise, t), expected, atol=1e-6)
+
+    folder = tmp_path / "sample_base"
+    shutil.copytree(base, folder)
+    DDPMScheduler.from_config(epsilon.config, prediction_type="sample").save_pretrained(folder / "scheduler")
+    _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                  "predicts 'sample': the trainer trains UNets that predict epsilon or v_prediction",
+                  base=folder)
+
+
 @pytest.mark.parametrize("setting, value, problem", [
     ("lr", 0.0, "lr must be greater than 0"),
     ("lr", -1e-4, "lr must be greater than 0"),

@@ -344,6 +344,30 @@ def load_tokenizer(base):
     return tokenizer
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_prediction_type(base) -> str:
+    """What the base model's UNet predicts (its scheduler's ``prediction_type``); one line
+    before any model loads if the trainer cannot train it."""
+    from diffusers import DDPMScheduler
+
+    kind = DDPMScheduler.load_config(str(base), subfolder="scheduler").get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise DreamBoothError(f"base model {base} predicts {kind!r}: the trainer trains UNets that "
+                              f"predict {' or '.join(PREDICTION_TYPES)}; choose such a checkpoint")
+    return kind
+
+
+def training_target(scheduler, latents, noise, t):
+    """What the UNet should output for ``latents`` noised with ``noise`` at steps ``t``: the
+    noise itself (SD 1.x, SD 2.x base at 512 px), or the velocity ``alpha_t * noise -
+    sigma_t * latents`` for v-prediction checkpoints (SD 2.x at 768 px)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    return noise
+
+
 def make_pipeline(parts: dict, tokenizer, device=None):
     """A text-to-image pipeline around the given (possibly training) components."""
     from diffusers import StableDiffusionPipeline
@@ -661,6 +685,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
 
         base = mini_model_path("text2img")
     tokenizer = load_tokenizer(base)
+    check_prediction_type(base)
     check_token(token, tokenizer)
     check_prompts(instance_prompts, class_prompts, token)
     init_words = token_init.split() if isinstance(token_init, str) else list(token_init or [])
@@ -811,12 +836,12 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
             hidden = text_encoder(ids[idx].to(device))[0]
 
         pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=hidden).sample.float()
-        noise = noise.to(device)
-        instance_loss = F.mse_loss(pred[:s.batch_size], noise[:s.batch_size])
+        target = training_target(noise_scheduler, latents, noise, t).to(device)
+        instance_loss = F.mse_loss(pred[:s.batch_size], target[:s.batch_size])
         loss = instance_loss
         prior_loss = torch.zeros(())
         if n_cls:  # 5. prior preservation: the class pictures keep their meaning
-            prior_loss = F.mse_loss(pred[s.batch_size:], noise[s.batch_size:])
+            prior_loss = F.mse_loss(pred[s.batch_size:], target[s.batch_size:])
             loss = instance_loss + s.prior_loss_weight * prior_loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
