@@ -166,7 +166,8 @@ else:
     if upscaler is None:
         print(f"SKIPPED: could not load {UPSCALER} ({reason})")
     else:
-        low = sweep[2].resize((128, 128))
+        upscaler.vae.to(torch.float32)  # fp16 overflows in this VAE: diffusers would upcast it
+        low = sweep[2].resize((128, 128))  # at every call itself, with a deprecation warning
         high = upscaler(prompt, image=low).images[0]
         print("upscaled:", low.size, "->", high.size)
         display(high)
