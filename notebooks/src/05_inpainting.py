@@ -77,6 +77,10 @@ print(f"mask {size}x{size} -> 1x{size // vae_scale}x{size // vae_scale}; masked 
 
 # %%
 t2i = sdc.load_pipeline("text2img", device=device, verbose=False)
+if not on_mini:  # real checkpoints ship PNDM, which takes its first step twice and would
+    from diffusers import DDIMScheduler  # discard the first blend: DDIM, as the mini model has
+
+    t2i.scheduler = DDIMScheduler.from_config(t2i.scheduler.config)
 
 
 @torch.no_grad()
