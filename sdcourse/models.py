@@ -21,6 +21,7 @@ diffusers folder (a ``model_index.json`` plus links to the components), which th
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -306,22 +307,28 @@ def from_pretrained(cls, source, dtype=None, **kwargs):
 
     renamed = _renamed_processors(cls, source)
     kwargs.update(dict.fromkeys(renamed))  # None: diffusers leaves these to us
-    pipe = None
-    if dtype == torch.float16:
-        try:
-            pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, variant="fp16",
-                                       **kwargs)
-        except (OSError, ValueError) as error:
-            if "fp16" not in str(error):
-                raise  # not about missing fp16 files: trying again would only download more
-    if pipe is None:
-        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+    load = functools.partial(cls.from_pretrained, source, dtype=dtype, use_safetensors=True, **kwargs)
+    pipe = fp16_files_first(load) if dtype == torch.float16 else load()
     if renamed:
         import transformers
 
         pipe.register_modules(**{name: getattr(transformers, new).from_pretrained(source, subfolder=name)
                                  for name, new in renamed.items()})
     return pipe
+
+
+def fp16_files_first(load):
+    """``load(variant="fp16")``, or ``load()`` where there are no fp16 files.
+
+    Any other error is raised at once: trying again without the variant would only download
+    the full-precision files before failing the same way.
+    """
+    try:
+        return load(variant="fp16")
+    except (OSError, ValueError) as error:
+        if "fp16" not in str(error):
+            raise
+    return load()
 
 
 def _renamed_processors(cls, source) -> dict[str, str]:

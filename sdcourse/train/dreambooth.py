@@ -32,6 +32,7 @@ few minutes on a laptop CPU.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -280,17 +281,14 @@ def load_components(base, vae_dtype: torch.dtype = torch.float32, fp16_files: bo
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from ..models import fp16_files_first
+
     base = str(base)
 
     def weights(cls, subfolder, **kwargs):
-        if fp16_files:
-            try:
-                return cls.from_pretrained(base, subfolder=subfolder, use_safetensors=True,
-                                           variant="fp16", **kwargs)
-            except (OSError, ValueError) as error:
-                if "fp16" not in str(error):
-                    raise  # not about missing fp16 files
-        return cls.from_pretrained(base, subfolder=subfolder, use_safetensors=True, **kwargs)
+        load = functools.partial(cls.from_pretrained, base, subfolder=subfolder, use_safetensors=True,
+                                 **kwargs)
+        return fp16_files_first(load) if fp16_files else load()
 
     sampler = getattr(diffusers, diffusers.PNDMScheduler.load_config(base, subfolder="scheduler")["_class_name"])
     return {
