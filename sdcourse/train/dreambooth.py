@@ -19,7 +19,8 @@ The recipe (Ruiz et al., 2022), step by step as the code below runs it:
    too (``train_text_encoder=True``, as a LoRA on its attention when ``lora=True``).
 
 Everything else is the text-to-image training step of :mod:`sdcourse.train.text2img`: encode
-pictures with the frozen VAE, add noise at a random timestep, make the UNet predict the noise.
+pictures with the frozen VAE, add noise at a random timestep, make the UNet predict the noise
+(or, for a v-prediction checkpoint such as SD 2.x at 768 px, the velocity: :func:`training_target`).
 The learning rate decays to zero along a cosine, so the last weights are settled ones.
 
 It runs on :mod:`accelerate`, so ``accelerate launch`` scales it unchanged, in fp16 mixed
