@@ -89,7 +89,7 @@ class FakePipeline:
 
     missing: set = set()  # repositories that fail to load
     no_fp16: set = set()  # repositories without fp16 files
-    broken: set = set()  # repositories whose fp16 files load but fail for another reason
+    broken: set = set()  # repositories that fail for a reason other than missing fp16 files
     loaded: list = []
     collector_running: list = []  # gc.isenabled() at each load
 
