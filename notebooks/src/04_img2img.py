@@ -155,14 +155,13 @@ else:
 
     from IPython.display import display
 
+    from sdcourse.models import from_pretrained  # the fp16 files where the mirror has them
+
     upscaler, reason = None, ""
-    for variant in ("fp16", None):  # the half-precision files where the mirror has them
-        try:
-            upscaler = StableDiffusionUpscalePipeline.from_pretrained(
-                UPSCALER, dtype=torch.float16, variant=variant, use_safetensors=True).to(device)
-            break
-        except (OSError, ValueError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        upscaler = from_pretrained(StableDiffusionUpscalePipeline, UPSCALER, torch.float16).to(device)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     if upscaler is None:
         print(f"SKIPPED: could not load {UPSCALER} ({reason})")
     else:
