@@ -116,6 +116,23 @@ def in_local_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 
+def on_hub(repo_id: str) -> bool:
+    """Whether the Hub still serves ``repo_id`` (its ``model_index.json``): repositories get
+    deleted (the SD 2.x ones in Nov 2025). When the answer is not a clear "no" (a gated repo,
+    a network hiccup), True: loading it will then say what is wrong."""
+    from huggingface_hub import file_exists
+
+    try:
+        return file_exists(repo_id, "model_index.json")
+    except Exception:  # noqa: BLE001 - any doubt means "try it", not "deleted"
+        return True
+
+
+def _first_on_hub(task: str) -> str | None:
+    """The registry's first checkpoint for ``task`` that the Hub still has (None: none)."""
+    return next((repo for repo in REAL_MODELS[task] if on_hub(repo)), None)
+
+
 def _accelerator_present(device) -> bool:
     from .device import is_gpu, pick_device
 
@@ -134,7 +151,8 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         cached = [repo for repo in REAL_MODELS[task] if in_local_cache(repo)]
         if cached:
             return Choice(task, "real", cached[0], f"asked for by {origin}; in the local cache")
-        return Choice(task, "real", REAL_MODELS[task][0], f"asked for by {origin}")
+        online = hub_reachable() and _first_on_hub(task)
+        return Choice(task, "real", online or REAL_MODELS[task][0], f"asked for by {origin}")
     if model is not None:  # a Hub id or a local folder
         if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
             raise ModelChoiceError(f"{model} is a folder without model_index.json: "
@@ -148,9 +166,13 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
     for repo in REAL_MODELS[task]:
         if in_local_cache(repo):
             return Choice(task, "real", repo, "GPU present and checkpoint in the local cache")
-    if hub_reachable():
-        return Choice(task, "real", REAL_MODELS[task][0], "GPU present and the Hub is reachable")
-    return Choice(task, "mini", str(MINI_DIR), "GPU present but the Hub is unreachable")
+    if not hub_reachable():
+        return Choice(task, "mini", str(MINI_DIR), "GPU present but the Hub is unreachable")
+    repo = _first_on_hub(task)
+    if repo is None:
+        return Choice(task, "mini", str(MINI_DIR), "GPU present but none of the course's "
+                      f"{task} checkpoints is on the Hub any more")
+    return Choice(task, "real", repo, "GPU present and the Hub is reachable")
 
 
 def _is_hub_id(text: str) -> bool:

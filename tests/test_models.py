@@ -18,6 +18,7 @@ def test_argument_beats_environment_beats_auto(monkeypatch):
     # nothing in the local cache, whatever this machine's Hugging Face cache holds: "real"
     # then means the registry's first checkpoint
     monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setenv("SDCOURSE_MODEL", "real")
     assert models.choose_model("text2img", model="mini", device="cpu").kind == "mini"
     choice = models.choose_model("text2img", device="cpu")
@@ -35,12 +36,51 @@ def test_auto_with_gpu_depends_on_hub_and_cache(monkeypatch):
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
     assert models.choose_model("text2img", device="cuda").kind == "mini"
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(models, "on_hub", lambda repo: True)
     assert models.choose_model("text2img", device="cuda").source == models.REAL_MODELS["text2img"][0]
     second = models.REAL_MODELS["inpaint"][1]
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setattr(models, "in_local_cache", lambda repo: repo == second)
     choice = models.choose_model("inpaint", device="mps")
     assert choice.source == second and "cache" in choice.reason
+
+
+def test_auto_and_real_skip_registry_checkpoints_deleted_from_the_hub(monkeypatch):
+    # the Hub is reachable but the first choice is gone: everything that reads choice.source
+    # (load_pipeline, and notebooks 01 and 08 loading one component) gets the next one
+    first, second = models.REAL_MODELS["text2img"][:2]
+    asked = []
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(models, "on_hub", lambda repo: asked.append(repo) or repo != first)
+    assert models.choose_model("text2img", device="cuda").source == second
+    assert asked == [first, second]
+    assert models.choose_model("text2img", model="real", device="cpu").source == second
+    monkeypatch.setattr(models, "on_hub", lambda repo: False)  # every one deleted
+    choice = models.choose_model("text2img", device="cuda")
+    assert choice.kind == "mini" and "none of the course's text2img checkpoints" in choice.reason
+    # asked for by name, it stays real: loading it then says what is wrong
+    assert models.choose_model("text2img", model="real", device="cpu").source == first
+
+
+def test_on_hub_says_no_only_for_a_missing_repository(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def file_exists(repo_id, filename):
+        assert filename == "model_index.json"
+        if repo_id == "gone/repo":
+            return False  # what huggingface_hub answers for a deleted repository
+        if repo_id == "gated/repo":
+            gated = GatedRepoError.__new__(GatedRepoError)  # its __init__ wants an HTTP response
+            Exception.__init__(gated, "403: access to gated/repo is restricted")
+            raise gated
+        raise ConnectionError("network hiccup")
+
+    monkeypatch.setattr(huggingface_hub, "file_exists", file_exists)
+    assert models.on_hub("gone/repo") is False
+    assert models.on_hub("gated/repo") is True
+    assert models.on_hub("flaky/repo") is True
 
 
 def test_registry_avoids_deleted_repositories():
