@@ -78,7 +78,7 @@ print(f"measured time ratio: {large['ms'] / small['ms']:.1f}x")
 from diffusers import AutoencoderKL
 
 model_path = sdc.mini_model_path("text2img") if on_mini else choice.source
-vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae").to(device).eval()
+vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", use_safetensors=True).to(device).eval()
 print("latent channels:", vae.config.latent_channels,
       "| downsampling:", 2 ** (len(vae.config.block_out_channels) - 1), "x per side",
       "| scaling_factor:", vae.config.scaling_factor)

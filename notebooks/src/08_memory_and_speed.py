@@ -136,7 +136,8 @@ half = torch.float16 if device != "cpu" else torch.bfloat16
 if pipe.unet.dtype == half:  # a real checkpoint on a GPU: load_pipeline used variant="fp16"
     unet_half = pipe.unet
 else:  # load the UNet again, in half precision
-    unet_half = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=half).to(device)
+    unet_half = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=half,
+                                                     use_safetensors=True).to(device)
 unet_full = pipe.unet if pipe.unet.dtype == torch.float32 else copy.deepcopy(pipe.unet).float()
 t_full, _ = measure("UNet step, float32", unet_step(unet_full, latent, device=device), reps=5)
 t_half, _ = measure(f"UNet step, {str(half).replace('torch.', '')}",
