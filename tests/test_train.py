@@ -1,4 +1,6 @@
 """The trainers' mechanics on a few steps: freezing, checkpoints, resume (no quality here)."""
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -232,3 +234,21 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path
     new = AutoencoderKL.from_pretrained(target)
     assert all(torch.equal(a, b) for a, b in zip(second.parameters(), new.parameters()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+
+
+def test_progress_bars_honour_tqdm_disable_in_a_notebook_too(monkeypatch):
+    # in a kernel tqdm.auto is tqdm.notebook's widget bar, which ignores TQDM_DISABLE by itself:
+    # the trainers' bars must go through common.progress to stay out of notebook outputs
+    import tqdm.auto
+    import tqdm.notebook
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)  # what a kernel gets
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert tqdm.notebook.tqdm(range(3)).disable is False  # the library alone: a widget bar
+    bar = common.progress(range(3), desc="dreambooth")
+    assert bar.disable is True and list(bar) == [0, 1, 2]
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert common.progress(range(3), disable=True).disable is True  # a caller's choice stays
+    for name in ("dreambooth", "text2img", "vae", "depth_estimator"):
+        source = (Path(common.__file__).parent / f"{name}.py").read_text()
+        assert "tqdm" not in source.replace("common.progress", ""), name

@@ -17,6 +17,20 @@ import torch
 CHECKPOINT = "checkpoint"
 
 
+def progress(iterable, **kwargs):
+    """A tqdm.auto progress bar over ``iterable``; none at all when ``TQDM_DISABLE`` is set.
+
+    Why: in a notebook tqdm.auto draws an ipywidget bar, and that one ignores ``TQDM_DISABLE``
+    (tqdm reads the variable for its text bar only), so the tests and ``sdcourse run``, which
+    set it, would still store the trainers' bars in the notebooks' outputs.
+    """
+    from tqdm.auto import tqdm
+
+    if os.environ.get("TQDM_DISABLE"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
 def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict | None = None) -> Path:
     """Write models (by name), optimizer and step to ``out/checkpoint`` atomically."""
     out = Path(out)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import DPTConfig, DPTForDepthEstimation
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 
@@ -67,7 +66,8 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
     start = common.load_optimizer(optimizer, ckpt) if ckpt else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="depth estimator", mininterval=5)
+    bar = common.progress(range(start, steps), initial=start, total=steps, desc="depth estimator",
+                          mininterval=5)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))

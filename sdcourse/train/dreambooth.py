@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from . import common
 
@@ -451,7 +450,7 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     images = []
-    for i in tqdm(range(0, len(prompts), batch), desc="class images", mininterval=5):
+    for i in common.progress(range(0, len(prompts), batch), desc="class images", mininterval=5):
         generator = torch.Generator().manual_seed(seed + i)
         images += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance,
                        generator=generator).images
@@ -811,8 +810,8 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     text_encoder.train(s.train_text_encoder)
     n_inst, n_cls = len(images), len(class_images)
     rank, world_size = accelerator.process_index, accelerator.num_processes
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="dreambooth", mininterval=2,
-               **({} if accelerator.is_main_process else {"disable": True}))
+    bar = common.progress(range(start, steps), initial=start, total=steps, desc="dreambooth",
+                          mininterval=2, **({} if accelerator.is_main_process else {"disable": True}))
     for step in bar:
         for group in optimizer.param_groups:  # cosine decay to 0: the last weights are settled
             group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import world
@@ -92,7 +91,7 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
     rng = random.Random(seed)
     data = {"mean": [], "std": [], "extra": []}
     scale = vae.config.scaling_factor
-    for i in tqdm(range(0, n, batch), desc="encode", mininterval=5):
+    for i in common.progress(range(0, n, batch), desc="encode", mininterval=5):
         chunk = samples[i:i + batch]
         x = world.images_to_tensor([s.image for s in chunk])
         dist = vae.encode(x).latent_dist
@@ -225,7 +224,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     unet.train()
     text_encoder.train()
     end = min(steps, stop_at or steps)
-    bar = tqdm(range(start, end), initial=start, total=end, desc=task, mininterval=5)
+    bar = common.progress(range(start, end), initial=start, total=end, desc=task, mininterval=5)
     for step in bar:
         if not frozen and step == freeze_text_encoder_at:
             frozen = True
