@@ -10,3 +10,8 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("SDCOURSE_HEADLESS", "1")
+# The stored outputs nbval compares were recorded on the mini model on a CPU: a machine with
+# a GPU (and the Hub) would otherwise run the notebooks on real checkpoints, download
+# gigabytes and differ. Set either variable to run the notebooks elsewhere.
+os.environ.setdefault("SDCOURSE_MODEL", "mini")
+os.environ.setdefault("SDCOURSE_DEVICE", "cpu")
