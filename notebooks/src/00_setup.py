@@ -10,7 +10,8 @@
 #
 # **What you need**
 # - CPU with the mini model (offline): about 20 seconds for the whole notebook.
-# - Colab GPU (T4) with a real checkpoint: about 2 minutes, most of it the 2.5 GB download.
+# - Colab GPU (T4) with a real checkpoint: about 2 minutes, most of it the 2.5 GB download
+#   (pick the GPU first: *Runtime → Change runtime type → T4 GPU*).
 #
 # The mini model is a small Stable Diffusion that this course trained on a synthetic world of
 # coloured shapes ("a red circle on a blue background"). It has every part the real one has —
@@ -22,8 +23,10 @@
 # %% [markdown]
 # ## 1. Device and precision
 # Stable Diffusion runs fastest on a GPU. The course looks for Apple's `mps`, then `cuda`, then
-# falls back to the `cpu` (set `SDCOURSE_DEVICE=cpu` to force one). On a GPU the weights are
-# used in float16: half the memory, and the speed GPUs are built for; on a CPU float32.
+# falls back to the `cpu` (set `SDCOURSE_DEVICE=cpu` to force one). On a GPU a real
+# checkpoint's weights are used in float16: half the memory, and the speed GPUs are built for;
+# on a CPU float32. (The mini model is small enough to stay in float32 everywhere but CUDA:
+# section 3 prints the precision it got.)
 
 # %%
 import time
@@ -136,8 +139,9 @@ print(f"{batch_seconds / len(images):.2f} s per image in a batch of {len(images)
 # 1. Make "a yellow triangle on a purple background" (change the three names below, then run
 #    the self-check). Try a few seeds: does every seed work?
 # 2. Set `SDCOURSE_MODEL=mini` (or `real` on a GPU) before starting Jupyter — on Colab, run
-#    `import os; os.environ["SDCOURSE_MODEL"] = "mini"` in a cell before `load_pipeline` —
-#    rerun this notebook and compare what `choose_model` prints.
+#    `import os; os.environ["SDCOURSE_MODEL"] = "mini"` in a new cell at the very top — then
+#    rerun the whole notebook (section 2 reads the variable) and compare what `choose_model`
+#    prints. (No self-check: the printed reason is the answer.)
 
 # %%
 # Exercise 1: change the three names (and the seed if you like), then run the self-check.
