@@ -31,20 +31,25 @@ print(choice)
 # %% [markdown]
 # ## 1. The cost of attention grows with the square of the pixels
 # A transformer layer lets every position attend to every other one: for *N* positions it
-# builds an *N × N* attention matrix. A 64×64 picture has 4× the pixels of a 32×32 one, so
-# 16× the attention entries — and 16× the work (as 512×512 against 256×256 would). Let us count and time it with PyTorch's own
-# attention (`scaled_dot_product_attention`, what diffusers uses by default).
+# computes an *N × N* attention matrix. A 64×64 picture has 4× the pixels of a 32×32 one, so
+# 16× the attention entries — and 16× the work (as 512×512 against 256×256 would). Let us
+# count and time it with PyTorch's own attention (`scaled_dot_product_attention`, what
+# diffusers uses by default), on the course's device.
 
 
 # %%
 def attention_cost(side: int, dim: int = 64) -> dict:
     """FLOPs, attention-matrix size and measured time of one self-attention over side×side tokens."""
     n = side * side
-    q = k = v = torch.randn(1, 1, n, dim)
+    q = k = v = torch.randn(1, 1, n, dim, device=device)
+    # a GPU runs asynchronously: wait for it before reading the clock
+    wait = torch.cuda.synchronize if q.is_cuda else (lambda: None)
     F.scaled_dot_product_attention(q, k, v)  # warm-up
+    wait()
     start = time.perf_counter()
     for _ in range(3):
         F.scaled_dot_product_attention(q, k, v)
+    wait()
     seconds = (time.perf_counter() - start) / 3
     flops = 2 * 2 * n * n * dim  # Q·Kᵀ and (softmax)·V, a multiply-add each
     return {"side": side, "tokens": n, "matrix_MB": n * n * 4 / 1e6, "GFLOP": flops / 1e9,
@@ -65,8 +70,11 @@ print(f"2x the side -> {large['tokens'] / small['tokens']:.0f}x the pixels -> "
 print(f"measured time ratio: {large['ms'] / small['ms']:.1f}x")
 
 # %% [markdown]
-# The measured ratio comes close to 16 (small sizes carry fixed overheads). A 512×512 image
-# attended pixel by pixel would need a 262,144² matrix — 275 GB in float32. Latent diffusion
+# The measured ratio comes close to 16 (small sizes carry fixed overheads). The memory is the
+# matrix's size if it is stored whole, as plain attention does; fused kernels (SDPA's
+# flash and memory-efficient ones) compute it in tiles and keep less, but the work still grows
+# 16×. A 512×512 image attended pixel by pixel would need a 262,144² matrix — 275 GB in
+# float32. Latent diffusion
 # sidesteps this: the UNet works on a latent 8× smaller per side, 64× fewer positions.
 #
 # ## 2. The VAE: pixels → latents → pixels
@@ -84,20 +92,20 @@ print("latent channels:", vae.config.latent_channels,
       "| scaling_factor:", vae.config.scaling_factor)
 
 # %% [markdown]
-# A picture from the course's synthetic world (on a real model, the original article's photo
-# stand-in, enlarged to 512 px). Two small helpers convert between PIL images and the
-# `[-1, 1]` tensors the VAE expects:
+# A picture from the course's synthetic world (on a real model, the original article's
+# 512×512 photo; offline, its bundled stand-in). Two small helpers convert between PIL images
+# and the `[-1, 1]` tensors the VAE expects (torchvision's `to_tensor` gives `[0, 1]`):
 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-def pil_to_tensor(image) -> torch.Tensor:
+def pil_to_vae_input(image) -> torch.Tensor:
     """PIL image -> (1, 3, H, W) float tensor in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 
 
-def tensor_to_pil(x: torch.Tensor):
+def vae_output_to_pil(x: torch.Tensor):
     """(1, 3, H, W) tensor in [-1, 1] -> PIL image."""
     from PIL import Image
 
@@ -112,7 +120,7 @@ if on_mini:
 else:
     picture = sdc.download_image("https://raw.githubusercontent.com/CompVis/latent-diffusion/main/"
                                  "data/inpainting_examples/overture-creations-5sI6fQgYIuo.png", size=512)
-x = pil_to_tensor(picture).to(device)
+x = pil_to_vae_input(picture).to(device)
 print("image tensor:", tuple(x.shape))
 
 # %%
@@ -146,7 +154,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 with torch.no_grad():
     decoded = vae.decode(latents).sample
-sdc.show_images([picture, tensor_to_pil(decoded)], titles=["original", "decoded"], size=2);
+sdc.show_images([picture, vae_output_to_pil(decoded)], titles=["original", "decoded"], size=2);
 print(f"round trip PSNR: {psnr(decoded, x):.1f} dB")
 
 # %% [markdown]
@@ -182,7 +190,8 @@ print(f"compression ratio: {batch[0].numel() / z[0].numel():.0f}x")
 # %% [markdown]
 # ## Exercises
 # 1. Which latent channel reacts to the object's colour? Encode the same shape in two colours
-#    and compare the channel maps (hint: `plot_latent_channels` on the difference).
+#    and compare the channel maps (hint: `plot_latent_channels` on the difference). (No
+#    self-check: the plot is the answer.)
 # 2. Diffusion in pixel space on a 128×128 picture would attend over 16,384 positions; in its
 #    16×16 latent, over 256. Compute the saving in attention FLOPs with `attention_cost`'s
 #    formula and check it below.
