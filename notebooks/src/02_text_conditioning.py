@@ -41,8 +41,8 @@ print(ids)
 print(tokenizer.convert_ids_to_tokens(ids))
 
 # %% [markdown]
-# The text encoder always sees 77 positions: shorter prompts are padded (SD 1.x pads with the
-# end-of-text token, id 49407), longer ones are cut.
+# The text encoder always sees 77 positions: shorter prompts are padded (SD 1.x and the mini
+# model pad with the end-of-text token, id 49407; SD 2.x with `!`, id 0), longer ones are cut.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -51,8 +51,9 @@ padded = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_
 print("input_ids:", tuple(padded.input_ids.shape), "| first 12:", padded.input_ids[0, :12].tolist())
 
 # %% [markdown]
-# What happens to a prompt that is too long? The tokenizer drops everything after token 77
-# without a word (the pipeline logs a warning when it does this):
+# What happens to a prompt that is too long? The tokenizer keeps the start token, the first 75
+# tokens of the prompt and the end token, and drops the rest without a word (the pipeline
+# logs a warning when it does this):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -79,7 +80,8 @@ print("SD 1.x: (1, 77, 768)   SD 2.x: (1, 77, 1024)")
 
 # %% [markdown]
 # ## 3. Cross-attention, captured
-# Inside the UNet, every `Transformer2DModel` block has two attention layers: `attn1` (the
+# Inside the UNet, every transformer block (a `BasicTransformerBlock`, inside each
+# `Transformer2DModel`) has two attention layers: `attn1` (the
 # picture attends to itself) and `attn2`, **cross-attention**: each latent position (a query)
 # attends to the 77 token vectors (keys and values). The attention weights say how much each
 # position listens to each token.
@@ -167,7 +169,7 @@ def token_heatmaps(maps: list, side: int) -> torch.Tensor:
     return total / len(maps)
 
 
-def stretch(m: torch.Tensor) -> torch.Tensor:
+def minmax_normalize(m: torch.Tensor) -> torch.Tensor:
     """Min-max scale a heatmap to [0, 1]: where a token gets *more* attention shows bright."""
     return (m - m.min()) / (m.max() - m.min() + 1e-12)
 
@@ -176,7 +178,8 @@ heat = token_heatmaps(maps, side=image.size[0]).cpu()
 tokens = tokenizer.convert_ids_to_tokens(ids)
 words = [(i, t.replace("</w>", "")) for i, t in enumerate(tokens) if 0 < i < len(ids) - 1]
 print("heatmaps:", tuple(heat.shape), "(token, height, width)")
-sdc.show_images([image] + [stretch(heat[i]) for i, _ in words] + [stretch(heat[len(ids):].mean(0))],
+sdc.show_images([image] + [minmax_normalize(heat[i]) for i, _ in words]
+                + [minmax_normalize(heat[len(ids):].mean(0))],
                 titles=["image"] + [w for _, w in words] + ["padding"], cols=len(words) + 2, size=1.6);
 
 # %% [markdown]
@@ -243,7 +246,8 @@ if ratios:
 # %% [markdown]
 # ## Exercises
 # 1. Where in the picture do the image's positions attend to the shape word ("circle")?
-#    Plot that token's heatmap for a triangle and for a square.
+#    Plot that token's heatmap for a triangle and for a square. (No self-check: the plots are
+#    the answer.)
 # 2. Write a prompt of your own, count how many tokens it takes (with the tokenizer, start and
 #    end tokens included, before padding) and check that it fits in 77.
 
