@@ -32,7 +32,7 @@ size = 64 if on_mini else 512
 # ## 1. Picture and mask
 # The original article inpaints a photo of a dog on a bench (from the latent-diffusion repository).
 # Offline, the course ships a stand-in in the same spirit: an object, and a mask over it.
-# On a real model with the Hub reachable, the original photo and mask are downloaded.
+# On a real model with internet access, the original photo and mask are downloaded.
 
 # %%
 from sdcourse.images import INPAINT_MASK_URL, INPAINT_URL
@@ -48,9 +48,17 @@ else:
 sdc.show_images([init_image, mask_image], titles=["picture", "mask (white = repaint)"], size=2);
 
 # %%
+def psnr_outside(output, image, hole) -> float:
+    """PSNR in dB between two same-size PIL images over the pixels where ``hole`` is False."""
+    diff = (np.asarray(output, np.float32) - np.asarray(image.convert("RGB"), np.float32))[~hole]
+    return float(10 * np.log10(255 ** 2 / max(float((diff ** 2).mean()), 1e-10)))
+
+
 result = pipe(prompt=prompt, image=init_image, mask_image=mask_image, num_inference_steps=25,
               guidance_scale=7.5, generator=sdc.make_generator(0)).images[0]
-sdc.show_images([init_image, mask_image, result], titles=["picture", "mask", prompt], size=2);
+sdc.show_images([init_image, mask_image, result], titles=["picture", "mask", "result"], size=2)
+hole = np.asarray(mask_image.convert("L")) >= 128
+print(f"prompt: {prompt}\nPSNR outside the mask: {psnr_outside(result, init_image, hole):.1f} dB")
 
 # %% [markdown]
 # ## 2. Why a 9-channel UNet?
@@ -76,9 +84,12 @@ print(f"mask {size}x{size} -> 1x{size // vae_scale}x{size // vae_scale}; masked 
 # Written out:
 
 # %%
-t2i = sdc.load_pipeline("text2img", device=device, verbose=False)
-if not on_mini:  # real checkpoints ship PNDM, which takes its first step twice and would
-    from diffusers import DDIMScheduler  # discard the first blend: DDIM, as the mini model has
+# the same family as the inpainting model: the mini one, or a real text-to-image checkpoint
+t2i = sdc.load_pipeline("text2img", model="mini" if on_mini else "real", device=device, verbose=False)
+if not on_mini:
+    # real checkpoints ship PNDM, which takes its first step twice and would discard the
+    # first blend: DDIM, as the mini model has
+    from diffusers import DDIMScheduler
 
     t2i.scheduler = DDIMScheduler.from_config(t2i.scheduler.config)
 
@@ -115,7 +126,16 @@ def blended_inpaint(prompt, image, mask, steps=25, guidance=7.5, seed=0):
 
 
 blended = blended_inpaint(prompt, init_image, mask_image)
-sdc.show_images([result, blended], titles=["inpainting UNet", "blended text2img"], size=2);
+sdc.show_images([result, blended], titles=["inpainting UNet", "blended text2img"], size=2)
+print(f"PSNR outside the mask: inpainting UNet {psnr_outside(result, init_image, hole):.1f} dB, "
+      f"blended {psnr_outside(blended, init_image, hole):.1f} dB")
+
+# %% [markdown]
+# They differ at the mask's edge. A round hole cannot hold a square as wide as the circle it
+# replaces: the inpainting UNet, which sees the whole picture, draws a whole square whose
+# corners reach past the mask (the lower PSNR outside is those corners, not a change of the
+# surroundings); blending cannot change anything outside the mask, so its square is squeezed
+# into the circle. Section 3 measures both on masks with room to spare around the object.
 
 # %% [markdown]
 # ## 3. Measure: the requested object inside the mask, the rest preserved
@@ -146,9 +166,15 @@ def judge(outputs) -> tuple[float, float]:
         r = read_image(out)
         inside = r.mask.sum() > 0 and (r.mask & box).sum() / r.mask.sum() >= 0.8
         hits += bool(inside and r.color == color and r.shape == shape)
-        diff = (np.asarray(out, np.float32) - np.asarray(image, np.float32))[~box]
-        psnrs.append(10 * np.log10(255 ** 2 / max(float((diff ** 2).mean()), 1e-10)))
+        psnrs.append(psnr_outside(out, image, box))
     return hits / len(outputs), float(np.mean(psnrs))
+
+
+@torch.no_grad()
+def vae_round_trip(image):
+    """PIL image -> VAE latents -> PIL image: what the VAE alone loses."""
+    x = pipe.image_processor.preprocess(image).to(device, pipe.vae.dtype)
+    return pipe.image_processor.postprocess(pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample)[0]
 
 
 if on_mini:
@@ -159,6 +185,8 @@ if on_mini:
     scores = {"inpainting UNet": judge(ours), "blended text2img": judge(naive)}
     for name, (hit, psnr) in scores.items():
         print(f"{name:>17}: object in mask {hit:.2f}   PSNR outside {psnr:.1f} dB")
+    ceiling = np.mean([psnr_outside(vae_round_trip(c[0]), c[0], c[1]) for c in cases])
+    print(f"   VAE round trip: PSNR outside {ceiling:.1f} dB (the input encoded and decoded, nothing repainted)")
     from IPython.display import display
 
     display(sdc.image_grid(ours[:8] + naive[:8], rows=2, size=64))
@@ -168,9 +196,12 @@ else:
 # %% [markdown]
 # Read the numbers: the inpainting UNet sees the whole picture and the mask at every step,
 # so it draws a new object that fits the hole and redraws the surroundings almost unchanged
-# — almost, because the whole picture is decoded from latents, so outside the mask the
-# PSNR can be no better than the VAE's own round trip (about 30 dB on the mini world); where
-# the original pixels must survive exactly, paste them back with
+# — almost: the VAE alone, encoding and decoding the input, keeps those pixels far better
+# (the last line above). The loss is the price of repainting in latent space: one latent value
+# covers 8×8 pixels, so along the mask's edge the repainted latents reach past it, and the
+# decoder blends every latent with its neighbours; blending, which copies the input's latents
+# back outside the mask, loses about as much. Where the original pixels must survive exactly,
+# paste them back with
 # `pipe.image_processor.apply_overlay(mask_image, init_image, result)`. Blending
 # only pastes the surroundings back into the latents at every step; the plain UNet never
 # learned to respect a hole, and on the mini world's simple pictures that trick already
@@ -193,7 +224,7 @@ if on_mini:
 # %% [markdown]
 # ## Exercises
 # 1. Make the mask smaller than the object. What does the inpainting UNet do with the part
-#    of the object that sticks out?
+#    of the object that sticks out? (No self-check: look at the pictures.)
 # 2. Complete `mask_to_latent_size` (how the pipeline shrinks a mask to latent size) and run
 #    the self-check.
 
