@@ -344,7 +344,8 @@ print(f"\none image here: {t_image:.2f} s; with attention slicing x{t_sliced / t
 # 2. Complete `nearest_valid`, which rounds a wanted size to the nearest multiple of 8 (ties
 #    go up) so that `check_size` accepts it.
 # 3. Try `SlicedAttnProcessor(1)` (one head at a time, what `enable_attention_slicing("max")`
-#    gives) on the attention layer of section 3: how do memory and time move?
+#    gives) on the attention layer of section 3: how do memory and time move? (No
+#    self-check: the measurement is the answer.)
 
 
 # %%
