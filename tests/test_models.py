@@ -8,10 +8,15 @@ import pytest
 from sdcourse import models
 
 
+ON_HUB = models.on_hub  # the real one, for its own test
+
+
 @pytest.fixture(autouse=True)
 def quiet_env(monkeypatch, tmp_path):
     monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
     monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path / "cache"))
+    # no test asks the Hub: where a test says it is reachable, every registry entry is on it
+    monkeypatch.setattr(models, "on_hub", lambda repo: True)
 
 
 def test_argument_beats_environment_beats_auto(monkeypatch):
@@ -36,7 +41,6 @@ def test_auto_with_gpu_depends_on_hub_and_cache(monkeypatch):
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
     assert models.choose_model("text2img", device="cuda").kind == "mini"
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
-    monkeypatch.setattr(models, "on_hub", lambda repo: True)
     assert models.choose_model("text2img", device="cuda").source == models.REAL_MODELS["text2img"][0]
     second = models.REAL_MODELS["inpaint"][1]
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
@@ -78,9 +82,9 @@ def test_on_hub_says_no_only_for_a_missing_repository(monkeypatch):
         raise ConnectionError("network hiccup")
 
     monkeypatch.setattr(huggingface_hub, "file_exists", file_exists)
-    assert models.on_hub("gone/repo") is False
-    assert models.on_hub("gated/repo") is True
-    assert models.on_hub("flaky/repo") is True
+    assert ON_HUB("gone/repo") is False
+    assert ON_HUB("gated/repo") is True
+    assert ON_HUB("flaky/repo") is True
 
 
 def test_registry_avoids_deleted_repositories():
@@ -121,6 +125,7 @@ def test_real_prefers_a_registry_checkpoint_already_downloaded(monkeypatch):
     choice = models.choose_model("text2img", model="real")
     assert choice.source == second and "local cache" in choice.reason
     monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)  # no network asked
     assert models.choose_model("text2img", model="real").source == models.REAL_MODELS["text2img"][0]
 
 
