@@ -187,9 +187,12 @@ def _new_color(rng, *avoid: str) -> str:
     return rng.choice([c for c in COLORS if c not in avoid])
 
 
-def _psnr_where(a, b, where: np.ndarray) -> float:
-    """PSNR (dB, 8-bit peak) between two pictures over the pixels where ``where`` is true."""
-    diff = (to_array(a) - to_array(b))[where]
+def psnr(a, b, where: np.ndarray | None = None) -> float:
+    """PSNR (dB, 8-bit peak) between two same-size pictures (PIL or uint8 arrays), over the
+    pixels where the (H, W) mask ``where`` is true, or all of them. Higher: more alike."""
+    diff = to_array(a) - to_array(b)
+    if where is not None:
+        diff = diff[where]
     mse = float((diff ** 2).mean()) if diff.size else 0.0
     return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
@@ -262,7 +265,7 @@ def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
         r = read_image(image)
         inside = r.mask.sum() > 0 and (r.mask & mask).sum() / r.mask.sum() >= 0.8
         hits += bool(inside and r.color == color and r.shape == shape)
-        outside.append(_psnr_where(image, x.image, ~mask))
+        outside.append(psnr(image, x.image, ~mask))
     return {"n": n, "steps": steps, "object_in_mask": round(hits / n, 4),
             "psnr_outside": round(float(np.mean(outside)), 3)}
 

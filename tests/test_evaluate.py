@@ -248,3 +248,14 @@ def test_depth2img_suite_scores_colours_background_layout_and_the_estimator(monk
     _use(monkeypatch, "depth2img", blank)
     result = evaluate.evaluate_depth2img(n=N, seed=SEED)
     assert (result["layout_iou"], result["color_acc"], result["background_acc"]) == (0.0, 0.0, 1.0)
+
+
+def test_psnr_over_all_pixels_or_a_mask():
+    a = np.full((4, 4, 3), 100, np.uint8)
+    b = a.copy()
+    b[:2] += 10  # the top half off by 10, the bottom half identical
+    top = np.zeros((4, 4), bool)
+    top[:2] = True
+    assert evaluate.psnr(Image.fromarray(a), Image.fromarray(b), top) == pytest.approx(PSNR_OFF_BY_10)
+    assert evaluate.psnr(a, b, ~top) > 100  # identical there: only the 1e-10 floor
+    assert evaluate.psnr(a, b) == pytest.approx(20 * np.log10(255 / np.sqrt(50)))  # mean error 50

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import sdcourse as sdc
-from sdcourse.evaluate import mask_iou, read_image
+from sdcourse.evaluate import mask_iou, psnr, read_image
 from sdcourse.world import caption, random_scene, render
 
 device = sdc.pick_device()
@@ -76,16 +76,10 @@ sdc.show_images([init_image] + sweep, titles=["input"] + [f"strength {s}" for s 
 
 # %% [markdown]
 # How far each one moved from the input, on any model: the PSNR between output and input
-# (higher is closer; identical pictures would give infinity).
-
+# (higher is closer; `sdcourse.evaluate.psnr` is the usual 10·log10(255² / mean squared
+# difference)).
 
 # %%
-def psnr(a, b) -> float:
-    """PSNR in dB between two PIL images of the same size (higher: more alike)."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return float(10 * np.log10(255 ** 2 / max(float((diff ** 2).mean()), 1e-10)))
-
-
 for s, out in zip(strengths, sweep):
     print(f"strength {s}: PSNR to the input {psnr(out, init_image):5.1f} dB")
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import sdcourse as sdc
-from sdcourse.evaluate import read_image
+from sdcourse.evaluate import psnr, read_image
 from sdcourse.world import SHAPES, caption, random_scene, render
 
 device = sdc.pick_device()
@@ -48,17 +48,11 @@ else:
 sdc.show_images([init_image, mask_image], titles=["picture", "mask (white = repaint)"], size=2);
 
 # %%
-def psnr_outside(output, image, hole) -> float:
-    """PSNR in dB between two same-size PIL images over the pixels where ``hole`` is False."""
-    diff = (np.asarray(output, np.float32) - np.asarray(image.convert("RGB"), np.float32))[~hole]
-    return float(10 * np.log10(255 ** 2 / max(float((diff ** 2).mean()), 1e-10)))
-
-
 result = pipe(prompt=prompt, image=init_image, mask_image=mask_image, num_inference_steps=25,
               guidance_scale=7.5, generator=sdc.make_generator(0)).images[0]
 sdc.show_images([init_image, mask_image, result], titles=["picture", "mask", "result"], size=2)
 hole = np.asarray(mask_image.convert("L")) >= 128
-print(f"prompt: {prompt}\nPSNR outside the mask: {psnr_outside(result, init_image, hole):.1f} dB")
+print(f"prompt: {prompt}\nPSNR outside the mask: {psnr(result, init_image, ~hole):.1f} dB")
 
 # %% [markdown]
 # ## 2. Why a 9-channel UNet?
@@ -127,8 +121,8 @@ def blended_inpaint(prompt, image, mask, steps=25, guidance=7.5, seed=0):
 
 blended = blended_inpaint(prompt, init_image, mask_image)
 sdc.show_images([result, blended], titles=["inpainting UNet", "blended text2img"], size=2)
-print(f"PSNR outside the mask: inpainting UNet {psnr_outside(result, init_image, hole):.1f} dB, "
-      f"blended {psnr_outside(blended, init_image, hole):.1f} dB")
+print(f"PSNR outside the mask: inpainting UNet {psnr(result, init_image, ~hole):.1f} dB, "
+      f"blended {psnr(blended, init_image, ~hole):.1f} dB")
 
 # %% [markdown]
 # They differ at the mask's edge. A round hole cannot hold a square as wide as the circle it
@@ -166,7 +160,7 @@ def judge(outputs) -> tuple[float, float]:
         r = read_image(out)
         inside = r.mask.sum() > 0 and (r.mask & box).sum() / r.mask.sum() >= 0.8
         hits += bool(inside and r.color == color and r.shape == shape)
-        psnrs.append(psnr_outside(out, image, box))
+        psnrs.append(psnr(out, image, ~box))
     return hits / len(outputs), float(np.mean(psnrs))
 
 
@@ -183,9 +177,9 @@ if on_mini:
                 num_inference_steps=25, guidance_scale=7.5, generator=sdc.make_generator(0)).images
     naive = [blended_inpaint(c[4], c[0], m, seed=i) for i, (c, m) in enumerate(zip(cases, masks))]
     scores = {"inpainting UNet": judge(ours), "blended text2img": judge(naive)}
-    for name, (hit, psnr) in scores.items():
-        print(f"{name:>17}: object in mask {hit:.2f}   PSNR outside {psnr:.1f} dB")
-    ceiling = np.mean([psnr_outside(vae_round_trip(c[0]), c[0], c[1]) for c in cases])
+    for name, (hit, db) in scores.items():
+        print(f"{name:>17}: object in mask {hit:.2f}   PSNR outside {db:.1f} dB")
+    ceiling = np.mean([psnr(vae_round_trip(c[0]), c[0], ~c[1]) for c in cases])
     print(f"   VAE round trip: PSNR outside {ceiling:.1f} dB (the input encoded and decoded, nothing repainted)")
     from IPython.display import display
 
