@@ -34,18 +34,22 @@ size = 64 if on_mini else 512
 
 # %%
 # NBVAL_CHECK_OUTPUT
-def estimate_depth(image) -> torch.Tensor:
-    """PIL image -> the depth estimator's (1, h, w) prediction (larger = nearer)."""
-    pixels = pipe.feature_extractor(images=image, return_tensors="pt").pixel_values.to(device)
+def image_to_pixel_values(image) -> torch.Tensor:
+    """PIL image -> the (1, 3, H, W) tensor the depth estimator reads (its image processor)."""
+    return pipe.feature_extractor(images=image, return_tensors="pt").pixel_values
+
+
+def pixel_values_to_depth(pixels: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) pixel values -> the estimator's (1, h, w) depth (larger = nearer)."""
     half = pipe.depth_estimator.dtype == torch.float16  # DPT's batch norms need autocast in fp16, as the pipeline does
     with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=half):
-        return pipe.depth_estimator(pixels.to(pipe.depth_estimator.dtype)).predicted_depth
+        return pipe.depth_estimator(pixels.to(device, pipe.depth_estimator.dtype)).predicted_depth
 
 
 truth = sample(8, color="red", shape="circle", background="blue")
 picture = truth.image.resize((size, size))
-depth = estimate_depth(picture)
-pixels = pipe.feature_extractor(images=picture, return_tensors="pt").pixel_values
+pixels = image_to_pixel_values(picture)
+depth = pixel_values_to_depth(pixels)
 print("picture:", picture.size, "-> pixel_values:", tuple(pixels.shape), "-> predicted_depth:", tuple(depth.shape))
 sdc.show_images([picture, depth[0].float().cpu(), truth.depth],
                 titles=["picture", "estimated depth", "true depth"], size=2);
@@ -77,7 +81,7 @@ prompt = "a green circle on a white background" if on_mini else "a green ball on
 result = pipe(prompt=prompt, image=picture, num_inference_steps=25, guidance_scale=7.5,
               generator=sdc.make_generator(0)).images[0]
 sdc.show_images([picture, result], titles=["input", "result"], size=2)
-kept = np.corrcoef(estimate_depth(result).float().cpu().numpy().ravel(),
+kept = np.corrcoef(pixel_values_to_depth(image_to_pixel_values(result)).float().cpu().numpy().ravel(),
                    depth.float().cpu().numpy().ravel())[0, 1]
 print(f"prompt: {prompt}\ndepth correlation, input vs output: {kept:.2f}")
 
