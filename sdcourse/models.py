@@ -21,13 +21,13 @@ diffusers folder (a ``model_index.json`` plus links to the components), which th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 TASKS = ("text2img", "img2img", "inpaint", "depth2img")
@@ -76,7 +76,7 @@ class ModelChoiceError(ValueError):
     """A model was asked for that cannot be used here (the message says what to do)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Choice:
     """Which model a task will load, and why (printed in one line when loading)."""
 
@@ -175,6 +175,12 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
     return Choice(task, "real", repo, "GPU present and the Hub is reachable")
 
 
+def _same_checkpoints(task_a: str, task_b: str) -> bool:
+    """Whether two tasks load the same checkpoints (text2img and img2img do)."""
+    return (REAL_MODELS[task_a] == REAL_MODELS[task_b]
+            and _MINI_COMPONENTS[task_a] == _MINI_COMPONENTS[task_b])
+
+
 def _is_hub_id(text: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -228,11 +234,14 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
     return target
 
 
-def load_pipeline(task: str = "text2img", model: str | None = None, device: str | None = None,
-                  dtype=None, verbose: bool = True):
+def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
+                  device: str | None = None, dtype=None, verbose: bool = True):
     """Load the diffusers pipeline for ``task`` on the chosen model, ready on ``device``.
 
-    Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
+    ``model`` is what :func:`choose_model` takes (``"mini"``, ``"real"``, a Hub id or a folder;
+    None: decide automatically), or a :class:`Choice` it returned: then the pipeline is the
+    model the notebook already decided on, without asking the Hub a second time (whose answer
+    could differ, e.g. on a flaky Colab network). Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
     safetensors only. The mini model loads in float32 on CPU (half precision is slow there).
     """
     check_task(task)  # bad input fails here, before diffusers' slow import (seconds)
@@ -242,7 +251,13 @@ def load_pipeline(task: str = "text2img", model: str | None = None, device: str 
         from .device import pick_device, pick_dtype
 
         device = device or pick_device()
-        choice = choose_model(task, model, device)
+        if isinstance(model, Choice):
+            if not _same_checkpoints(model.task, task):
+                raise ModelChoiceError(f"this model choice is for {model.task}, not {task}: "
+                                       f"call choose_model({task!r}) and pass what it returns")
+            choice = dataclasses.replace(model, task=task)
+        else:
+            choice = choose_model(task, model, device)
         mini_path = mini_model_path(task) if choice.kind == "mini" else None  # says what is missing
 
         import diffusers

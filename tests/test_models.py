@@ -240,6 +240,26 @@ def test_an_indexed_cuda_device_counts_as_a_gpu(monkeypatch, fake_pipeline):
     assert fake_pipeline.loaded[-1][1]["dtype"] == torch.float32
 
 
+def test_a_choice_made_before_is_loaded_without_deciding_again(monkeypatch, fake_pipeline):
+    """Notebooks choose first (to know mini or real), then load that choice: the Hub is not
+    asked a second time, so the pipeline is always the model the notebook announced."""
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    real = models.choose_model("inpaint", device="cuda")
+    mini = models.choose_model("inpaint", model="mini")
+    monkeypatch.setattr(models, "choose_model", lambda *a, **k: pytest.fail("chose again"))
+    models.load_pipeline("inpaint", model=real, device="cpu", verbose=False)
+    assert fake_pipeline.loaded[-1][0] == real.source == models.REAL_MODELS["inpaint"][0]
+    models.load_pipeline("inpaint", model=mini, device="cpu", verbose=False)
+    assert fake_pipeline.loaded[-1][0] == models.mini_model_path("inpaint")
+    text2img = models.Choice("text2img", "mini", str(models.MINI_DIR), "asked for by argument")
+    with pytest.raises(models.ModelChoiceError, match=r"^this model choice is for text2img, not "
+                                                      r"inpaint: call choose_model\('inpaint'\)"):
+        models.load_pipeline("inpaint", model=text2img, device="cpu", verbose=False)
+    pipe = models.load_pipeline("img2img", model=text2img, device="cpu", verbose=False)
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"  # the same checkpoints
+
+
 def test_two_installs_do_not_share_a_mini_model_folder(monkeypatch, tmp_path):
     """Another install's package (another venv) with the same files gets a folder of its own,
     linking into its own package, not the first install's."""

@@ -53,8 +53,9 @@ on_mini = choice.kind == "mini"
 
 # %% [markdown]
 # ## 3. Load the pipeline
-# `load_pipeline` is a thin wrapper around `StableDiffusionPipeline.from_pretrained(...)`. On
-# a real checkpoint it is the same call you would write yourself:
+# `load_pipeline` is a thin wrapper around `StableDiffusionPipeline.from_pretrained(...)`:
+# given the choice from section 2 it loads exactly that model (without `model=`, it decides
+# the same way itself). On a real checkpoint it is the same call you would write yourself:
 #
 # ```python
 # pipe = StableDiffusionPipeline.from_pretrained(
@@ -65,7 +66,7 @@ on_mini = choice.kind == "mini"
 
 # %%
 start = time.perf_counter()
-pipe = sdc.load_pipeline("text2img", device=device)
+pipe = sdc.load_pipeline("text2img", model=choice, device=device)  # the model chosen above
 load_seconds = time.perf_counter() - start
 parts = [name for name, part in pipe.components.items() if part is not None]
 print(type(pipe).__name__, "with", ", ".join(parts))

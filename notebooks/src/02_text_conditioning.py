@@ -23,8 +23,9 @@ import torch.nn.functional as F
 import sdcourse as sdc
 
 device = sdc.pick_device()
-pipe = sdc.load_pipeline("text2img", device=device)
-on_mini = sdc.choose_model("text2img", device=device).kind == "mini"
+choice = sdc.choose_model("text2img", device=device)  # mini or real: see notebook 00
+on_mini = choice.kind == "mini"
+pipe = sdc.load_pipeline("text2img", model=choice, device=device)
 tokenizer, text_encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
 
 # %% [markdown]

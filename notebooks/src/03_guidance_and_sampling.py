@@ -27,8 +27,9 @@ from sdcourse.evaluate import score
 from sdcourse.world import random_scene
 
 device = sdc.pick_device()
-pipe = sdc.load_pipeline("text2img", device=device)
-on_mini = sdc.choose_model("text2img", device=device).kind == "mini"
+choice = sdc.choose_model("text2img", device=device)  # mini or real: see notebook 00
+on_mini = choice.kind == "mini"
+pipe = sdc.load_pipeline("text2img", model=choice, device=device)
 if not on_mini:  # real checkpoints ship PNDM, which takes its first step twice: use DDIM, as the mini model
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 tokenizer, text_encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet

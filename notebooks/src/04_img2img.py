@@ -23,8 +23,9 @@ from sdcourse.evaluate import mask_iou, psnr, read_image
 from sdcourse.world import caption, random_scene, render
 
 device = sdc.pick_device()
-pipe = sdc.load_pipeline("img2img", device=device)
-on_mini = sdc.choose_model("img2img", device=device).kind == "mini"
+choice = sdc.choose_model("img2img", device=device)  # mini or real: see notebook 00
+on_mini = choice.kind == "mini"
+pipe = sdc.load_pipeline("img2img", model=choice, device=device)
 if not on_mini:  # real checkpoints ship PNDM, which takes its first step twice: use DDIM, as the mini model
     from diffusers import DDIMScheduler
 

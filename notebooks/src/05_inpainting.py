@@ -24,8 +24,9 @@ from sdcourse.evaluate import psnr, read_image
 from sdcourse.world import SHAPES, caption, random_scene, render
 
 device = sdc.pick_device()
-pipe = sdc.load_pipeline("inpaint", device=device)
-on_mini = sdc.choose_model("inpaint", device=device).kind == "mini"
+choice = sdc.choose_model("inpaint", device=device)  # mini or real: see notebook 00
+on_mini = choice.kind == "mini"
+pipe = sdc.load_pipeline("inpaint", model=choice, device=device)
 size = 64 if on_mini else 512
 
 # %% [markdown]

@@ -23,8 +23,9 @@ from sdcourse.evaluate import mask_iou, read_image
 from sdcourse.world import caption, random_scene, render, sample
 
 device = sdc.pick_device()
-pipe = sdc.load_pipeline("depth2img", device=device)
-on_mini = sdc.choose_model("depth2img", device=device).kind == "mini"
+choice = sdc.choose_model("depth2img", device=device)  # mini or real: see notebook 00
+on_mini = choice.kind == "mini"
+pipe = sdc.load_pipeline("depth2img", model=choice, device=device)
 size = 64 if on_mini else 512
 
 # %% [markdown]
@@ -119,7 +120,7 @@ if on_mini:
         color = rng.choice([c for c in sdc.world.COLORS if c not in (scene.color, scene.background)])
         bg = rng.choice([c for c in sdc.world.COLORS if c not in (color, scene.background)])
         cases.append((render(scene), color, caption(color, scene.shape, bg), bg))
-    img2img = sdc.load_pipeline("img2img", device=device, verbose=False)
+    img2img = sdc.load_pipeline("img2img", model="mini", device=device, verbose=False)
 
     def measure(p) -> tuple[float, float]:
         outs = p([c[2] for c in cases], image=[c[0].image for c in cases], strength=0.8,

@@ -31,8 +31,9 @@ device = sdc.pick_device()
 # training a real checkpoint needs a CUDA GPU (on a CPU or an Apple GPU it would take hours):
 # anywhere else this lesson trains the mini model
 model = None if device.startswith("cuda") else "mini"
-base = sdc.load_pipeline("text2img", model=model, device=device)
-on_mini = sdc.choose_model("text2img", model=model, device=device).kind == "mini"
+choice = sdc.choose_model("text2img", model=model, device=device)
+on_mini = choice.kind == "mini"
+base = sdc.load_pipeline("text2img", model=choice, device=device)
 thumb = 64 if on_mini else 128  # pixels per picture in the grids below
 
 # %% [markdown]

@@ -36,10 +36,10 @@ from sdcourse.bench import (SD21_PARAMS, SD21_UNET_CONFIG, build_unet, count_par
 from sdcourse.sizes import check_size
 
 device = sdc.pick_device()
-pipe = sdc.load_pipeline("text2img", device=device)
-pipe.set_progress_bar_config(disable=True)
 choice = sdc.choose_model("text2img", device=device)
 on_mini = choice.kind == "mini"
+pipe = sdc.load_pipeline("text2img", model=choice, device=device)
+pipe.set_progress_bar_config(disable=True)
 source = sdc.mini_model_path("text2img") if on_mini else choice.source
 prompt = "a red circle on a blue background"
 latent = pipe.unet.config.sample_size
