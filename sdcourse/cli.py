@@ -115,6 +115,24 @@ def _check_readable(path: Path) -> None:
                          "download it again") from None
 
 
+def check_out(out: Path, option: str = "--out") -> None:
+    """Check, before any work, that the output folder can be made and written to: a run must
+    not compute for minutes and then fail to save what it computed. Leaves nothing behind
+    (a test file is created in the folder, or in its nearest existing parent, and removed)."""
+    import tempfile
+
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == out.absolute() else f" ({existing} is)"
+        raise UsageError(f"{option} {out}: a file, not a folder{where}: choose another folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option} {out}: cannot write in {existing} "
+                         f"({error.strerror or error}): choose another folder") from None
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write text to path through a temporary file, so a reader never sees half a file.
 
@@ -184,7 +202,11 @@ def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None
         failure = _failure_line(path, current["cell"], error)
     finally:
         bar.close()
-    _write_outputs(nb, path, out)
+    try:
+        _write_outputs(nb, path, out)
+    except OSError as error:  # checked writable before, but a disk can fill up meanwhile
+        raise CliError(f"{out}: cannot write the executed {path.name} "
+                       f"({error.strerror or error})") from None
     return failure
 
 
@@ -204,6 +226,7 @@ def cmd_run(args) -> int:
         if model not in ("mini", "real") and os.path.isdir(model):
             # a folder is given relative to here, but the kernel runs in the notebook's folder
             model = os.path.abspath(model)
+    check_out(args.out)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -301,6 +324,18 @@ def cmd_models_path(args) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 
+def seed_value(text: str) -> int:
+    """An argparse type: a seed that every generator takes (the code derives others from it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: use a whole number from 0 "
+                                         f"to {2**32 - 1}")
+    return value
+
+
 TRAINERS = ("vae", "text2img", "inpaint", "depth", "depth-estimator", "dreambooth")
 EVALUATIONS = ("vae", "text2img", "img2img", "inpaint", "depth2img", "dreambooth")
 
@@ -319,7 +354,7 @@ def _add_train(sub) -> None:
                    "default the shipped mini model; text2img: fine-tune it, text encoder frozen)")
     p.add_argument("--caption-noise", type=float, default=None, metavar="P",
                    help="text2img: share of captions trained with a wrong colour word (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
     p.add_argument("--publish", action="store_true",
                    help="when done, copy the weights into the package (sdcourse/mini)")
     db = p.add_argument_group("dreambooth", "teach a model a new subject (only with `train dreambooth`)")
@@ -329,12 +364,12 @@ def _add_train(sub) -> None:
                     "or once per picture in file-name order")
     db.add_argument("--class-prompt", action="append", metavar="PROMPT",
                     help="the subject's class without the token, e.g. 'a dog' (repeatable)")
-    db.add_argument("--token", default="sks", help="the rare token (default sks)")
+    db.add_argument("--token", default=None, help="the rare token (default sks)")
     db.add_argument("--base", metavar="MODEL", help="diffusers folder or Hub id (default: the mini model)")
     db.add_argument("--full", action="store_true", help="fine-tune the whole UNet instead of a LoRA")
     db.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too")
     db.add_argument("--no-prior", action="store_true", help="without prior preservation")
-    db.add_argument("--prior-loss-weight", type=float, default=1.0, metavar="W",
+    db.add_argument("--prior-loss-weight", type=float, default=None, metavar="W",
                     help="weight of the class pictures' loss (default 1.0, DreamBooth's, "
                     "as `sdcourse evaluate dreambooth` trains the mini model)")
     db.add_argument("--class-dir", type=Path, metavar="DIR",
@@ -351,9 +386,10 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-_DREAMBOOTH_ONLY = ("instance_dir", "instance_prompt", "class_prompt", "base", "full",
-                    "train_text_encoder", "no_prior", "lr", "class_dir", "token_init",
-                    "gradient_checkpointing")
+#: Options of `train dreambooth` alone (each defaults to None or False: given means set).
+_DREAMBOOTH_ONLY = ("instance_dir", "instance_prompt", "class_prompt", "token", "base", "full",
+                    "train_text_encoder", "no_prior", "prior_loss_weight", "lr", "class_dir",
+                    "token_init", "gradient_checkpointing")
 
 
 def _train_dreambooth(args, out: Path) -> int:
@@ -365,14 +401,15 @@ def _train_dreambooth(args, out: Path) -> int:
     if args.instance_dir is None or not args.instance_prompt:
         raise UsageError("train dreambooth needs --instance-dir DIR and --instance-prompt PROMPT")
     prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
-    try:
+    given = {name: value for name, value in [("token", args.token), ("steps", args.steps),
+             ("prior_loss_weight", args.prior_loss_weight)] if value is not None}
+    try:  # options not given keep train_dreambooth's defaults
         result = dreambooth.train_dreambooth(
-            args.instance_dir, prompt, args.class_prompt, out, token=args.token, base=args.base,
+            args.instance_dir, prompt, args.class_prompt, out, base=args.base,
             lora=not args.full, train_text_encoder=args.train_text_encoder,
-            prior_preservation=not args.no_prior, prior_loss_weight=args.prior_loss_weight,
-            lr=args.lr, class_dir=args.class_dir, seed=args.seed, token_init=args.token_init,
-            gradient_checkpointing=args.gradient_checkpointing,
-            **({"steps": args.steps} if args.steps else {}))
+            prior_preservation=not args.no_prior, lr=args.lr, class_dir=args.class_dir,
+            seed=args.seed, token_init=args.token_init,
+            gradient_checkpointing=args.gradient_checkpointing, **given)
     except dreambooth.DreamBoothError as error:
         raise UsageError(str(error)) from None
     print(f"dreambooth: done; load it with sdcourse.train.dreambooth.load_dreambooth({str(out)!r}) "
@@ -381,9 +418,7 @@ def _train_dreambooth(args, out: Path) -> int:
 
 
 def cmd_train(args) -> int:
-    """Train (or resume) one part of the mini model, optionally shipping the result."""
-    from .models import MINI_DIR
-
+    """Train (or resume) one part of the mini model, or a DreamBooth run; options checked first."""
     for name in ("steps", "stop_at"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -396,15 +431,35 @@ def cmd_train(args) -> int:
         raise UsageError("--caption-noise: only for `sdcourse train text2img`")
     if args.caption_noise is not None and not 0 <= args.caption_noise < 1:
         raise UsageError(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
-    if args.init and not (args.init / "unet").is_dir():
-        raise UsageError(f"--init {args.init}: no unet folder there (give a folder holding the "
-                         "text2img unet and text_encoder, e.g. runs/text2img/at_text_encoder_freeze)")
+    missing = [f"{part}/config.json" for part in ("unet", "text_encoder")
+               if args.init and not (args.init / part / "config.json").is_file()]
+    if missing:
+        raise UsageError(f"--init {args.init}: no {' or '.join(missing)} there (give a folder "
+                         "holding the text2img unet and text_encoder, e.g. "
+                         "runs/text2img/at_text_encoder_freeze)")
     out = Path(args.out or f"runs/{args.model}")
-    if args.model == "dreambooth":
-        return _train_dreambooth(args, out)
-    given = [f"--{name.replace('_', '-')}" for name in _DREAMBOOTH_ONLY if getattr(args, name)]
-    if given:
-        raise UsageError(f"{', '.join(given)}: only for `sdcourse train dreambooth`")
+    if args.model != "dreambooth":
+        given = [f"--{name.replace('_', '-')}" for name in _DREAMBOOTH_ONLY
+                 if getattr(args, name) not in (None, False)]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for `sdcourse train dreambooth`")
+        if args.stop_at and args.steps and args.stop_at > args.steps:
+            raise UsageError(f"--stop-at {args.stop_at}: beyond --steps {args.steps}")
+    check_out(out)
+    from .train.common import CheckpointError
+
+    try:
+        if args.model == "dreambooth":
+            return _train_dreambooth(args, out)
+        return _train_mini(args, out)
+    except CheckpointError as error:  # a damaged checkpoint in --out: one line, what to do
+        raise CliError(str(error)) from None
+
+
+def _train_mini(args, out: Path) -> int:
+    """`sdcourse train vae|text2img|inpaint|depth|depth-estimator`, options checked."""
+    from .models import MINI_DIR
+
     kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
     stop = {"stop_at": args.stop_at} if args.stop_at else {}
     if args.model == "vae":
@@ -450,8 +505,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("model", choices=EVALUATIONS)
     p.add_argument("--n", type=int, default=None, help="how many cases (default 256 vae, 200 text2img, 100 img2img, inpaint "
                    "and depth2img, 50 dreambooth)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the fresh cases (default 1234)")
-    p.add_argument("--train-seed", type=int, default=None, metavar="N",
+    p.add_argument("--seed", type=seed_value, default=1234, help="seed of the fresh cases (default 1234)")
+    p.add_argument("--train-seed", type=seed_value, default=None, metavar="N",
                    help="dreambooth only: the seed its training runs use (default 0)")
     p.add_argument("--json", action="store_true", help="print one flat JSON object")
     p.set_defaults(func=cmd_evaluate)

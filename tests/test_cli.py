@@ -154,8 +154,20 @@ def test_out_that_cannot_be_created_fails_before_any_kernel(tmp_path, capsys, no
     out = tmp_path / under / "out"
     assert cli.main(["run", str(good), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"sdcourse: error: --out {out}: cannot create it (Not a directory)\n"
+    assert err == (f"sdcourse: error: --out {out}: a file, not a folder ({tmp_path / 'file'} is): "
+                   "choose another folder\n")
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_out_where_nothing_can_be_written_fails_before_any_kernel(tmp_path, capsys, no_kernel):
+    """An --out whose folder takes no files (here /proc, even for root) is one line before
+    the first kernel starts, not a traceback after the notebook ran."""
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    assert cli.main(["run", str(good), "--out", "/proc/sdcourse-out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdcourse: error: --out /proc/sdcourse-out: cannot write in /proc (")
+    assert err.endswith("): choose another folder\n")
 
 
 def test_cell_past_the_timeout_fails_naming_notebook_and_cell(tmp_path, capfd, monkeypatch):
@@ -315,16 +327,59 @@ def test_models_path_unknown_task(capsys):
     assert "unknown task 'video'" in capsys.readouterr().err
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if any trainer starts."""
+    from sdcourse.train import depth_estimator, dreambooth, text2img, vae
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    for module, name in [(vae, "train"), (text2img, "train"), (depth_estimator, "train"),
+                         (dreambooth, "train_dreambooth")]:
+        monkeypatch.setattr(module, name, refuse)
+
+
+@pytest.mark.parametrize("model", ["vae", "dreambooth"])
+def test_train_out_that_is_a_file_fails_before_work(model, capsys, tmp_path, no_training):
+    """A file as --out (or inside one) is one line before any training, and stays as it was."""
+    (tmp_path / "file").write_text("keep me")
+    extra = (["--instance-dir", str(tmp_path), "--instance-prompt", "a sks circle"]
+             if model == "dreambooth" else [])
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert cli.main(["train", model, "--out", str(out)] + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sdcourse: error: --out {out}: a file, not a folder"), err
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv", [["train", "vae"], ["evaluate", "vae"],
+                                  ["evaluate", "dreambooth", "--train-seed"]])
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1.5", "x"])
+def test_a_seed_outside_what_generators_take_is_a_usage_error(argv, seed, capsys, no_training):
+    """torch.manual_seed and numpy take 0 <= seed < 2**32: anything else stops at the command
+    line, not with an overflow traceback after the model has loaded."""
+    if argv[-1] != "--train-seed":
+        argv = argv + ["--seed"]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv + [seed])
+    assert stop.value.code == 2
+    assert f"{seed!r} is not a seed: use a whole number from 0 to 4294967295" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "vae", "--stop-at", "0"], "--stop-at must be at least 1, got 0"),
     (["train", "depth-estimator", "--stop-at", "10"], "--stop-at: not for `sdcourse train depth-estimator`"),
     (["train", "vae", "--init", "runs"], "--init: only for `sdcourse train text2img|inpaint|depth`"),
-    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no unet folder there"),
+    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json or text_encoder/config.json there"),
     (["train", "inpaint", "--caption-noise", "0.3"], "--caption-noise: only for `sdcourse train text2img`"),
     (["train", "text2img", "--caption-noise", "1.5"], "--caption-noise must be in [0, 1), got 1.5"),
-    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet folder there"),
+    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json or text_encoder/config.json there"),
+    (["train", "vae", "--token", "foo"], "--token: only for `sdcourse train dreambooth`"),
+    (["train", "vae", "--prior-loss-weight", "2"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
+    (["train", "vae", "--steps", "100", "--stop-at", "500"], "--stop-at 500: beyond --steps 100"),
 ])
-def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path):
+def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path, no_training):
     assert cli.main(argv + ["--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

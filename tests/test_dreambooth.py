@@ -603,6 +603,21 @@ def test_runs_recorded_before_a_setting_existed_still_resume(tmp_path, base):
         db.train_dreambooth(images, out=out, gradient_checkpointing=True, **args)
 
 
+@pytest.mark.parametrize("record", ["{cut short", "[]", '{"done_step": 3}'])
+def test_a_damaged_run_record_is_one_line(tmp_path, monkeypatch, base, record):
+    """A dreambooth.json that does not parse or lacks the settings: training and loading
+    both say which file and what to do, before any model loads."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "dreambooth.json").write_text(record)
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            "dreambooth.json is damaged", base=base, prior_preservation=False)
+    assert message.endswith(f"delete {out} to start over, or give another out folder")
+    with pytest.raises(db.DreamBoothError, match="dreambooth.json is damaged"):
+        db.load_dreambooth(out)
+    assert (out / "dreambooth.json").read_text() == record
+
+
 def test_loading_a_folder_without_a_run_is_one_line(tmp_path):
     """``load_dreambooth`` on a folder that never trained (or on its ``pipeline`` path) says
     so in one line instead of failing inside diffusers."""

@@ -204,6 +204,45 @@ def test_vae_resumes_from_checkpoint_old_left_by_a_kill_between_the_renames(tmp_
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.parametrize("damage, reason", [
+    ({"state.json": "{not json"}, "state.json: JSONDecodeError"),
+    ({"state.json": '{"epoch": 3}'}, "state.json: KeyError"),
+    ({"state.json": '{"step": "ten"}'}, "state.json: 'ten' is not a step number"),
+    ({"vae/config.json": None}, "OSError"),  # the model's config deleted
+    ({"vae/diffusion_pytorch_model.safetensors": "garbage"}, "Error"),
+    ({"optimizer.pt": "garbage"}, "UnpicklingError"),
+])
+def test_a_damaged_checkpoint_is_one_line_before_training(tmp_path, damage, reason, vae_steps):
+    """Resuming from a checkpoint that a full disk or a hand edit damaged stops with one
+    line naming the checkpoint and what to do, before any step, and keeps it as it was."""
+    out = tmp_path / "vae"
+    vae.train(out, steps=1, batch_size=2, save_every=1, eval_every=100)
+    for name, text in damage.items():
+        path = out / "checkpoint" / name
+        path.unlink() if text is None else path.write_text(text)
+    vae_steps.clear()
+    with pytest.raises(common.CheckpointError) as info:
+        vae.train(out, steps=3, batch_size=2, save_every=1, eval_every=100)
+    message = str(info.value)
+    assert message.startswith(f"the checkpoint {out / 'checkpoint'} cannot be resumed from (")
+    assert reason in message and message.endswith("): delete it to train from the start, "
+                                                  "or give another --out")
+    assert "\n" not in message and vae_steps == []
+    for name, text in damage.items():
+        assert (text is None) != (out / "checkpoint" / name).exists()
+
+
+def test_the_command_line_reports_a_damaged_checkpoint_in_one_line(tmp_path, capsys):
+    from sdcourse import cli
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text("{")
+    assert cli.main(["train", "vae", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"sdcourse: error: the checkpoint {tmp_path / 'checkpoint'} cannot be "
+                          "resumed from (state.json: JSONDecodeError") and err.count("\n") == 1
+
+
 def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path, monkeypatch):
     """Replacing a published folder never passes through a moment with nothing there: a crash
     while swapping leaves the previous model; a finished swap leaves no old copy behind."""

@@ -7,6 +7,7 @@ previous checkpoint or the new one, never half of one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,13 +49,47 @@ def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict |
     return final
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (the message says which and what to do)."""
+
+
+def _damaged(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"the checkpoint {path} cannot be resumed from ({reason}): delete it "
+                           "to train from the start, or give another --out")
+
+
 def find_checkpoint(out: Path) -> Path | None:
-    """The last complete checkpoint under ``out`` (a rename interrupted mid-way leaves ``.old``)."""
+    """The last complete checkpoint under ``out`` (a rename interrupted mid-way leaves ``.old``).
+
+    Its ``state.json`` must give the step; a damaged one (a disk that filled up, a hand edit)
+    raises :class:`CheckpointError` before any model is built."""
     for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
         path = Path(out) / name
         if (path / "state.json").exists():
+            try:
+                step = json.loads((path / "state.json").read_text())["step"]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise _damaged(path, f"state.json: {type(error).__name__}: {error}") from None
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                raise _damaged(path, f"state.json: {step!r} is not a step number")
             return path
     return None
+
+
+@contextlib.contextmanager
+def resuming(checkpoint: Path | None):
+    """Around the code that loads a run's models and optimizer from ``checkpoint``: any
+    failure (a missing or unreadable file, weights of another model) becomes one
+    :class:`CheckpointError` naming the checkpoint and what to do, not a library traceback."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the libraries raise on a bad file
+        if checkpoint is None:
+            raise
+        lines = str(error).strip().splitlines()
+        raise _damaged(checkpoint, f"{type(error).__name__}: {lines[0][:120] if lines else ''}") from error
 
 
 def checkpoint_step(checkpoint: Path) -> int:

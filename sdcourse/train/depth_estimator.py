@@ -60,10 +60,11 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     processor = image_processor()
     ckpt = common.find_checkpoint(out)
-    model = (DPTForDepthEstimation.from_pretrained(ckpt / "depth_estimator") if ckpt
-             else DPTForDepthEstimation(DPTConfig(**DPT_CONFIG)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    start = common.load_optimizer(optimizer, ckpt) if ckpt else 0
+    with common.resuming(ckpt):
+        model = (DPTForDepthEstimation.from_pretrained(ckpt / "depth_estimator") if ckpt
+                 else DPTForDepthEstimation(DPTConfig(**DPT_CONFIG)))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        start = common.load_optimizer(optimizer, ckpt) if ckpt else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     bar = common.progress(range(start, steps), initial=start, total=steps, desc="depth estimator",

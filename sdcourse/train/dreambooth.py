@@ -259,6 +259,20 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def read_record(out: Path) -> dict | None:
+    """The run's record ``<out>/dreambooth.json`` (its settings and progress); None when no
+    run was started there. A damaged one is a :class:`DreamBoothError` saying what to do."""
+    path = Path(out) / "dreambooth.json"
+    try:
+        record = _read_json(path)
+        if record is not None and not (isinstance(record, dict) and isinstance(record.get("settings"), dict)):
+            raise ValueError("no settings in it")
+    except (OSError, ValueError) as error:
+        raise DreamBoothError(f"{path} is damaged ({str(error).splitlines()[0][:100]}): delete "
+                              f"{out} to start over, or give another out folder") from None
+    return record
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -575,7 +589,7 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     out = Path(out)
     if out.name == "pipeline" and (out.parent / "dreambooth.json").exists():
         out = out.parent  # the path train_dreambooth returned for a full fine-tune
-    record = _read_json(out / "dreambooth.json")
+    record = read_record(out)
     if record is None or not record.get("done_step"):
         raise DreamBoothError(f"{out} holds no finished DreamBooth run: train it first")
     settings = record["settings"]
@@ -697,7 +711,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                         lr if lr is not None else (3e-3 if lora else 3e-4), seed, _digest(images),
                         text_encoder_lr if train_text_encoder else None, init_words,
                         gradient_checkpointing)
-    record = _read_json(out / "dreambooth.json")
+    record = read_record(out)
     if record is not None and Settings.stored(record) != settings.to_json():
         raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: give another "
                               "out folder, or delete this one to start over")
@@ -781,10 +795,11 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     ckpt = common.find_checkpoint(out)
     start = 0
     if ckpt is not None:
-        TrainedWeights.load_into(unet, ckpt / "unet")
-        if s.train_text_encoder:
-            TrainedWeights.load_into(text_encoder, ckpt / "text_encoder")
-        start = common.load_optimizer(optimizer, ckpt)
+        with common.resuming(ckpt):
+            TrainedWeights.load_into(unet, ckpt / "unet")
+            if s.train_text_encoder:
+                TrainedWeights.load_into(text_encoder, ckpt / "text_encoder")
+            start = common.load_optimizer(optimizer, ckpt)
         accelerator.print(f"dreambooth: resuming from step {start} ({ckpt})")
 
     # the VAE is frozen: encode every picture once; the prompts too when the encoder is frozen

@@ -183,9 +183,10 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     ckpt = common.find_checkpoint(out)
     extra = EXTRA_CHANNELS[task]
     if ckpt is not None:
-        unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
-        ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
-        text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
+        with common.resuming(ckpt):
+            unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
+            ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
+            text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
     elif extra and init is None:
         raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
     elif init is not None:  # inpaint/depth: widened; text2img: fine-tuned as it is
@@ -213,7 +214,8 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
 
     params, optimizer = make_optimizer()
     if ckpt is not None:
-        common.load_optimizer(optimizer, ckpt)
+        with common.resuming(ckpt):
+            common.load_optimizer(optimizer, ckpt)
     noise_scheduler = DDPMScheduler(**SCHEDULE)
 
     data = cached_dataset(out / "dataset.pt", vae, n_images, seed=1000 + seed, task=task)

@@ -75,7 +75,8 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     ckpt = common.find_checkpoint(out)
-    vae = AutoencoderKL.from_pretrained(ckpt / "vae") if ckpt else AutoencoderKL(**VAE_CONFIG)
+    with common.resuming(ckpt):
+        vae = AutoencoderKL.from_pretrained(ckpt / "vae") if ckpt else AutoencoderKL(**VAE_CONFIG)
     start = common.checkpoint_step(ckpt) if ckpt else 0
     # a checkpoint taken at exactly freeze_encoder_at still trains every parameter: the loop
     # freezes (and saves frozen_encoder_vae) at that step, after its optimizer state is loaded
@@ -84,7 +85,8 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
         freeze_encoder(vae)
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr)
     if ckpt is not None:
-        common.load_optimizer(optimizer, ckpt)
+        with common.resuming(ckpt):
+            common.load_optimizer(optimizer, ckpt)
 
     def lr_at(step):  # warm up for 100 steps, then cosine decay to 10%
         warm = min(1.0, (step + 1) / 100)
