@@ -42,23 +42,33 @@ def pick_device() -> str:
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if not forced:
         return next(kind for kind in PREFERENCE if _available(kind))
-    kind, _, index = forced.partition(":")
+    return check_device(forced, f"{ENV_VAR}={forced!r}",
+                        unknown=f"(or unset {ENV_VAR} to choose automatically)",
+                        absent=f"unset {ENV_VAR} or set it to cpu")
+
+
+def check_device(device: str | torch.device, what: str | None = None, unknown: str = "",
+                 absent: str = "use device=sdc.pick_device() or 'cpu'") -> str:
+    """``device`` as a string ("cpu", "cuda:1", ...) once it is known to exist on this machine.
+
+    Why: torch accepts "cuda" on a machine without a GPU until the first tensor moves there,
+    so a pipeline would load completely (or a real checkpoint download) before failing; and
+    an unknown name fails inside torch with a list of device types the course never uses.
+    Raises ValueError (not a device) or RuntimeError (not on this machine), each one line.
+    """
+    text = str(device).strip().lower()
+    what = what or f"device {text!r}"
+    kind, _, index = text.partition(":")
     if kind not in PREFERENCE or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(
-            f"{ENV_VAR}={forced!r} is not a device: use one of cpu, cuda, cuda:N, mps "
-            f"(or unset {ENV_VAR} to choose automatically)"
-        )
+        raise ValueError(f"{what} is not a device: use one of cpu, cuda, cuda:N, mps {unknown}".rstrip())
     if not _available(kind):
-        raise RuntimeError(
-            f"{ENV_VAR}={forced!r} but PyTorch sees no {kind} device on this machine: "
-            f"unset {ENV_VAR} or set it to cpu"
-        )
+        raise RuntimeError(f"{what} but PyTorch sees no {kind} device on this machine: {absent}")
     if index and int(index) >= torch.cuda.device_count():
         raise RuntimeError(
-            f"{ENV_VAR}={forced!r} but this machine has {torch.cuda.device_count()} CUDA "
+            f"{what} but this machine has {torch.cuda.device_count()} CUDA "
             f"device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
         )
-    return forced
+    return text
 
 
 def pick_dtype(device: str | torch.device) -> torch.dtype:

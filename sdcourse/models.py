@@ -248,9 +248,9 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
     with _gc_paused():  # the libraries' imports and the mini model's load: see _gc_paused
         import torch
 
-        from .device import pick_device, pick_dtype
+        from .device import check_device, pick_device, pick_dtype
 
-        device = device or pick_device()
+        device = check_device(device) if device is not None else pick_device()
         if isinstance(model, Choice):
             if not _same_checkpoints(model.task, task):
                 raise ModelChoiceError(f"this model choice is for {model.task}, not {task}: "

@@ -58,6 +58,39 @@ def test_env_override_unavailable_device(machine, monkeypatch, value):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("device, expected", [("cpu", "cpu"), (torch.device("cuda", 1), "cuda:1"),
+                                              ("CUDA", "cuda"), ("mps", "mps")])
+def test_check_device_accepts_what_this_machine_has(machine, device, expected):
+    machine(cuda=True, mps=True, cuda_count=2)
+    assert dev.check_device(device) == expected
+
+
+@pytest.mark.parametrize("device, error, message", [
+    ("tpu", ValueError, "device 'tpu' is not a device: use one of cpu, cuda, cuda:N, mps"),
+    ("cuda", RuntimeError, "device 'cuda' but PyTorch sees no cuda device on this machine: "
+                           "use device=sdc.pick_device() or 'cpu'"),
+    (torch.device("cuda", 3), RuntimeError, "device 'cuda:3' but PyTorch sees no cuda device"),
+])
+def test_check_device_refuses_in_one_line(machine, device, error, message):
+    machine(cuda=False, mps=False)
+    with pytest.raises(error) as info:
+        dev.check_device(device)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_load_pipeline_checks_an_explicit_device_before_loading(machine, monkeypatch):
+    """Without a GPU, device="cuda" used to load the whole pipeline (or download a real
+    checkpoint) and only then fail in torch."""
+    from sdcourse import models
+
+    machine(cuda=False, mps=False)
+    monkeypatch.setattr(models, "choose_model", lambda *a, **k: pytest.fail("went on to choose"))
+    with pytest.raises(RuntimeError, match="sees no cuda device"):
+        models.load_pipeline("text2img", model="mini", device="cuda", verbose=False)
+    with pytest.raises(ValueError, match="'tpu' is not a device"):
+        models.load_pipeline("text2img", device="tpu", verbose=False)
+
+
 @pytest.mark.parametrize("device, dtype", [
     ("cpu", torch.float32), ("cuda", torch.float16), ("cuda:1", torch.float16),
     ("mps", torch.float16), (torch.device("cpu"), torch.float32),

@@ -234,6 +234,8 @@ def test_an_indexed_cuda_device_counts_as_a_gpu(monkeypatch, fake_pipeline):
     assert models.choose_model("text2img", device=torch.device("cuda", 1)).kind == "real"
     monkeypatch.setattr(device, "pick_device", lambda: "cuda:1")
     assert models.choose_model("text2img").kind == "real"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # load_pipeline checks it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     models.load_pipeline("inpaint", model="mini", device="cuda:1", verbose=False)
     assert fake_pipeline.loaded[-1][1]["dtype"] == torch.float16  # half precision on any GPU
     models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
