@@ -216,7 +216,7 @@ def cmd_run(args) -> int:
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     model = args.model
-    if model:
+    if model is not None:  # an empty --model is refused too, not ignored
         from .models import ModelChoiceError, choose_model
 
         try:
@@ -281,14 +281,20 @@ def cmd_doctor(args) -> int:
     except Exception as error:
         print(f"models: unavailable ({type(error).__name__}: {error})")
         return 0
+    hub = None
     try:
-        print(f"hub           {'reachable' if models.hub_reachable() else 'unreachable'}")
+        hub = models.hub_reachable()
+        print(f"hub           {'reachable' if hub else 'unreachable'}")
     except Exception as error:
         print(f"hub           error ({error})")
     for task in models.TASKS:
         try:
             choice = models.choose_model(task)
-            print(f"{task:<13} {choice.kind}: {choice.source} ({choice.reason})")
+            unloadable = (choice.kind == "real" and hub is False and not os.path.isdir(choice.source)
+                          and not models.in_local_cache(choice.source))
+            warning = (": not downloaded before and the Hub is unreachable, so it cannot load; "
+                       "connect, or set SDCOURSE_MODEL=mini") if unloadable else ""
+            print(f"{task:<13} {choice.kind}: {choice.source} ({choice.reason}){warning}")
         except Exception as error:
             print(f"{task:<13} error ({type(error).__name__}: {error})")
     return 0

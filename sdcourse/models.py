@@ -145,6 +145,8 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
     origin = "argument"
     if model is None and os.environ.get("SDCOURSE_MODEL"):
         model, origin = os.environ["SDCOURSE_MODEL"], "SDCOURSE_MODEL"
+    if isinstance(model, str) and model.strip().lower() in ("mini", "real"):
+        model = model.strip().lower()  # "Mini" is no Hub id anyone means
     if model == "mini":
         return Choice(task, "mini", str(MINI_DIR), f"asked for by {origin}")
     if model == "real":

@@ -195,6 +195,25 @@ def test_bad_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+def test_empty_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
+    """--model '' (an unset shell variable) is refused, not silently the default."""
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    assert cli.main(["run", str(good), "--model", "", "--out", str(tmp_path / "out")]) == 2
+    assert "sdcourse: error: --model : '' is neither a folder nor a Hub id" in capsys.readouterr().err
+
+
+def test_doctor_says_when_the_chosen_checkpoint_cannot_load(monkeypatch, capsys, offline):
+    """A Hub id, offline and never downloaded: doctor says now that it will not load."""
+    monkeypatch.setenv("SDCOURSE_MODEL", "someone/not-downloaded")
+    assert cli.main(["doctor"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("text2img"))
+    assert line.endswith("(asked for by SDCOURSE_MODEL): not downloaded before and the Hub is "
+                         "unreachable, so it cannot load; connect, or set SDCOURSE_MODEL=mini")
+    monkeypatch.setenv("SDCOURSE_MODEL", "mini")
+    assert cli.main(["doctor"]) == 0
+    assert "cannot load" not in capsys.readouterr().out
+
+
 def test_no_notebooks_found(monkeypatch, capsys, no_kernel):
     monkeypatch.setattr(cli, "default_notebooks_dir", lambda: None)
     assert cli.main(["run"]) == 2

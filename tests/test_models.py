@@ -31,6 +31,16 @@ def test_argument_beats_environment_beats_auto(monkeypatch):
     assert choice.source == models.REAL_MODELS["text2img"][0]
 
 
+def test_mini_and_real_are_words_in_any_case(monkeypatch):
+    """"Mini" or " REAL" (a typo's capital, a stray space) are the course's words, not Hub ids."""
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    assert models.choose_model("text2img", model="Mini ").kind == "mini"
+    monkeypatch.setenv("SDCOURSE_MODEL", " REAL")
+    choice = models.choose_model("text2img", device="cpu")
+    assert (choice.kind, choice.source) == ("real", models.REAL_MODELS["text2img"][0])
+
+
 def test_auto_is_mini_without_gpu():
     choice = models.choose_model("inpaint", device="cpu")
     assert choice.kind == "mini" and "no GPU" in choice.reason
