@@ -221,14 +221,21 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
     if (target / "model_index.json").exists():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, component in parts.items():
-        try:
-            (tmp / name).symlink_to(MINI_DIR / component, target_is_directory=True)
-        except OSError:
-            shutil.copytree(MINI_DIR / component, tmp / name)
-    (tmp / "model_index.json").write_text(text)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, component in parts.items():
+            try:
+                (tmp / name).symlink_to(MINI_DIR / component, target_is_directory=True)
+            except OSError:
+                shutil.copytree(MINI_DIR / component, tmp / name)
+        (tmp / "model_index.json").write_text(text)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        fix = ("point SDCOURSE_CACHE at a writable folder or unset it" if os.environ.get("SDCOURSE_CACHE")
+               and not cache_dir else "set SDCOURSE_CACHE to a writable folder")
+        raise ModelChoiceError(f"cannot assemble the mini model's folder in {root} "
+                               f"({error.strerror or error}): {fix}") from None
     try:
         tmp.rename(target)
     except OSError:  # another process built it first

@@ -90,3 +90,21 @@ def test_a_changed_shipped_file_gives_a_new_folder(mini, tmp_path):
     assert second != first and (second / "model_index.json").exists()
     assert (second / "scheduler" / "scheduler_config.json").read_text() == config.read_text()
     assert models.mini_model_path("text2img", cache_dir=tmp_path) == second  # then reused
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_the_variable(mini, tmp_path, monkeypatch,
+                                                                       capsys):
+    """SDCOURSE_CACHE pointing at a file: the error names the variable and the fix, from the
+    API and from `sdcourse models path`, and no temporary folder is left behind."""
+    from sdcourse import cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SDCOURSE_CACHE", str(blocker))
+    with pytest.raises(models.ModelChoiceError) as info:
+        models.mini_model_path("text2img")
+    assert str(info.value) == (f"cannot assemble the mini model's folder in {blocker} (Not a "
+                               "directory): point SDCOURSE_CACHE at a writable folder or unset it")
+    assert cli.main(["models", "path", "text2img"]) == 1
+    assert capsys.readouterr().err == f"sdcourse: error: {info.value}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
