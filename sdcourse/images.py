@@ -89,6 +89,9 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
     course's examples (:data:`STAND_INS`), a bundled synthetic stand-in is returned instead,
     with a :class:`StandInWarning`, so the notebook still runs.
     """
+    if not isinstance(url, (str, os.PathLike)):
+        raise TypeError(f"download_image needs a URL or a file path as text, got "
+                        f"{type(url).__name__} {url!r:.60}")
     url = os.fspath(url)
     _check_download_args(size, timeout, max_bytes)  # before any file, cache or network access
     if not url.startswith(("http://", "https://")):
@@ -517,8 +520,15 @@ def _as_list(images) -> list:
         return list(images)
     if isinstance(images, Image.Image):
         return [images]
+    _refuse_non_picture(images, "a picture or a list of pictures (PIL images, arrays or tensors)")
     array = _to_numpy(images)
     return list(array) if array.ndim == 4 else [array]
+
+
+def _refuse_non_picture(x, wanted: str) -> None:
+    """One clear line for what numpy would turn into a 0-d array and a puzzling shape error."""
+    if x is None or isinstance(x, (str, bytes, int, float, dict)):
+        raise TypeError(f"cannot show {type(x).__name__} {x!r:.40} as a picture: give {wanted}")
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -546,6 +556,7 @@ def _to_display_array(x) -> np.ndarray:
     """A picture -> (H, W) or (H, W, 3|4) array, uint8 or floats in [0, 1]."""
     if isinstance(x, Image.Image):
         return np.asarray(x if x.mode in ("L", "RGB", "RGBA") else x.convert("RGB"))
+    _refuse_non_picture(x, "PIL images, arrays or tensors")
     array = _to_numpy(x)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and _channels_first(array.shape, x):
         array = array.transpose(1, 2, 0)  # channels first -> channels last

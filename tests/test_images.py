@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 import warnings
@@ -411,6 +412,22 @@ def test_image_grid_rejects_bad_rows_cols_and_size(kwargs, words):
         images.image_grid(tiles, **kwargs)
     assert "\n" not in str(info.value) and repr(next(iter(kwargs.values()))) in str(info.value)
     assert images.image_grid(tiles, rows=np.int64(1)).size == (5 * 64, 64)
+
+
+@pytest.mark.parametrize("value, shown", [(None, "NoneType None"), ("cat.png", "str 'cat.png'"),
+                                          ([colored((0, 0, 0)), 7], "int 7")])
+def test_showing_what_is_not_a_picture_names_it(value, shown):
+    """Not a 'cannot show an array of shape ()' from numpy: what was given, and what to give."""
+    for show in (images.image_grid, images.show_images):
+        with pytest.raises(TypeError, match=f"^cannot show {re.escape(shown)} as a picture: give ") as info:
+            show(value)
+        assert "PIL images, arrays or tensors" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [None, 123, b"https://x"])
+def test_download_image_needs_text(value):
+    with pytest.raises(TypeError, match="^download_image needs a URL or a file path as text, got "):
+        download_image(value)
 
 
 def test_image_grid_accepts_tensors():
