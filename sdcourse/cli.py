@@ -89,7 +89,8 @@ def resolve_notebooks(paths: list[str]) -> list[Path]:
             if path.suffix != ".ipynb":
                 raise UsageError(f"{raw}: not a notebook (expected a .ipynb file)")
             if not path.is_file():
-                raise UsageError(f"{raw}: no such notebook")
+                raise UsageError(f"{raw}: " + ("a folder, not a notebook" if path.is_dir()
+                                               else "no such notebook"))
             if path not in found:
                 found.append(path)
         found.sort(key=lambda p: (p.name, str(p)))
@@ -398,6 +399,21 @@ _DREAMBOOTH_ONLY = ("instance_dir", "instance_prompt", "class_prompt", "token", 
                     "token_init", "gradient_checkpointing")
 
 
+#: The trainer's argument names in its messages, as the command line spells them.
+_OPTION_NAMES = {"class_dir / --class-dir": "--class-dir", "prior_preservation=False": "--no-prior",
+                 "instance_prompt": "--instance-prompt", "class_prompt": "--class-prompt",
+                 "prior_loss_weight": "--prior-loss-weight", "token_init": "--token-init",
+                 "class_dir": "--class-dir"}
+
+
+def _as_options(message: str) -> str:
+    """A DreamBoothError's message with the Python argument names it uses replaced by the
+    options a command-line user types (``prior_preservation=False`` -> ``--no-prior``)."""
+    for name, option in _OPTION_NAMES.items():
+        message = message.replace(name, option)
+    return message
+
+
 def _train_dreambooth(args, out: Path) -> int:
     """`sdcourse train dreambooth`: check the options, then train (or resume) a DreamBooth run."""
     from .train import dreambooth
@@ -417,7 +433,7 @@ def _train_dreambooth(args, out: Path) -> int:
             seed=args.seed, token_init=args.token_init,
             gradient_checkpointing=args.gradient_checkpointing, **given)
     except dreambooth.DreamBoothError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(_as_options(str(error))) from None
     print(f"dreambooth: done; load it with sdcourse.train.dreambooth.load_dreambooth({str(out)!r}) "
           f"({result})")
     return 0

@@ -109,10 +109,12 @@ def test_write_atomic_replaces_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("name, message", [("missing.ipynb", "no such notebook"),
-                                           ("notes.txt", "not a notebook")])
+                                           ("notes.txt", "not a notebook"),
+                                           ("folder.ipynb", "a folder, not a notebook")])
 def test_bad_argument_fails_before_any_kernel(tmp_path, capsys, no_kernel, name, message):
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "folder.ipynb").mkdir()
     assert cli.main(["run", str(good), str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert name in err and message in err and len(err.strip().splitlines()) == 1
@@ -417,6 +419,25 @@ def test_evaluate_rejects_bad_options_before_work(argv, message, capsys, monkeyp
     monkeypatch.setattr(evaluate, f"evaluate_{argv[1]}", never)
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_dreambooth_errors_name_the_command_line_options(tmp_path, capsys):
+    """The trainer's checks, reached from the command line, speak of --class-prompt and
+    --no-prior, not of the Python arguments class_prompt and prior_preservation=False."""
+    from sdcourse import dreambooth_subject
+
+    pictures = tmp_path / "subject"
+    pictures.mkdir()
+    for i, image in enumerate(dreambooth_subject.make_instance_images(3)):
+        image.save(pictures / f"{i}.png")
+    base = ["train", "dreambooth", "--instance-prompt", "a sks circle", "--out", str(tmp_path / "run")]
+    assert cli.main(base + ["--instance-dir", str(pictures)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdcourse: error: prior preservation needs a --class-prompt: ")
+    assert err.endswith("or pass --no-prior\n") and "prior_preservation" not in err
+    assert cli.main(base + ["--instance-dir", str(pictures / "0.png")]) == 2
+    assert f"instance folder {pictures / '0.png'} is a file, not a folder: " in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_passes_the_training_seed_to_dreambooth(capsys, monkeypatch):

@@ -87,7 +87,8 @@ def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
     if isinstance(instance, (str, Path)):
         folder = Path(instance)
         if not folder.is_dir():
-            raise DreamBoothError(f"instance folder {folder} does not exist: give the folder that "
+            problem = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DreamBoothError(f"instance folder {folder} {problem}: give the folder that "
                                   f"holds {MIN_IMAGES} to 5 pictures of the subject")
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # .ipynb_checkpoints
         if not entries:
