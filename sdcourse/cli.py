@@ -461,8 +461,8 @@ def cmd_train(args) -> int:
                          "runs/text2img/at_text_encoder_freeze)")
     out = Path(args.out or f"runs/{args.model}")
     if args.model != "dreambooth":
-        given = [f"--{name.replace('_', '-')}" for name in _DREAMBOOTH_ONLY
-                 if getattr(args, name) not in (None, False)]
+        given = [f"--{name.replace('_', '-')}" for name in _DREAMBOOTH_ONLY  # 0 is given too
+                 if getattr(args, name) is not None and getattr(args, name) is not False]
         if given:
             raise UsageError(f"{', '.join(given)}: only for `sdcourse train dreambooth`")
         if args.stop_at and args.steps and args.stop_at > args.steps:

@@ -398,6 +398,8 @@ def test_a_seed_outside_what_generators_take_is_a_usage_error(argv, seed, capsys
     (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json or text_encoder/config.json there"),
     (["train", "vae", "--token", "foo"], "--token: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--prior-loss-weight", "2"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
+    (["train", "vae", "--prior-loss-weight", "0"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
+    (["train", "depth", "--lr", "0"], "--lr: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--steps", "100", "--stop-at", "500"], "--stop-at 500: beyond --steps 100"),
 ])
 def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path, no_training):
