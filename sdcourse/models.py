@@ -250,7 +250,9 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
     ``model`` is what :func:`choose_model` takes (``"mini"``, ``"real"``, a Hub id or a folder;
     None: decide automatically), or a :class:`Choice` it returned: then the pipeline is the
     model the notebook already decided on, without asking the Hub a second time (whose answer
-    could differ, e.g. on a flaky Colab network). Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
+    could differ, e.g. on a flaky Colab network).
+
+    Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
     safetensors only. The mini model loads in float32 on CPU (half precision is slow there).
     """
     check_task(task)  # bad input fails here, before diffusers' slow import (seconds)
