@@ -291,8 +291,8 @@ def cmd_doctor(args) -> int:
     for task in models.TASKS:
         try:
             choice = models.choose_model(task)
-            unloadable = (choice.kind == "real" and hub is False and not os.path.isdir(choice.source)
-                          and not models.in_local_cache(choice.source))
+            unloadable = (choice.kind == "real" and hub is False
+                          and not models.available_offline([choice.source]))
             warning = (": not downloaded before and the Hub is unreachable, so it cannot load; "
                        "connect, or set SDCOURSE_MODEL=mini") if unloadable else ""
             print(f"{task:<13} {choice.kind}: {choice.source} ({choice.reason}){warning}")

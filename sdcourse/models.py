@@ -116,6 +116,12 @@ def in_local_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 
+def available_offline(sources) -> bool:
+    """Whether one of these checkpoints loads without the Hub: a local folder, or a Hub id
+    downloaded before (in the local cache)."""
+    return any(os.path.isdir(source) or in_local_cache(source) for source in sources)
+
+
 def on_hub(repo_id: str) -> bool:
     """Whether the Hub still serves ``repo_id`` (its ``model_index.json``): repositories get
     deleted (the SD 2.x ones in Nov 2025). When the answer is not a clear "no" (a gated repo,
@@ -321,7 +327,7 @@ def _load_real(cls, task: str, source: str, dtype):
     Offline and not downloaded before, it stops at once with what to do."""
     fallbacks = [repo for repo in REAL_MODELS[task] if repo != source]
     candidates = [source] + (fallbacks if source in REAL_MODELS[task] else [])
-    if not os.path.isdir(source) and not any(map(in_local_cache, candidates)) and not hub_reachable():
+    if not available_offline(candidates) and not hub_reachable():
         raise ModelChoiceError(f"{source} is not in the local Hugging Face cache and huggingface.co "
                                "cannot be reached: connect to the internet to download it, or use "
                                "the embedded model (SDCOURSE_MODEL=mini)")
