@@ -324,16 +324,20 @@ def _gc_paused():
 def _load_real(cls, task: str, source: str, dtype):
     """Load a real checkpoint: ``source``, then (if it is one of the registry's) the task's
     other registry entries in order, should it fail to load (a repository deleted or renamed).
-    Offline and not downloaded before, it stops at once with what to do."""
+    Offline and not downloaded before, it stops at once with what to do; offline and
+    downloaded before, it reads the local cache without asking the Hub."""
     fallbacks = [repo for repo in REAL_MODELS[task] if repo != source]
     candidates = [source] + (fallbacks if source in REAL_MODELS[task] else [])
-    if not available_offline(candidates) and not hub_reachable():
+    offline = not hub_reachable()
+    if offline and not available_offline(candidates):
         raise ModelChoiceError(f"{source} is not in the local Hugging Face cache and huggingface.co "
                                "cannot be reached: connect to the internet to download it, or use "
                                "the embedded model (SDCOURSE_MODEL=mini)")
+    # offline, the cache alone: diffusers would otherwise ask the Hub first and log that it can't
+    cache_only = {"local_files_only": True} if offline else {}
     for i, repo in enumerate(candidates):
         try:
-            return from_pretrained(cls, repo, dtype)
+            return from_pretrained(cls, repo, dtype, **cache_only)
         except OSError as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             if i + 1 == len(candidates):
@@ -359,15 +363,16 @@ def from_pretrained(cls, source, dtype=None, **kwargs):
     """
     import torch
 
-    renamed = _renamed_processors(cls, source)
+    offline = kwargs.get("local_files_only", False)
+    renamed = _renamed_processors(source, offline)
     kwargs.update(dict.fromkeys(renamed))  # None: diffusers leaves these to us
     load = functools.partial(cls.from_pretrained, source, dtype=dtype, use_safetensors=True, **kwargs)
     pipe = fp16_files_first(load) if dtype == torch.float16 else load()
     if renamed:
         import transformers
 
-        pipe.register_modules(**{name: getattr(transformers, new).from_pretrained(source, subfolder=name)
-                                 for name, new in renamed.items()})
+        pipe.register_modules(**{name: getattr(transformers, new).from_pretrained(
+            source, subfolder=name, local_files_only=offline) for name, new in renamed.items()})
     return pipe
 
 
@@ -385,12 +390,30 @@ def fp16_files_first(load):
     return load()
 
 
-def _renamed_processors(cls, source) -> dict[str, str]:
+def model_index(source, offline: bool = False) -> dict:
+    """A checkpoint's ``model_index.json`` (which class each component is), from a folder or
+    from the Hub (``offline``: from the local cache only). A small download.
+
+    Read through huggingface_hub itself rather than the pipeline's ``load_config``: given a
+    Hub id, diffusers 0.42 passes huggingface_hub an argument it deprecated
+    (``local_dir_use_symlinks``), and that warning would show in the notebooks.
+    """
+    if os.path.isdir(source) or not _is_hub_id(source):
+        path = os.path.join(source, "model_index.json")  # no such folder: FileNotFoundError
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(source, "model_index.json", local_files_only=offline)
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def _renamed_processors(source, offline: bool = False) -> dict[str, str]:
     """The components of ``source`` whose ``model_index.json`` names a class of
     :data:`RENAMED_PROCESSORS` that this transformers lacks, with the class to use instead."""
     import transformers
 
-    index = cls.load_config(source)  # model_index.json alone: a small download
+    index = model_index(source, offline)
     return {name: RENAMED_PROCESSORS[spec[1]] for name, spec in index.items()
             if isinstance(spec, (list, tuple)) and len(spec) == 2 and spec[0] == "transformers"
             and spec[1] in RENAMED_PROCESSORS and not hasattr(transformers, spec[1])}

@@ -162,7 +162,7 @@ class FakePipeline:
         return cls()
 
     @classmethod
-    def load_config(cls, repo):  # the pipeline's model_index.json
+    def index(cls, repo, offline=False):  # stands in for models.model_index
         if repo in cls.missing:
             raise OSError(f"{repo} is not a valid model identifier")
         return {"unet": ["diffusers", "UNet2DConditionModel"]}
@@ -184,6 +184,7 @@ def fake_pipeline(monkeypatch):
     monkeypatch.setattr(FakePipeline, "loaded", [])
     monkeypatch.setattr(FakePipeline, "collector_running", [])
     monkeypatch.setattr(diffusers, "StableDiffusionInpaintPipeline", FakePipeline)
+    monkeypatch.setattr(models, "model_index", FakePipeline.index)
     return FakePipeline
 
 
@@ -214,10 +215,34 @@ def test_a_registry_checkpoint_that_fails_to_load_falls_back_to_the_next(monkeyp
         models.load_pipeline("inpaint", model="some/repo", device="cpu", verbose=False)
 
 
+def test_offline_a_cached_checkpoint_loads_from_the_cache_without_asking_the_hub(monkeypatch, fake_pipeline):
+    """Offline (a classroom that downloaded the checkpoints beforehand), diffusers would ask
+    the Hub first and print that it cannot reach it, in every notebook: load from the cache."""
+    asked = []
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: True)
+    monkeypatch.setattr(models, "model_index", lambda repo, offline=False: asked.append(offline) or {})
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    assert fake_pipeline.loaded[-1][1].get("local_files_only") is True and asked == [True]
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)  # online: as usual
+    models.load_pipeline("inpaint", model="real", device="cpu", verbose=False)
+    assert "local_files_only" not in fake_pipeline.loaded[-1][1] and asked == [True, False]
+
+
+def test_model_index_reads_a_folder_without_diffusers_load_config(tmp_path):
+    """model_index.json read directly (diffusers' load_config with a Hub id warns about an
+    argument huggingface_hub deprecated); a folder without one is an OSError, as a load's."""
+    (tmp_path / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
+    assert models.model_index(str(tmp_path)) == {"unet": ["diffusers", "UNet2DConditionModel"]}
+    with pytest.raises(OSError):
+        models.model_index(str(tmp_path / "unet"))
+
+
 def test_half_precision_asks_for_the_fp16_variant_then_full_files(monkeypatch, fake_pipeline):
     import torch
 
     monkeypatch.setattr(models, "in_local_cache", lambda repo: True)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
     half = {"dtype": torch.float16, "use_safetensors": True}
     models.load_pipeline("inpaint", model="real", device="cpu", dtype=torch.float16, verbose=False)
     assert fake_pipeline.loaded == [(models.REAL_MODELS["inpaint"][0], half | {"variant": "fp16"})]
