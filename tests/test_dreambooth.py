@@ -860,3 +860,31 @@ def test_a_finished_run_leaves_no_model_behind(tmp_path, base, lora, monkeypatch
     finally:
         gc.enable()
     assert after == before
+
+
+def test_a_hub_base_is_read_from_its_local_copy(monkeypatch, tmp_path):
+    """A Hub id is downloaded once as a whole pipeline (fp16 files on a GPU) and every
+    component then loads from that folder: no component asks the Hub itself."""
+    from diffusers import DiffusionPipeline
+
+    from sdcourse import models
+    from sdcourse.train import dreambooth as db
+
+    calls = []
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(DiffusionPipeline, "download",
+                        classmethod(lambda cls, repo, **kw: calls.append((repo, kw)) or tmp_path))
+    assert db.local_checkpoint("some/repo", fp16_files=True) == str(tmp_path)
+    assert calls == [("some/repo", {"use_safetensors": True, "local_files_only": False, "variant": "fp16"})]
+    assert db.local_checkpoint(str(tmp_path)) == str(tmp_path) and len(calls) == 1  # a folder: as is
+
+
+def test_a_hub_base_not_downloaded_offline_is_one_clear_line(monkeypatch):
+    from sdcourse import models
+    from sdcourse.train import dreambooth as db
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(db.DreamBoothError, match=r"could not download base model sdcourse-tests/never-downloaded \(.+\): "
+                                                 r"check your network, or give a local diffusers folder$"):
+        db.local_checkpoint("sdcourse-tests/never-downloaded")

@@ -357,6 +357,32 @@ def load_tokenizer(base):
     return tokenizer
 
 
+def local_checkpoint(base, fp16_files: bool = False) -> str:
+    """A folder with ``base``'s files: ``base`` itself, or the Hub checkpoint's local copy
+    (downloaded into the Hugging Face cache the first time, with its fp16 files where it has
+    them if ``fp16_files``; read from the cache alone when the Hub cannot be reached).
+
+    Why: the trainer loads each component on its own, and diffusers 0.42, given a Hub id for
+    a component, passes huggingface_hub an argument it deprecated: the warning would show
+    once per component. From a folder nothing is asked of the Hub.
+    """
+    base = str(base)
+    if os.path.isdir(base):
+        return base
+    from diffusers import DiffusionPipeline
+
+    from ..models import fp16_files_first, hub_reachable
+
+    download = functools.partial(DiffusionPipeline.download, base, use_safetensors=True,
+                                 local_files_only=not hub_reachable())
+    try:
+        return str(fp16_files_first(download) if fp16_files else download())
+    except OSError as error:
+        lines = str(error).strip().splitlines()
+        raise DreamBoothError(f"could not download base model {base} ({lines[0] if lines else type(error).__name__}): "
+                              "check your network, or give a local diffusers folder") from None
+
+
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -698,7 +724,6 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
 
         base = mini_model_path("text2img")
     tokenizer = load_tokenizer(base)
-    check_prediction_type(base)
     check_token(token, tokenizer)
     check_prompts(instance_prompts, class_prompts, token)
     init_words = token_init.split() if isinstance(token_init, str) else list(token_init or [])
@@ -718,12 +743,16 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                               "out folder, or delete this one to start over")
     if record is not None and record.get("done_step", 0) >= steps:
         return out if lora else out / "pipeline"  # already trained
+    # the base model's files (a Hub checkpoint's are downloaded now): fp16 ones on a GPU,
+    # where the frozen parts run in float16 (frozen_dtype)
+    files = local_checkpoint(base, fp16_files=torch.cuda.is_available())
+    check_prediction_type(files)
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json()})
     try:
-        return _train(out, images, settings, tokenizer, steps, save_every, validate_every,
+        return _train(out, files, images, settings, tokenizer, steps, save_every, validate_every,
                       validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir)
     finally:
         _release_models()
@@ -744,7 +773,7 @@ def _release_models() -> None:
         torch.cuda.empty_cache()
 
 
-def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: int,
+def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, save_every: int,
            validate_every: int, validation_prompts: list[str], class_dir: Path) -> Path:
     from accelerate import Accelerator
 
@@ -755,7 +784,7 @@ def _train(out: Path, images, s: Settings, tokenizer, steps: int, save_every: in
     accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
     torch.manual_seed(s.seed)
     frozen = frozen_dtype(accelerator.device)
-    parts = load_components(s.base, vae_dtype=frozen, fp16_files=frozen == torch.float16)
+    parts = load_components(files, vae_dtype=frozen, fp16_files=frozen == torch.float16)
     parts["vae"].to(accelerator.device)
     size = resolution(parts)
     images = [to_resolution(im, size) for im in images]
