@@ -78,15 +78,20 @@ print(f"measured time ratio: {large['ms'] / small['ms']:.1f}x")
 # sidesteps this: the UNet works on a latent 8× smaller per side, 64× fewer positions.
 #
 # ## 2. The VAE: pixels → latents → pixels
-# The VAE (`AutoencoderKL`) is part of every Stable Diffusion checkpoint. We load just that
-# component from the same folder the pipeline uses (`subfolder="vae"`).
+# The VAE (`AutoencoderKL`) is part of every Stable Diffusion checkpoint. On the mini model we
+# load just that component from the same folder the pipeline uses (`subfolder="vae"`); on a
+# real checkpoint we take the pipeline's own (its half-precision files on a GPU, from the
+# local cache when offline).
 
 # %%
 # NBVAL_CHECK_OUTPUT
 from diffusers import AutoencoderKL
 
-model_path = sdc.mini_model_path("text2img") if on_mini else choice.source
-vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", use_safetensors=True).to(device).eval()
+if on_mini:
+    vae = AutoencoderKL.from_pretrained(sdc.mini_model_path("text2img"), subfolder="vae", use_safetensors=True)
+else:
+    vae = sdc.load_pipeline("text2img", model=choice, device=device).vae
+vae = vae.to(device).eval()
 print("latent channels:", vae.config.latent_channels,
       "| downsampling:", 2 ** (len(vae.config.block_out_channels) - 1), "x per side",
       "| scaling_factor:", vae.config.scaling_factor)
@@ -120,7 +125,7 @@ if on_mini:
 else:
     picture = sdc.download_image("https://raw.githubusercontent.com/CompVis/latent-diffusion/main/"
                                  "data/inpainting_examples/overture-creations-5sI6fQgYIuo.png", size=512)
-x = pil_to_vae_input(picture).to(device)
+x = pil_to_vae_input(picture).to(device, vae.dtype)
 print("image tensor:", tuple(x.shape))
 
 # %%
