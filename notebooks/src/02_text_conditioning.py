@@ -223,6 +223,9 @@ for i, p in enumerate(prompts):
     share = (h * mask).sum(dim=(1, 2)) / h.sum(dim=(1, 2))
     ratios.append(share / mask.mean())
 capture_cross_attention(False)
+if not ratios:
+    raise RuntimeError("no picture showed an object on white to measure: try other seeds (the "
+                       "generator arguments above) or other colours and objects")
 mean_ratio = torch.stack(ratios).mean(0)
 print(f"measured on {len(ratios)} of {len(prompts)} pictures, e.g. {prompts[0]!r}")
 for pos, name in enumerate(names):
