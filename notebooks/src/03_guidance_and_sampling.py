@@ -318,9 +318,15 @@ def check_exercise_1() -> str:
         raise NotImplementedError
     assert both.shape[0] == 2, f"2 prompts should give 2 latents, got {both.shape[0]}"
     alone = generate(two[0], steps=10, seed=7)
-    assert torch.allclose(both[:1], alone, atol=1e-3), \
+    # a batch runs other kernels than one picture: equal up to rounding, coarser in float16
+    tol = 1e-3 if alone.dtype == torch.float32 else 2e-2
+
+    def close(a, b) -> bool:  # mean difference, relative to the mean size
+        return bool((a.float() - b.float()).abs().mean() <= tol * b.float().abs().mean())
+
+    assert close(both[:1], alone), \
         "the first prompt of a batch should give what it gives alone (draw the noise for the whole batch at once)"
-    assert not torch.allclose(both[0], both[1], atol=1e-3), "the two prompts gave the same latents"
+    assert not close(both[0], both[1]), "the two prompts gave the same latents"
     return "one call, one batch, one picture per prompt"
 
 
