@@ -311,14 +311,15 @@ if on_mini:
 def check_exercise_1() -> str:
     two = [prompt, "a red circle on a blue background"]
     try:
-        both = generate(two, steps=10, seed=7)
+        both = generate(two, steps=2, seed=7)
     except Exception as error:  # a change in progress that does not run yet
         raise AssertionError(f"generate(list of 2 prompts) failed: {error}") from error
     if both.shape[0] == 1:  # the unchanged generate reads the list as one prompt
         raise NotImplementedError
     assert both.shape[0] == 2, f"2 prompts should give 2 latents, got {both.shape[0]}"
-    alone = generate(two[0], steps=10, seed=7)
+    alone = generate(two[0], steps=2, seed=7)
     # a batch runs other kernels than one picture: equal up to rounding, coarser in float16
+    # (two steps: enough to see the noise, too few for a GPU's rounding to grow)
     tol = 1e-3 if alone.dtype == torch.float32 else 2e-2
 
     def close(a, b) -> bool:  # mean difference, relative to the mean size
