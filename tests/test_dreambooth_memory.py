@@ -1,20 +1,14 @@
 """benchmarks/dreambooth_memory.py: refuses the real architecture without a GPU; its runs
 go through the course's trainer (checked on the mini model, where memory is not measured)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "dreambooth_memory.py"
+from benchmark_scripts import load_script as load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("dreambooth_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("dreambooth_memory")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")

@@ -1,17 +1,10 @@
 """benchmarks/dreambooth_probe.py: a wrong run folder is refused before any model loads."""
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "dreambooth_probe.py"
+from benchmark_scripts import load_script
 
 
 def load_probe():
-    spec = importlib.util.spec_from_file_location("dreambooth_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("dreambooth_probe")
 
 
 def test_missing_run_folder_is_a_one_line_error(tmp_path, capsys):
