@@ -109,6 +109,12 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def hub_offline(source) -> bool:
+    """Whether loading ``source`` must read the local Hugging Face cache alone: a Hub id while
+    huggingface.co cannot be reached. A folder never asks the Hub (and no network is probed)."""
+    return not os.path.isdir(source) and not hub_reachable()
+
+
 def in_local_cache(repo_id: str) -> bool:
     """Whether a Hub checkpoint was downloaded before (its model_index.json is cached)."""
     from huggingface_hub import try_to_load_from_cache
@@ -328,7 +334,7 @@ def _load_real(cls, task: str, source: str, dtype):
     downloaded before, it reads the local cache without asking the Hub."""
     fallbacks = [repo for repo in REAL_MODELS[task] if repo != source]
     candidates = [source] + (fallbacks if source in REAL_MODELS[task] else [])
-    offline = not hub_reachable()
+    offline = hub_offline(source)
     if offline and not available_offline(candidates):
         raise ModelChoiceError(f"{source} is not in the local Hugging Face cache and huggingface.co "
                                "cannot be reached: connect to the internet to download it, or use "

@@ -229,6 +229,14 @@ def test_offline_a_cached_checkpoint_loads_from_the_cache_without_asking_the_hub
     assert "local_files_only" not in fake_pipeline.loaded[-1][1] and asked == [True, False]
 
 
+def test_hub_offline_asks_the_network_only_about_hub_ids(monkeypatch, tmp_path):
+    """A folder loads without the Hub: no probe (up to 2 s when the network is down)."""
+    probes = []
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: probes.append(1) or False)
+    assert models.hub_offline(str(tmp_path)) is False and probes == []
+    assert models.hub_offline("some/repo") is True and probes == [1]
+
+
 def test_model_index_reads_a_folder_without_diffusers_load_config(tmp_path):
     """model_index.json read directly (diffusers' load_config with a Hub id warns about an
     argument huggingface_hub deprecated); a folder without one is an OSError, as a load's."""

@@ -371,10 +371,10 @@ def local_checkpoint(base, fp16_files: bool = False) -> str:
         return base
     from diffusers import DiffusionPipeline
 
-    from ..models import fp16_files_first, hub_reachable
+    from ..models import fp16_files_first, hub_offline
 
     download = functools.partial(DiffusionPipeline.download, base, use_safetensors=True,
-                                 local_files_only=not hub_reachable())
+                                 local_files_only=hub_offline(base))
     try:
         return str(fp16_files_first(download) if fp16_files else download())
     except OSError as error:
@@ -611,7 +611,7 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     :func:`sdcourse.models.load_pipeline` loads real checkpoints."""
     from diffusers import StableDiffusionPipeline
 
-    from ..models import from_pretrained
+    from ..models import from_pretrained, hub_offline
 
     out = Path(out)
     if out.name == "pipeline" and (out.parent / "dreambooth.json").exists():
@@ -622,7 +622,8 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     settings = record["settings"]
     if settings["lora"]:
         pipe = from_pretrained(StableDiffusionPipeline, settings["base"], dtype,
-                               safety_checker=None, requires_safety_checker=False)
+                               safety_checker=None, requires_safety_checker=False,
+                               **({"local_files_only": True} if hub_offline(settings["base"]) else {}))
         from diffusers.utils import logging
 
         level = logging.get_verbosity()
