@@ -27,3 +27,21 @@ def test_import_sdcourse_loads_no_heavy_library_until_a_helper_is_used():
     assert found["after_import"] == []  # no torch, diffusers, transformers, nor a helper module
     # the check does see imports: using one helper brings in its module and torch
     assert "sdcourse.device" in found["after_use"] and "torch" in found["after_use"]
+
+
+def test_the_depth_pipelines_mps_autocast_notice_is_dropped_and_nothing_else(caplog):
+    """On any Mac with an Apple GPU diffusers' depth2img pipeline logs, at every call, that it
+    cannot autocast there; sdcourse drops that line only, from that logger only."""
+    import logging
+
+    import sdcourse  # noqa: F401  (installs the filter)
+
+    name = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_depth2img"
+    notice = ("The DPT-Hybrid model uses batch-norm layers which are not compatible with fp16, "
+              "but autocast is not yet supported on MPS.")
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger(name).warning(notice)
+        logging.getLogger(name).warning("something else went wrong")
+        logging.getLogger("diffusers.other").warning(notice)
+    messages = [(r.name, r.getMessage()) for r in caplog.records]
+    assert messages == [(name, "something else went wrong"), ("diffusers.other", notice)]
