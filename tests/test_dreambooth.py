@@ -192,6 +192,7 @@ def test_mismatched_sizes_and_too_few_pictures(tmp_path, monkeypatch, base):
     ("dog", "common English word"),  # a word the model already knows
     ("red", "common English word"),  # one of the mini world's own words
     ("xqzvw", "split by the tokenizer into 4 pieces"),
+    ("pikachu", "token 28107 of CLIP's vocabulary"),  # one piece, but a frequent one
 ])
 def test_rare_token_must_be_rare_and_one_token(tmp_path, monkeypatch, base, token, problem):
     images = subject.make_instance_images(4)

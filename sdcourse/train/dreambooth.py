@@ -54,6 +54,11 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # what pipe.load_lora_weights(fo
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
+#: CLIP's byte-pair vocabulary numbers its pieces in the order they were learned, most frequent
+#: first: a single-token word below this id ("apple" 3055, "pikachu" 28107) is too common to be
+#: a rare token. A rule of thumb, not a dictionary: some ordinary words have higher ids.
+FREQUENT_IDS = 30_000
+
 #: Words a rare token must not be: very common English words, and the mini world's own words.
 #: A token the model already knows has a meaning that DreamBooth would have to overwrite.
 COMMON_WORDS = frozenset("""
@@ -131,7 +136,8 @@ def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
 
 
 def check_token(token: str, tokenizer) -> None:
-    """A rare token must not be a common word and must stay one piece for the tokenizer."""
+    """A rare token must not be a common word and must stay one piece for the tokenizer, a
+    piece learned late (:data:`FREQUENT_IDS`)."""
     hint = 'use a rare token such as "sks" (the DreamBooth paper\'s choice) and put it in the instance prompt'
     if not token or not token.strip() or len(token.split()) != 1:
         raise DreamBoothError(f"rare token {token!r} must be one word: {hint}")
@@ -149,6 +155,12 @@ def check_token(token: str, tokenizer) -> None:
     if word in COMMON_WORDS:
         raise DreamBoothError(f"rare token {token!r} reads as the common word {word!r} to the "
                               f"tokenizer; {hint}")
+    token_id = tokenizer.convert_tokens_to_ids(pieces[0])
+    if token_id < FREQUENT_IDS:
+        raise DreamBoothError(
+            f"rare token {token!r} is token {token_id} of CLIP's vocabulary, one of the "
+            f"{FREQUENT_IDS:,} pieces its byte-pair encoding learned first because they are "
+            f"frequent: the model likely knows a meaning for it; {hint}")
 
 
 def _as_prompts(prompt, n: int, what: str) -> list[str]:
