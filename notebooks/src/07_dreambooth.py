@@ -11,10 +11,11 @@
 #   keeps the class intact.
 #
 # **What you need**: CPU with the mini model: about 4 minutes (100 class pictures, half a
-# minute; a 450-step training run with prior preservation, about 2 minutes; a 75-step run
-# without it, under half a minute; then the measurements).
+# minute; a 450-step training run with prior preservation, about a minute and a half; a
+# 150-step run without it, under half a minute; then the measurements, under a minute).
 # Colab GPU (T4) with a real model: roughly 20 minutes (download, 100 class pictures at
-# 512 px, about 470 LoRA steps; an estimate: the course was built without a GPU).
+# 512 px, about 470 LoRA steps; an estimate: this notebook's real branch has not been timed
+# on a T4).
 
 # %% [colab]
 
@@ -41,7 +42,9 @@ thumb = 64 if on_mini else 128  # pixels per picture in the grids below
 # The mini world only has one-colour shapes. Our subject is *one particular* circle: white on
 # its left half, black on its right — like "my dog" among dogs. Five pictures of it, on
 # backgrounds that are never green (the world's captions say "a" even before "orange": the
-# mini model learned them that way):
+# mini model learned them that way). On a real checkpoint the cells below train on these same
+# 64 px pictures, enlarged to 512 px: enough to run the whole code path on a GPU; for a result
+# worth keeping, use photos of your own (section 7).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -69,7 +72,10 @@ sdc.image_grid(before, rows=1, size=thumb)
 # The subject is bound to a token that has (almost) no meaning yet: "sks" is one token of
 # CLIP's vocabulary, rarely seen (to the mini model it means nothing; real Stable Diffusion
 # gives it a weak pull of its own — towards a rifle — which training overrides). A common word would carry its own meaning, which
-# fine-tuning would have to overwrite — the trainer refuses those before doing any work:
+# fine-tuning would have to overwrite. The trainer refuses, before doing any work, a list of
+# about 200 common words and any single token among the first 30,000 of CLIP's vocabulary
+# (its byte-pair encoding learned the frequent pieces first: "apple" is 3055, "pikachu"
+# 28107). A rule of thumb, not a dictionary: choosing the token stays your job (exercise 3):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -92,13 +98,14 @@ except DreamBoothError as error:
 # "a photo of sks dog". The mini world's captions always name a colour, so "a sks circle on
 # a red background" becomes, say, "a black circle on a red background": an ordinary colour
 # drawn at random, on each instance picture's background in turn. (Class prompts on every
-# background, green included, did worse: with the prior at half weight in both recipes, the
+# background, green included, did worse: measured with an earlier recipe, the prior at half
+# weight in both variants, the
 # subject's fidelity on green was 0.84, 0, 0, 0 and 0.18 with training seeds 0–4, against
 # 1.00, 0.72, 0.62, 0.34 and 0.96 with these class prompts; `benchmarks/RESULTS.md`.)
 #
 # `train_dreambooth` draws them itself when they are missing; here we draw them first, to see
-# them (and to keep their time apart from the training's). Both runs below read them from
-# `class_dir`:
+# them (and to keep their time apart from the training's). The run with the prior below reads
+# them from `class_dir`:
 
 # %%
 import shutil
@@ -127,7 +134,7 @@ sdc.image_grid(class_images[:8], rows=1, size=thumb)
 # instead of 5). The class pictures' loss counts as much as the subject's (`prior_loss_weight=1.0`,
 # the paper's choice; at half weight the subject reached green less often). The rate peaks at 4e-4 and decays to zero
 # over 450 steps. Two runs from the same base model: the full recipe with prior
-# preservation, and one without it that is only a sixth as long — language drift does not
+# preservation, and one without it that is only a third as long — language drift does not
 # need a long run to show. The cell deletes each run's folder first, so the notebook always
 # trains from scratch (call `train_dreambooth` again without deleting and it resumes, or
 # returns the finished run). On a real checkpoint the cell trains a LoRA instead: text encoder
@@ -142,7 +149,7 @@ else:  # a real checkpoint on a GPU: a LoRA (see section 7)
     # one picture per step (plus one class picture) and gradient checkpointing fit a 15 GiB T4
     settings = dict(base=real, lora=True, lr=1e-4, batch_size=1, gradient_checkpointing=True)
     full_steps = 400
-steps = {True: full_steps, False: full_steps // 6}  # without the prior, the class drifts fast
+steps = {True: full_steps, False: full_steps // 3}  # without the prior, the class drifts fast
 runs, trained = {}, 0.0
 for prior in (True, False):
     out = f"runs/07_dreambooth_{'prior' if prior else 'no_prior'}"
@@ -173,11 +180,12 @@ print(f"full fine-tune: {unet_params / 1e6:.2f} M UNet weights change (and the t
       f"{lora_params / 1e6:.2f} M ({lora_params / unet_params:.0%} of the UNet)")
 
 # %% [markdown]
-# ## 5. Before and after, in new contexts
+# ## 5. Before and after, in a new context
 # A full fine-tune is a complete diffusers folder, loaded with `from_pretrained`
 # (`load_dreambooth` does that; for a LoRA it loads the base model and calls
-# `pipe.load_lora_weights(folder)`). The subject on a green background — a context no instance picture had —
-# and ordinary circles, which should stay ordinary:
+# `pipe.load_lora_weights(folder)`). The subject on a green background — a context no instance
+# picture had — and, for comparison, on orange, one it had; then ordinary circles, which
+# should stay ordinary:
 
 # %%
 tuned = {prior: load_dreambooth(path, device=device, dtype=base.dtype) for prior, path in runs.items()}
@@ -198,7 +206,7 @@ sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no pri
 # - `prior_kept`: share of class prompts without the token ("a red circle on a green
 #   background") that still give an ordinary circle of the asked colour.
 #
-# The run without the prior had a sixth of the steps, so less time to drift than the run with
+# The run without the prior had a third of the steps, so less time to drift than the run with
 # it. `sdcourse evaluate dreambooth` compares runs of equal length (450 steps each, 50
 # prompts): `prior_kept` 0.96 with the prior, 0.22 without.
 #
@@ -207,7 +215,7 @@ sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no pri
 
 # %%
 if on_mini:
-    scores = {name: subject.measure(pipe, n=16) for name, pipe in
+    scores = {name: subject.measure(pipe, n=50) for name, pipe in
               (("base", base), ("with prior", tuned[True]), ("without prior", tuned[False]))}
     for name, s in scores.items():
         print(f"{name:>13}: subject_fidelity {s['subject_fidelity']:.2f}   prior_kept {s['prior_kept']:.2f}")
@@ -218,12 +226,13 @@ else:
 # NBVAL_CHECK_OUTPUT
 if on_mini:
     print("the subject is learned:", scores["with prior"]["subject_fidelity"] > scores["base"]["subject_fidelity"])
-    print("prior preservation keeps the class better:",
-          scores["with prior"]["prior_kept"] > scores["without prior"]["prior_kept"])
+    print("prior preservation keeps the class better, by at least 0.1 (5 of 50 pictures):",
+          scores["with prior"]["prior_kept"] - scores["without prior"]["prior_kept"] >= 0.1)
 
 # %% [markdown]
-# The run without the prior is short (75 steps): the class has begun to drift, and the
-# subject, helped by the token's start, sometimes reaches green. Trained the full 450 steps
+# The run without the prior is short (150 steps), and already most of the class has drifted
+# towards the subject; the subject, helped by the token's start, reaches green only some of
+# the time. Trained the full 450 steps
 # without the prior (`sdcourse evaluate dreambooth`), the class is mostly gone (`prior_kept`
 # 0.22) and the subject never shows on green (`subject_fidelity` 0.00): trained on its five
 # pictures alone, the model ties the subject to their five backgrounds as well as to "sks".
@@ -266,7 +275,8 @@ if on_mini:
 #    measurement cell of section 6 is the check.)
 # 3. Complete `is_rare`: a token is usable when the tokenizer keeps it as a single token and
 #    it is not an everyday word. Hint: CLIP's vocabulary lists its BPE merges most frequent
-#    first, so a word's id says how common it is ("the" 518, "dog" 1929, "sks" 48136 of
+#    first, so a word's id says roughly how common it is — a heuristic: some ordinary words
+#    have high ids too ("the" 518, "dog" 1929, "sks" 48136 of
 #    49408).
 # 4. Train again with `seed=6` instead of `seed=0` and measure. Five pictures are very
 #    little: on the mini model the same recipe learns the subject on its five backgrounds
