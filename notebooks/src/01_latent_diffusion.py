@@ -81,7 +81,7 @@ print(f"2x the side -> {large['tokens'] / small['tokens']:.0f}x the pixels -> "
 print(f"measured time ratio: {large['ms'] / small['ms']:.1f}x (the median of 5 runs each)")
 
 # %% [markdown]
-# On a CPU the time grows nearly as much as the FLOPs (12–16× in the course's runs: memory
+# On a CPU the time grows nearly as much as the FLOPs (12–17× in the course’s runs: memory
 # traffic and caches make time and FLOPs not exactly proportional; at much smaller sizes fixed
 # overheads hide the growth, and on a GPU these two are so fast that launching the work can
 # dominate). The memory is the matrix's size if it is stored whole, as plain
