@@ -38,6 +38,10 @@ logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusio
 # StableDiffusionDepth2ImgPipeline runs its depth estimator under torch.autocast even on a
 # CPU in float32, where autocast has nothing to do and says so at every call.
 warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
+# diffusers' load_config passes huggingface_hub an argument that huggingface_hub 1.x ignores and
+# warns about, whenever one component is loaded by its Hub id (`AutoencoderKL.from_pretrained(
+# "org/repo", subfolder="vae")`): the library's call, not the learner's.
+warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
 
 _NAMES = {
     # device.py: where to run, in which precision, with which random generator

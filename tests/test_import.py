@@ -45,3 +45,20 @@ def test_the_depth_pipelines_mps_autocast_notice_is_dropped_and_nothing_else(cap
         logging.getLogger("diffusers.other").warning(notice)
     messages = [(r.name, r.getMessage()) for r in caplog.records]
     assert messages == [(name, "something else went wrong"), ("diffusers.other", notice)]
+
+
+def test_the_hub_argument_warning_of_diffusers_load_config_is_dropped_and_nothing_else():
+    """Loading one component by its Hub id makes diffusers pass huggingface_hub a deprecated
+    argument; that warning would land in notebook 01. sdcourse ignores that message only."""
+    import importlib
+    import warnings
+
+    import sdcourse
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importlib.reload(sdcourse)  # its filters go on top of "always", as at a real import
+        warnings.warn("The `local_dir_use_symlinks` argument is deprecated and ignored in "
+                      "`hf_hub_download`. Downloading to a local directory does not use symlinks anymore.")
+        warnings.warn("some other deprecation", DeprecationWarning)
+    assert [str(w.message) for w in caught] == ["some other deprecation"]
