@@ -152,6 +152,12 @@ print("weights in half precision take half the bytes:",
 del unet_half, unet_full
 
 # %% [markdown]
+# The bytes halve everywhere; the time depends on the size of the work. The mini UNet's step is
+# a few milliseconds of small matrix products: too little work per kernel for bfloat16's
+# faster arithmetic to pay on a CPU, so its time stays about the same or grows. On the SD 2.1 UNet at 256 px, on a CPU
+# with bf16 units, the course's benchmark measured a bfloat16 step at 1.4 s against 2.2 s in
+# float32; on a CPU without them, 140 s against 5 s (`benchmarks/RESULTS.md`).
+#
 # ## 3. Attention: SDPA by default, slicing when memory is the limit
 # Attention compares every position of the latent with every other: at 512 px that is
 # 64 × 64 = 4096 positions, so a 4096 × 4096 matrix of scores per head. diffusers computes
