@@ -66,12 +66,7 @@ def find_checkpoint(out: Path) -> Path | None:
     for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
         path = Path(out) / name
         if (path / "state.json").exists():
-            try:
-                step = json.loads((path / "state.json").read_text())["step"]
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                raise _damaged(path, f"state.json: {type(error).__name__}: {error}") from None
-            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-                raise _damaged(path, f"state.json: {step!r} is not a step number")
+            checkpoint_step(path)  # a damaged state.json fails here
             return path
     return None
 
@@ -93,8 +88,16 @@ def resuming(checkpoint: Path | None):
 
 
 def checkpoint_step(checkpoint: Path) -> int:
-    """The step a checkpoint was taken at."""
-    return json.loads((Path(checkpoint) / "state.json").read_text())["step"]
+    """The step a checkpoint was taken at, from its ``state.json``; a damaged one raises
+    :class:`CheckpointError`."""
+    path = Path(checkpoint)
+    try:
+        step = json.loads((path / "state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _damaged(path, f"state.json: {type(error).__name__}: {error}") from None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise _damaged(path, f"state.json: {step!r} is not a step number")
+    return step
 
 
 def load_optimizer(optimizer, checkpoint: Path) -> int:
