@@ -400,9 +400,9 @@ def model_index(source, offline: bool = False) -> dict:
     """A checkpoint's ``model_index.json`` (which class each component is), from a folder or
     from the Hub (``offline``: from the local cache only). A small download.
 
-    Read through huggingface_hub itself rather than the pipeline's ``load_config``: given a
-    Hub id, diffusers 0.42 passes huggingface_hub an argument it deprecated
-    (``local_dir_use_symlinks``), and that warning would show in the notebooks.
+    Read through huggingface_hub itself rather than a class's ``load_config``, which reads that
+    class's own config file: :func:`from_pretrained` also loads single components
+    (``AutoencoderKL`` with ``subfolder="vae"``), whose class would look for ``config.json``.
     """
     if os.path.isdir(source) or not _is_hub_id(source):
         path = os.path.join(source, "model_index.json")  # no such folder: FileNotFoundError

@@ -238,8 +238,9 @@ def test_hub_offline_asks_the_network_only_about_hub_ids(monkeypatch, tmp_path):
 
 
 def test_model_index_reads_a_folder_without_diffusers_load_config(tmp_path):
-    """model_index.json read directly (diffusers' load_config with a Hub id warns about an
-    argument huggingface_hub deprecated); a folder without one is an OSError, as a load's."""
+    """model_index.json read directly, whatever class is being loaded (a component's
+    load_config would look for its own config.json); a folder without one is an OSError, as a
+    load's."""
     (tmp_path / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
     assert models.model_index(str(tmp_path)) == {"unet": ["diffusers", "UNet2DConditionModel"]}
     with pytest.raises(OSError):
