@@ -12,29 +12,27 @@ import warnings
 __version__ = "0.1.0"
 
 
-class _NoTorchvisionNotice(logging.Filter):
-    """Drop transformers' notice that it uses the PIL image processors without torchvision.
+class _DropNotice(logging.Filter):
+    """Drop a library's log records containing ``text``; everything else passes."""
 
-    The course deliberately runs without torchvision (PyPI's build does not import beside the
-    CPU torch wheel); the PIL processors give the same results. Everything else passes.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision (not installed)" not in record.getMessage()
-
-
-class _NoMpsAutocastNotice(logging.Filter):
-    """Drop StableDiffusionDepth2ImgPipeline's notice, at every call on any Mac with an Apple
-    GPU, that it cannot run the depth estimator under autocast there: nothing a learner can act
-    on (the mini model runs in float32 anyway). Everything else passes."""
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "autocast is not yet supported on MPS" not in record.getMessage()
+        return self.text not in record.getMessage()
 
 
-logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
+# transformers says it uses the PIL image processors without torchvision: the course runs
+# without torchvision on purpose (PyPI's build does not import beside the CPU torch wheel), and
+# the PIL processors give the same results.
+logging.getLogger("transformers.utils.import_utils").addFilter(
+    _DropNotice("requires torchvision (not installed)"))
+# StableDiffusionDepth2ImgPipeline says, at every call on any Mac with an Apple GPU, that it
+# cannot run its depth estimator under autocast there: nothing a learner can act on (the mini
+# model runs in float32 anyway).
 logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_depth2img").addFilter(
-    _NoMpsAutocastNotice())
+    _DropNotice("autocast is not yet supported on MPS"))
 # StableDiffusionDepth2ImgPipeline runs its depth estimator under torch.autocast even on a
 # CPU in float32, where autocast has nothing to do and says so at every call.
 warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
