@@ -3,23 +3,32 @@
 An exercise cell starts as a stub that raises ``NotImplementedError``; its self-check cell
 calls :func:`self_check`. While the stub is untouched the check says "not done yet" instead of
 failing (so the notebook still runs top to bottom); a wrong answer fails with the check's hint;
-a right one prints ✓.
+a right one prints ✓. A check that cannot judge here (it reads the mini model's world and a
+real model is loaded) raises :class:`CheckSkipped`: the cell says so instead of printing ✓.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 
+class CheckSkipped(Exception):
+    """Raised by a check that cannot judge the answer here; its message says why."""
+
+
 def self_check(check: Callable[[], str], exercise: str) -> bool:
     """Run ``check`` (which asserts, and returns the message to show on success).
 
     Returns True when it passed, False when the exercise is not done yet (``check`` raised
-    ``NotImplementedError``); an ``AssertionError`` (a wrong answer) propagates with its hint.
+    ``NotImplementedError``) or could not be checked here (``CheckSkipped``); an
+    ``AssertionError`` (a wrong answer) propagates with its hint.
     """
     try:
         message = check()
     except NotImplementedError:
         print(f"○ {exercise} is not done yet: complete it in the cell above, then run this cell again")
+        return False
+    except CheckSkipped as reason:
+        print(f"– {exercise} not checked: {reason}")
         return False
     print(f"✓ {message}")
     return True

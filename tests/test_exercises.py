@@ -1,4 +1,4 @@
-"""The exercises' self-check: done, not done yet, and wrong are three different outcomes."""
+"""The exercises' self-check: done, not done yet, not checkable here, and wrong are four outcomes."""
 import pytest
 
 import sdcourse as sdc
@@ -28,3 +28,13 @@ def test_an_untouched_stub_is_reported_not_done(capsys):
 def test_a_wrong_answer_fails_with_the_hint():
     with pytest.raises(AssertionError, match="square of the number of positions"):
         sdc.self_check(_check(lambda: 64), "exercise 2")
+
+
+def test_a_check_that_cannot_judge_here_says_so_without_a_tick(capsys):
+    def check():
+        raise sdc.CheckSkipped("the pixel reader knows the mini world only")
+
+    assert sdc.self_check(check, "exercise 3") is False
+    out = capsys.readouterr().out
+    assert out.startswith("– exercise 3 not checked: the pixel reader knows the mini world only")
+    assert "✓" not in out

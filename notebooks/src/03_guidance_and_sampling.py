@@ -416,7 +416,7 @@ def check_exercise_3() -> str:
     if blue_kept_at_3 is None:
         raise NotImplementedError
     if not on_mini:
-        return "not checked: the pixel reader knows the mini world only (judge your pictures by eye)"
+        raise sdc.CheckSkipped("the pixel reader knows the mini world only (judge your pictures by eye)")
     gentle = pipe([open_prompt] * 12, negative_prompt=[negatives[-1]] * 12, guidance_scale=3,
                   num_inference_steps=25, generator=sdc.make_generator(11)).images
     kept = sum(read_image(im).background == "blue" for im in gentle)
@@ -439,4 +439,5 @@ passed = sdc.self_check(check_exercise_3, "exercise 3")
 gentle = pipe([open_prompt] * 12, negative_prompt=[negatives[-1]] * 12, guidance_scale=3,
               num_inference_steps=25, generator=sdc.make_generator(11)).images
 blue_kept_at_3 = sum(read_image(im).background == "blue" for im in gentle)
-assert sdc.self_check(check_exercise_3, "exercise 3")
+passed = sdc.self_check(check_exercise_3, "exercise 3")
+assert passed or not on_mini  # on a real model the check says why it cannot judge
