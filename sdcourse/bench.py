@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 
+from .files import write_atomic
 from .sizes import check_size
 
 # --------------------------------------------------------------------------- architectures
@@ -845,13 +846,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(report))
     print(f"whole run: {report.elapsed_s:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = asdict(report)
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        write_atomic(args.json, json.dumps(asdict(report), indent=2, default=str) + "\n")
         print("wrote", args.json)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(to_markdown(report))
+        write_atomic(args.markdown, to_markdown(report))
         print("wrote", args.markdown)
     return 0
 

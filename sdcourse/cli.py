@@ -25,6 +25,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from .files import write_atomic
+
 DEFAULT_OUT = Path("build") / "course"
 
 
@@ -134,26 +136,14 @@ def check_out(out: Path, option: str = "--out") -> None:
                          f"({error.strerror or error}): choose another folder") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, so a reader never sees half a file.
-
-    If the write or the rename fails, the temporary file is removed and path is left as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone already after a successful replace
-
-
 def _write_outputs(nb, source: Path, out: Path) -> None:
     """The executed notebook and its HTML rendering, as out/<name>.ipynb and out/<name>.html."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    _write_atomic(out / source.name, nbformat.writes(nb))
+    write_atomic(out / source.name, nbformat.writes(nb))
     html, _ = HTMLExporter().from_notebook_node(nb)
-    _write_atomic(out / (source.stem + ".html"), html)
+    write_atomic(out / (source.stem + ".html"), html)
 
 
 def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:

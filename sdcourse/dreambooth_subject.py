@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import world
 from .evaluate import _in_batches, read_image, to_array
+from .files import atomic_path
 
 # The subject's two halves. White and black because the mini VAE, which never saw a two-tone
 # object, redraws light/dark contrasts faithfully; colourful pairs (yellow/blue...) bleed.
@@ -103,7 +104,8 @@ def save_instance_images(folder, n: int = N_INSTANCE, seed: int = 0) -> list[str
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(make_instance_images(n, seed)):
-        image.save(folder / f"subject_{i}.png")
+        with atomic_path(folder / f"subject_{i}.png") as tmp:
+            image.save(tmp)
     return instance_prompts(n)
 
 

@@ -21,12 +21,13 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
+
+from .files import atomic_path, write_atomic
 
 __all__ = [
     "download_image", "DownloadError", "StandInWarning", "image_grid", "show_images",
@@ -118,7 +119,7 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
             return _finish(_decode(str(path), path.read_bytes()), size)
         raise
     try:
-        _write_atomically(cache_file, data)
+        write_atomic(cache_file, data)
     except OSError:
         pass  # a cache that cannot be written (read-only disk, ...) should not fail the download
     return _finish(image, size)
@@ -325,19 +326,6 @@ def _read_cache(path: Path) -> Image.Image | None:
         return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".download-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # bundled samples
 
@@ -386,7 +374,8 @@ def make_samples(out_dir=SAMPLES_DIR, size: int = 512) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, picture in pictures.items():
-        picture.save(out_dir / name, format="PNG")
+        with atomic_path(out_dir / name) as tmp:
+            picture.save(tmp, format="PNG")
         paths.append(out_dir / name)
     return paths
 

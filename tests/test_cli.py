@@ -74,40 +74,6 @@ def test_run_stops_at_failing_cell(tmp_path, capsys):
     assert executed.cells[3].outputs == []
 
 
-@pytest.mark.parametrize("fail_at", ["write", "replace"])
-def test_write_atomic_leaves_no_temp_file_when_the_write_fails(tmp_path, monkeypatch, fail_at):
-    """A write that fails half-way (disk full) or a rename that fails leaves the old file as it
-    was and no ``*.tmp`` beside it."""
-    target = tmp_path / "nb.html"
-    target.write_text("old")
-    real_write_text = Path.write_text
-
-    def half_write(self, text, *args, **kwargs):
-        real_write_text(self, text[:3], *args, **kwargs)
-        raise OSError(28, "No space left on device")
-
-    def refuse(src, dst):
-        raise OSError(13, "Permission denied")
-
-    if fail_at == "write":
-        monkeypatch.setattr(Path, "write_text", half_write)
-    else:
-        monkeypatch.setattr(cli.os, "replace", refuse)
-    with pytest.raises(OSError):
-        cli._write_atomic(target, "new contents")
-    monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.html"]
-    assert target.read_text() == "old"
-
-
-def test_write_atomic_replaces_the_file(tmp_path):
-    target = tmp_path / "nb.html"
-    target.write_text("old")
-    cli._write_atomic(target, "new")
-    assert target.read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.html"]
-
-
 @pytest.mark.parametrize("name, message", [("missing.ipynb", "no such notebook"),
                                            ("notes.txt", "not a notebook"),
                                            ("folder.ipynb", "a folder, not a notebook")])

@@ -275,6 +275,29 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
 
 
+def test_save_folder_leaves_the_old_config_whole_when_saving_fails(tmp_path):
+    """The scheduler and image-processor configs are replaced like the weights: a save that
+    fails half-way leaves the previous folder as it was and no temporary folder."""
+    from diffusers import DDIMScheduler
+
+    target = tmp_path / "scheduler"
+    common.save_folder(DDIMScheduler(num_train_timesteps=1000), target)
+    before = (target / "scheduler_config.json").read_text()
+
+    class Broken:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "scheduler_config.json").write_text("{half")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        common.save_folder(Broken(), target)
+    assert (target / "scheduler_config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scheduler"]
+    common.save_folder(DDIMScheduler(num_train_timesteps=500), target)
+    assert DDIMScheduler.from_pretrained(target).config.num_train_timesteps == 500
+
+
 def test_progress_bars_honour_tqdm_disable_in_a_notebook_too(monkeypatch):
     # in a kernel tqdm.auto is tqdm.notebook's widget bar, which ignores TQDM_DISABLE by itself:
     # the trainers' bars must go through common.progress to stay out of notebook outputs

@@ -112,6 +112,19 @@ def append_log(out: Path, step: int, **values) -> None:
         f.write(f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n")
 
 
+def save_folder(component, target: Path) -> None:
+    """``component.save_pretrained`` (a scheduler, an image processor) into ``target``, replacing
+    it atomically: saved beside it first, so a failure leaves the old folder whole."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        component.save_pretrained(tmp)
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def publish(model, target: Path, fp16: bool = True) -> None:
     """Save a trained model for shipping (safetensors, fp16 by default), replacing atomically.
 

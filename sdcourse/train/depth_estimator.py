@@ -96,4 +96,4 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
 def publish(model: DPTForDepthEstimation, mini_dir: Path) -> None:
     """Ship the estimator (fp16 safetensors) and its image processor config."""
     common.publish(model, Path(mini_dir) / "depth_estimator", fp16=True)
-    image_processor().save_pretrained(Path(mini_dir) / "depth_processor")
+    common.save_folder(image_processor(), Path(mini_dir) / "depth_processor")

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..files import atomic_path, write_atomic
 from . import common
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -287,9 +288,7 @@ def read_record(out: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 # ----------------------------------------------------------------------------- components
@@ -667,10 +666,8 @@ def save_validation(pipe, prompts: list[str], path: Path, seed: int, per_prompt:
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             grid.paste(image, (c * w, r * h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        grid.save(tmp)
 
 
 def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dreambooth", *,

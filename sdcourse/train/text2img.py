@@ -30,6 +30,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import world
+from ..files import atomic_path
 from . import common
 
 TEXT_ENCODER_CONFIG = dict(
@@ -113,9 +114,8 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
         return torch.load(path, weights_only=True)
     data, scenes = encode_dataset(vae, n, seed=seed, task=task)
     data["captions"] = [s.caption for s in scenes]
-    tmp = path.with_suffix(".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
     return data
 
 
@@ -320,4 +320,4 @@ def publish(checkpoint: Path, mini_dir: Path, task: str = "text2img", weights: s
     if task == "text2img":
         common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder"),
                        mini_dir / "text_encoder")
-        sampling_scheduler().save_pretrained(mini_dir / "scheduler")
+        common.save_folder(sampling_scheduler(), mini_dir / "scheduler")

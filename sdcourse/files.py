@@ -1,0 +1,37 @@
+"""Writing a file so that no reader ever sees half of it.
+
+Caches, run records, benchmark results and executed notebooks are read by other processes
+(or by the next run after a crash). Each is written to a temporary file beside its target
+and renamed onto it only when complete: a reader finds the old file, the new one, or none,
+and a failed write leaves nothing behind. (Folders: ``sdcourse.train.common.replace_dir``.)
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to (``image.save(tmp)``, ``torch.save(x, tmp)``).
+
+    When the block ends without an error, the file is renamed onto ``path``; otherwise it is
+    removed and ``path`` is left as it was. The temporary name keeps ``path``'s suffix, so
+    writers that choose the format by extension (PIL) write the right one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)

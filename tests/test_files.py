@@ -1,0 +1,61 @@
+"""Atomic writes: a reader finds the old file or the new one, never half of one, and a failed
+write leaves nothing behind."""
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdcourse import files
+
+
+@pytest.mark.parametrize("fail_at", ["write", "replace"])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch, fail_at):
+    """A write that fails half-way (disk full) or a rename that fails leaves the old file as it
+    was and nothing beside it."""
+    target = tmp_path / "nb.html"
+    target.write_text("old")
+    real_write_bytes = Path.write_bytes
+
+    def half_write(self, data):
+        real_write_bytes(self, data[:3])
+        raise OSError(28, "No space left on device")
+
+    def refuse(src, dst):
+        raise OSError(13, "Permission denied")
+
+    if fail_at == "write":
+        monkeypatch.setattr(Path, "write_bytes", half_write)
+    else:
+        monkeypatch.setattr(files.os, "replace", refuse)
+    with pytest.raises(OSError):
+        files.write_atomic(target, "new contents")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.html"]
+    assert target.read_text() == "old"
+
+
+def test_write_atomic_replaces_the_file_with_text_or_bytes(tmp_path):
+    target = tmp_path / "sub" / "nb.html"  # the folder is made
+    files.write_atomic(target, "new é")
+    assert target.read_text(encoding="utf-8") == "new é"
+    files.write_atomic(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["nb.html"]
+
+
+def test_atomic_path_keeps_the_suffix_so_pil_writes_the_format_asked(tmp_path):
+    target = tmp_path / "grid.png"
+    with files.atomic_path(target) as tmp:
+        assert tmp.suffix == ".png" and tmp.parent == tmp_path and not target.exists()
+        Image.new("RGB", (4, 4), "red").save(tmp)
+    assert Image.open(target).format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+def test_an_error_inside_the_block_removes_the_partial_file(tmp_path):
+    target = tmp_path / "data.pt"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with files.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
