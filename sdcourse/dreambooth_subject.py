@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import world
 from .evaluate import _in_batches, read_image, to_array
-from .files import atomic_path
+from .files import atomic_path, cache_root
 
 # The subject's two halves. White and black because the mini VAE, which never saw a two-tone
 # object, redraws light/dark contrasts faithfully; colourful pairs (yellow/blue...) bleed.
@@ -196,7 +196,6 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
     noise and class pictures): the recipe's robustness shows across training seeds."""
     import hashlib
     import json
-    import os
     from pathlib import Path
 
     from diffusers import StableDiffusionPipeline
@@ -206,7 +205,7 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
 
     base = mini_model_path("text2img")
     settings = EVAL_SETTINGS | {"seed": train_seed} | overrides
-    root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
+    root = Path(cache_dir) if cache_dir else cache_root()
     result: dict = {"n": n, "steps": settings["steps"], "train_seed": settings["seed"]}
     for prior, suffix in ((True, ""), (False, "_no_prior")):
         key = json.dumps({"base": str(base), "prior": prior, "subject": [LEFT, RIGHT],

@@ -31,6 +31,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)  # gone already after a successful rename
 
 
+def cache_root() -> Path:
+    """Where the course keeps what it makes or downloads (pictures, the mini model's folders,
+    DreamBooth runs): ``$SDCOURSE_CACHE`` when set, else ``~/.cache/sdcourse``."""
+    return Path(os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from .files import atomic_path, write_atomic
+from .files import atomic_path, cache_root, write_atomic
+from .models import offline_mode
 
 __all__ = [
     "download_image", "DownloadError", "StandInWarning", "image_grid", "show_images",
@@ -48,7 +49,6 @@ STAND_INS: dict[str, str] = {
     INPAINT_MASK_URL: "inpaint_mask.png",
 }
 
-_OFFLINE_VALUES = {"1", "true", "yes", "on"}  # the values huggingface_hub accepts
 _NO_NETWORK = {"offline", "dns", "refused", "connection"}  # reasons that allow a stand-in
 
 
@@ -104,7 +104,7 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
         return _finish(cached, size)
 
     try:
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES:
+        if offline_mode():
             raise DownloadError(url, "offline mode is on (HF_HUB_OFFLINE=1) and it is not cached",
                                 "Unset HF_HUB_OFFLINE and connect to the internet, or use a "
                                 "local file.", "offline")
@@ -306,9 +306,7 @@ def _as_wh(size) -> tuple[int, int]:
 def _cache_file(url: str, cache_dir) -> Path:
     """Cache path for a URL: a hash of the URL, keeping a short extension for humans."""
     if cache_dir is None:
-        root = os.environ.get("SDCOURSE_CACHE")
-        base = Path(root) if root else Path.home() / ".cache" / "sdcourse"
-        cache_dir = base / "images"
+        cache_dir = cache_root() / "images"
     suffix = Path(url.split("?")[0].split("#")[0]).suffix.lower()
     if not (suffix[1:].isalnum() and len(suffix) <= 5):
         suffix = ".img"

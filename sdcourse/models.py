@@ -30,6 +30,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .files import cache_root
+
 TASKS = ("text2img", "img2img", "inpaint", "depth2img")
 
 #: Real checkpoints per task, most preferred first (maintained mirrors of deleted repos).
@@ -96,9 +98,17 @@ def check_task(task: str) -> str:
     return task
 
 
+def offline_mode() -> bool:
+    """Whether offline mode is asked for: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set to
+    1, true, yes or on — the values huggingface_hub itself accepts, so the course and the
+    libraries agree on whether to try the network."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether huggingface.co answers (False at once when HF_HUB_OFFLINE=1)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    """Whether huggingface.co answers (False at once in offline mode, :func:`offline_mode`)."""
+    if offline_mode():
         return False
     import socket
 
@@ -228,7 +238,7 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
     # with the package's location, so two installs (venvs) never share links into one of them
     stamp = max(f.stat().st_mtime_ns for c in parts.values() for f in (MINI_DIR / c).rglob("*"))
     digest = hashlib.sha256(f"{MINI_DIR}\n{text}{stamp}".encode()).hexdigest()[:12]
-    root = Path(cache_dir or os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
+    root = Path(cache_dir) if cache_dir else cache_root()
     target = root / "mini" / f"{task}-{digest}"
     if (target / "model_index.json").exists():
         return target

@@ -59,3 +59,10 @@ def test_an_error_inside_the_block_removes_the_partial_file(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_root_follows_sdcourse_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
+    assert files.cache_root() == tmp_path
+    monkeypatch.setenv("SDCOURSE_CACHE", "")  # empty counts as unset
+    assert files.cache_root() == Path.home() / ".cache" / "sdcourse"
