@@ -11,6 +11,7 @@ gives the same picture again.
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -94,8 +95,16 @@ def make_generator(seed: int, device: str | torch.device | None = None) -> torch
     Pass it to a pipeline (``pipe(prompt, generator=g)``) to get the same image again.
     On MPS the generator is a CPU one, as diffusers recommends: random draws on MPS are not
     reproducible, and diffusers draws the noise on the CPU and moves it to the GPU.
+
+    ``device`` goes through :func:`check_device`, so "cuda" without a GPU or "gpu" fails in
+    one line rather than in torch. ``seed`` must be a whole number (an int, numpy ints too):
+    a float was silently truncated (1.7 drew seed 1's picture) and True drew seed 1's.
     """
-    target = torch.device(device if device is not None else pick_device())
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed {seed!r} is not a whole number: pass an int, e.g. make_generator(0)")
+    if not -2**63 <= seed < 2**64:  # what torch's manual_seed takes
+        raise ValueError(f"seed {seed} is out of range: pass a whole number from -2**63 to 2**64 - 1")
+    target = torch.device(check_device(device) if device is not None else pick_device())
     if target.type == "mps":
         target = torch.device("cpu")
     return torch.Generator(device=target).manual_seed(int(seed))

@@ -49,13 +49,19 @@ def test_env_override_unknown_value(machine, monkeypatch, value):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("value", ["cuda", "mps", "cuda:3"])
-def test_env_override_unavailable_device(machine, monkeypatch, value):
+@pytest.mark.parametrize("value, message", [
+    ("cuda", "SDCOURSE_DEVICE='cuda' but PyTorch sees no cuda device on this machine: "
+             "unset SDCOURSE_DEVICE or set it to cpu"),
+    ("mps", "SDCOURSE_DEVICE='mps' but PyTorch sees no mps device on this machine: "
+            "unset SDCOURSE_DEVICE or set it to cpu"),
+    ("cuda:3", "SDCOURSE_DEVICE='cuda:3' but this machine has 1 CUDA device(s): use cuda:0 .. cuda:0"),
+])
+def test_env_override_unavailable_device(machine, monkeypatch, value, message):
     machine(cuda=value == "cuda:3", cuda_count=1)
     monkeypatch.setenv(dev.ENV_VAR, value)
-    with pytest.raises(RuntimeError, match="SDCOURSE_DEVICE") as info:
+    with pytest.raises(RuntimeError) as info:
         dev.pick_device()
-    assert "\n" not in str(info.value)
+    assert str(info.value) == message  # what was wrong, then what to do, on one line
 
 
 @pytest.mark.parametrize("device, expected", [("cpu", "cpu"), (torch.device("cuda", 1), "cuda:1"),
@@ -107,7 +113,8 @@ def test_same_seed_same_draws():
     assert not torch.equal(a, c)
 
 
-def test_generator_on_mps_is_a_cpu_generator():
+def test_generator_on_mps_is_a_cpu_generator(machine):
+    machine(mps=True)
     assert dev.make_generator(0, "mps").device == torch.device("cpu")
     assert torch.equal(torch.randn(3, generator=dev.make_generator(7, "mps")),
                        torch.randn(3, generator=dev.make_generator(7, "cpu")))
@@ -116,6 +123,53 @@ def test_generator_on_mps_is_a_cpu_generator():
 def test_generator_default_device_is_picked(machine):
     machine()
     assert dev.make_generator(0).device == torch.device("cpu")
+
+
+def test_generator_accepts_numpy_integers():
+    """Notebooks seed from loops and arrays: a numpy int is the same seed as the int."""
+    import numpy as np
+
+    assert torch.equal(torch.randn(3, generator=dev.make_generator(np.int64(7), "cpu")),
+                       torch.randn(3, generator=dev.make_generator(7, "cpu")))
+
+
+@pytest.mark.parametrize("seed, error, message", [
+    (1.7, TypeError, "seed 1.7 is not a whole number: pass an int, e.g. make_generator(0)"),
+    (2.0, TypeError, "seed 2.0 is not a whole number: pass an int, e.g. make_generator(0)"),
+    (True, TypeError, "seed True is not a whole number: pass an int, e.g. make_generator(0)"),
+    ("0", TypeError, "seed '0' is not a whole number: pass an int, e.g. make_generator(0)"),
+    (2**64, ValueError, f"seed {2**64} is out of range: pass a whole number from -2**63 to 2**64 - 1"),
+])
+def test_generator_refuses_seeds_that_are_not_whole_numbers(seed, error, message):
+    """1.7 used to draw seed 1's picture without a word."""
+    with pytest.raises(error) as info:
+        dev.make_generator(seed, "cpu")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("device, error, message", [
+    ("gpu", ValueError, "device 'gpu' is not a device: use one of cpu, cuda, cuda:N, mps"),
+    ("cuda", RuntimeError, "device 'cuda' but PyTorch sees no cuda device on this machine: "
+                           "use device=sdc.pick_device() or 'cpu'"),
+    ("mps", RuntimeError, "device 'mps' but PyTorch sees no mps device on this machine: "
+                          "use device=sdc.pick_device() or 'cpu'"),
+])
+def test_generator_checks_the_device_in_one_line(machine, device, error, message):
+    """Without the check torch answered "Cannot get CUDA generator without ATen_cuda library..."
+    or its list of every device type it knows."""
+    machine(cuda=False, mps=False)
+    with pytest.raises(error) as info:
+        dev.make_generator(0, device)
+    assert str(info.value) == message
+
+
+def test_generator_on_an_available_gpu(machine, monkeypatch):
+    """cuda passes the check and gets a generator of its own (torch's, faked here)."""
+    machine(cuda=True, cuda_count=2)
+    made, real = [], torch.Generator
+    monkeypatch.setattr(torch, "Generator", lambda device: made.append(device) or real())
+    dev.make_generator(0, "CUDA:1")
+    assert made == [torch.device("cuda", 1)]
 
 
 def test_public_names():
