@@ -9,6 +9,7 @@ which is how every lesson ends with a number.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,18 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 # Evaluation suites behind `sdcourse evaluate ...`: fresh cases from a seed, one flat dict each.
 
 
+def check_whole(at_least: int = 1, **values) -> None:
+    """Raise a one-line ValueError unless each ``name=value`` is a whole number >= ``at_least``.
+
+    Why: every suite loads a pipeline first, so ``n=0`` used to fail only after loading (a
+    ZeroDivisionError) and ``batch=0`` inside ``range()``; the suites call this before any work.
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
+            raise ValueError(f"{name}={value!r} is not a whole number of at least {at_least}: "
+                             f"pass {name}={at_least} or more")
+
+
 def random_scenes(n: int, seed: int) -> list[Scene]:
     """``n`` fresh scenes (prompts and layouts) drawn from ``seed``."""
     import random
@@ -133,6 +146,8 @@ def random_scenes(n: int, seed: int) -> list[Scene]:
 
 def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
     """Reconstruction PSNR (dB) of the shipped VAE on ``n`` fresh pictures."""
+    check_whole(n=n)
+    check_whole(0, seed=seed)
     import torch
     from diffusers import AutoencoderKL
 
@@ -151,6 +166,8 @@ def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
 
 def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Prompt fidelity at guidance 7.5 and 1.0 on ``n`` fresh prompts, and speed."""
+    check_whole(n=n, steps=steps, batch=batch)
+    check_whole(0, seed=seed)
     import time
 
     import torch
@@ -174,10 +191,10 @@ def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: in
         if guidance == 7.5:
             result["seconds_per_image"] = round(seconds / n, 4)
     # one image at a time, as a learner runs it (batching hides per-call overhead)
-    start = time.perf_counter()
-    for s in scenes[:5]:
+    singles, start = scenes[:5], time.perf_counter()
+    for s in singles:
         pipe(s.caption, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
-    result["seconds_per_single_image"] = round((time.perf_counter() - start) / 5, 4)
+    result["seconds_per_single_image"] = round((time.perf_counter() - start) / len(singles), 4)
     return result
 
 
@@ -211,6 +228,8 @@ def _in_batches(pipe, n: int, batch: int, seed: int, **per_case) -> list:
 
 def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Recolouring a picture with img2img: colour adoption at strength 0.8, layout kept at 0.3."""
+    check_whole(n=n, steps=steps, batch=batch)
+    check_whole(0, seed=seed)
     import random
 
     from .models import load_pipeline
@@ -237,6 +256,8 @@ def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
 
 def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Replace the object inside a mask by a requested one; keep everything outside."""
+    check_whole(n=n, steps=steps, batch=batch)
+    check_whole(0, seed=seed)
     import random
 
     from PIL import Image
@@ -272,6 +293,8 @@ def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
 
 def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """New colours from the prompt, layout from the estimated depth; and the estimator itself."""
+    check_whole(n=n, steps=steps, batch=batch)
+    check_whole(0, seed=seed)
     import random
 
     from .models import load_pipeline
@@ -305,6 +328,8 @@ def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: i
 def evaluate_dreambooth(n: int = 50, seed: int = 1234, **kwargs) -> dict:
     """A new subject taught with DreamBooth: fidelity in unseen contexts, class prior kept
     (with and without prior preservation); see :mod:`sdcourse.dreambooth_subject`."""
+    check_whole(n=n)  # before training two subjects
+    check_whole(0, seed=seed, **{k: kwargs[k] for k in ("train_seed",) if k in kwargs})
     from .dreambooth_subject import evaluate_dreambooth as run
 
     return run(n=n, seed=seed, **kwargs)

@@ -60,6 +60,7 @@ class FakePipe:
 
     def __call__(self, prompt, generator=None, **kwargs):
         assert isinstance(generator, torch.Generator)  # seeded per batch, as a real run is
+        prompt = [prompt] if isinstance(prompt, str) else prompt  # one prompt, as a learner calls it
         per_case = {k: v for k, v in kwargs.items() if isinstance(v, list)}
         fixed = {k: v for k, v in kwargs.items() if not isinstance(v, list)}
         self.calls.append((list(prompt), fixed))
@@ -102,6 +103,90 @@ def _use(monkeypatch, task, pipe):
         return pipe
 
     monkeypatch.setattr(models, "load_pipeline", load)
+
+
+#: Each suite's numeric arguments, and a bad value of each with the one-line error it must give.
+SUITE_ARGUMENTS = {"vae": "n seed", "text2img": "n seed steps batch", "img2img": "n seed steps batch",
+                   "inpaint": "n seed steps batch", "depth2img": "n seed steps batch",
+                   "dreambooth": "n seed train_seed"}
+BAD_NUMBERS = [
+    ({"n": 0}, "n=0 is not a whole number of at least 1: pass n=1 or more"),
+    ({"n": 2.5}, "n=2.5 is not a whole number of at least 1: pass n=1 or more"),
+    ({"n": True}, "n=True is not a whole number of at least 1: pass n=1 or more"),
+    ({"seed": -1}, "seed=-1 is not a whole number of at least 0: pass seed=0 or more"),
+    ({"batch": 0}, "batch=0 is not a whole number of at least 1: pass batch=1 or more"),
+    ({"steps": -3}, "steps=-3 is not a whole number of at least 1: pass steps=1 or more"),
+    ({"train_seed": "7"}, "train_seed='7' is not a whole number of at least 0: pass train_seed=0 or more"),
+]
+
+
+@pytest.mark.parametrize("suite, kwargs, message", [
+    (suite, kwargs, message) for suite, names in SUITE_ARGUMENTS.items()
+    for kwargs, message in BAD_NUMBERS if set(kwargs) <= set(names.split())])
+def test_suites_refuse_bad_numbers_before_loading_anything(monkeypatch, suite, kwargs, message):
+    """n=0 used to load the pipeline and then divide by zero; batch=0 failed inside range()."""
+    from diffusers import AutoencoderKL
+
+    from sdcourse import dreambooth_subject
+
+    never = lambda *a, **k: pytest.fail("loaded before checking its arguments")  # noqa: E731
+    monkeypatch.setattr(models, "load_pipeline", never)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", never)
+    monkeypatch.setattr(dreambooth_subject, "evaluate_dreambooth", never)
+    with pytest.raises(ValueError) as info:
+        getattr(evaluate, f"evaluate_{suite}")(**kwargs)
+    assert str(info.value) == message
+
+
+class _FakeVAE:
+    """Gives each picture back with every value moved 0.1 towards zero (never clamped), so its
+    reconstruction error is exactly 0.1: PSNR 10 log10(4 / 0.01) = 26.02 dB on the [-1, 1] range."""
+
+    def __init__(self, latent_channels):
+        self.config, self.batches = SimpleNamespace(latent_channels=latent_channels), []
+
+    def eval(self):
+        return self
+
+    def __call__(self, x, sample_posterior=True):
+        assert sample_posterior is False  # the posterior mean: the same number every run
+        self.batches.append(len(x))
+        return SimpleNamespace(sample=x - 0.1 * x.sign())
+
+
+def test_vae_suite_reports_psnr_compression_and_batches(monkeypatch):
+    from diffusers import AutoencoderKL
+
+    vae = _FakeVAE(latent_channels=8)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", lambda path, **kw: vae)
+    result = evaluate.evaluate_vae(n=66, seed=SEED)
+    assert result == {"psnr": 26.021, "n": 66, "compression": 24.0}  # 64*64*3 / (8*8*8)
+    assert vae.batches == [64, 2]
+
+
+def test_text2img_suite_scores_each_guidance_and_times_the_pipeline(monkeypatch):
+    import time
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def draw(prompt, guidance_scale=7.5, **kwargs):  # 1 s a picture; at guidance 1.0 the colour is off
+        clock[0] += 1.0
+        color, shape, background = _parse(prompt)
+        if guidance_scale == 1.0:
+            color = next(c for c in world.COLORS if c not in (color, background))
+        return world.render(world.Scene(color, shape, background, 32.0, 32.0, 24.0)).image
+
+    pipe = FakePipe(draw)
+    _use(monkeypatch, "text2img", pipe)
+    result = evaluate.evaluate_text2img(n=N, seed=SEED, steps=3, batch=3)
+    assert result == {"n": N, "steps": 3, "color_acc": 1.0, "shape_acc": 1.0, "background_acc": 1.0,
+                      "seconds_per_image": 1.0, "color_acc_g1": 0.0, "shape_acc_g1": 1.0,
+                      "background_acc_g1": 1.0, "seconds_per_single_image": 1.0}
+    sizes = [(len(p), f.get("guidance_scale"), f["num_inference_steps"]) for p, f in pipe.calls]
+    assert sizes == [(3, 7.5, 3), (1, 7.5, 3), (3, 1.0, 3), (1, 1.0, 3)] + [(1, None, 3)] * N
+    asked = [p for prompts, _ in pipe.calls[:2] for p in prompts]
+    assert asked == [s.caption for s in evaluate.random_scenes(N, SEED)]
 
 
 def test_img2img_suite_scores_a_perfect_and_an_identity_pipeline(monkeypatch):
