@@ -142,19 +142,31 @@ def test_measure_reads_the_subject_and_the_class_from_the_pictures(draw, fidelit
 # ----------------------------------------------------------------------------- input checks
 
 
+def _contents(path: Path):
+    """What is at ``path``: None, a file's bytes, or a folder's files and their bytes."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.read_bytes()
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in path.rglob("*")}
+
+
 def _expect_error(tmp_path, monkeypatch, instance, match, **kwargs):
-    """The call fails with a DreamBoothError before any model is loaded."""
+    """The call fails with a DreamBoothError before any model is loaded, and leaves the out
+    folder as it found it: not created, or (made by the test first) unchanged."""
     def no_training(*args, **kw):
         raise AssertionError("training started before the inputs were checked")
 
     monkeypatch.setattr(db, "load_components", no_training)
     args = dict(instance_prompt="a sks circle", class_prompt="a red circle",
                 out=tmp_path / "run", base=kwargs.pop("base"))
+    args |= kwargs
+    before = _contents(Path(args["out"]))
     with pytest.raises(db.DreamBoothError, match=match) as info:
-        db.train_dreambooth(instance, **(args | kwargs))
+        db.train_dreambooth(instance, **args)
     message = str(info.value)
     assert "\n" not in message and ":" in message  # one line: the problem, then what to do
-    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert _contents(Path(args["out"])) == before, "a refused call changed the out folder"
     return message
 
 
@@ -334,6 +346,95 @@ def test_base_weights_load_as_safetensors_only(tmp_path, base):
     assert db.load_components(base)["unet"].config.sample_size == 8
 
 
+def _copy_base(base, folder: Path, replace: str | None = None) -> Path:
+    """A base model folder of links to ``base``'s parts, but for ``replace`` (left out: the
+    test makes its own)."""
+    folder.mkdir()
+    for part in base.iterdir():
+        if part.name != replace:
+            (folder / part.name).symlink_to(part)
+    return folder
+
+
+@pytest.mark.parametrize("break_it, lacks", [
+    ("bin_unet", r"lacks unet weights as diffusion_pytorch_model\.safetensors \(only pickled \.bin files\)"),
+    ("no_scheduler", r"lacks scheduler/:"),
+    ("no_index", r"lacks model_index\.json:"),
+    ("fp16_text_encoder", r"lacks text_encoder weights as model\.safetensors \(only fp16 ones, "
+                          r"which are read on a GPU\)"),
+    ("no_vae_config", r"lacks vae/config\.json:"),
+])
+def test_an_incomplete_base_folder_is_refused_before_out_is_made(tmp_path, monkeypatch, base,
+                                                                 break_it, lacks):
+    """A base folder the trainer could not load (weights only as pickles, a part missing) is
+    one line naming the folder and what it lacks, before the run's folder is made: not
+    diffusers' "Error no file named ..." once dreambooth.json is written."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # full-precision files read
+    part = {"bin_unet": "unet", "no_scheduler": "scheduler", "no_index": "model_index.json",
+            "fp16_text_encoder": "text_encoder", "no_vae_config": "vae"}[break_it]
+    folder = _copy_base(base, tmp_path / "broken", replace=part)
+    if break_it == "bin_unet":
+        UNet2DConditionModel.from_pretrained(base / "unet").save_pretrained(folder / "unet",
+                                                                            safe_serialization=False)
+    elif break_it == "fp16_text_encoder":
+        CLIPTextModel.from_pretrained(base / "text_encoder").half().save_pretrained(
+            folder / "text_encoder", variant="fp16")
+        assert [p.name for p in (folder / "text_encoder").glob("*.safetensors")] == ["model.fp16.safetensors"]
+    elif break_it == "no_vae_config":
+        (folder / "vae").mkdir()
+        (folder / "vae" / "diffusion_pytorch_model.safetensors").symlink_to(
+            base / "vae" / "diffusion_pytorch_model.safetensors")
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3), lacks,
+                            base=folder)
+    assert message.startswith(f"base model {folder} lacks ")
+    assert message.endswith("give a complete diffusers Stable Diffusion folder with safetensors "
+                            "weights (as pipe.save_pretrained(folder) writes it), or a Hub id")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fp16_weights_count_where_they_are_read(tmp_path, base):
+    """On a GPU the trainer reads a checkpoint's fp16 files: a folder with only those is whole
+    there, and lacks its weights on a CPU, which reads the full-precision ones."""
+    from diffusers import UNet2DConditionModel
+
+    folder = _copy_base(base, tmp_path / "fp16", replace="unet")
+    UNet2DConditionModel.from_pretrained(base / "unet").half().save_pretrained(folder / "unet",
+                                                                               variant="fp16")
+    db.check_base_folder(folder, fp16_files=True)
+    with pytest.raises(db.DreamBoothError, match="lacks unet weights .*only fp16 ones"):
+        db.check_base_folder(folder)
+    db.check_base_folder(base)  # full-precision files serve both
+    db.check_base_folder(base, fp16_files=True)
+
+
+def test_an_unreadable_scheduler_config_is_one_line(tmp_path, monkeypatch, base):
+    """A scheduler config that is no JSON: diffusers' OSError becomes a DreamBoothError (which
+    the command line prints as one line), before out is made."""
+    folder = _copy_base(base, tmp_path / "bad_scheduler", replace="scheduler")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text("{cut short")
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            "could not read the scheduler config of base model", base=folder)
+    assert message.endswith("give a complete diffusers Stable Diffusion folder, or a Hub id")
+
+
+def test_cli_reports_an_incomplete_base_in_one_line(tmp_path, capsys, base, instance_dir):
+    """`sdcourse train dreambooth --base` a folder without a scheduler: one line, exit 2."""
+    from sdcourse.cli import main
+
+    folder = _copy_base(base, tmp_path / "no_scheduler", replace="scheduler")
+    status = main(["train", "dreambooth", "--instance-dir", str(instance_dir), "--instance-prompt",
+                   "a sks circle", "--no-prior", "--base", str(folder), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err == (f"sdcourse: error: base model {folder} lacks scheduler/: give a "
+                                   "complete diffusers Stable Diffusion folder with safetensors "
+                                   "weights (as pipe.save_pretrained(folder) writes it), or a Hub id")
+    assert not (tmp_path / "run").exists()
+
+
 def test_frozen_parts_are_half_precision_on_cuda_only():
     """On CUDA the VAE and a frozen text encoder are held in float16 (fp16 mixed precision
     computes in it anyway; a 16 GB GPU needs the memory); elsewhere float32, as ever."""
@@ -471,6 +572,11 @@ def test_a_class_dir_of_other_files_is_refused_not_deleted(tmp_path, monkeypatch
     wrote, so it refuses this one, before any model is loaded, and leaves it as it was."""
     from diffusers import StableDiffusionPipeline
 
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the class folder was checked")
+
+    monkeypatch.setattr(db, "load_tokenizer", no_model)
+    monkeypatch.setattr(db, "local_checkpoint", no_model)  # a Hub id's download: gigabytes
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "holiday.jpg").write_bytes(b"the user's own picture")
@@ -484,6 +590,19 @@ def test_a_class_dir_of_other_files_is_refused_not_deleted(tmp_path, monkeypatch
     assert [p.name for p in photos.iterdir()] == ["holiday.jpg"]
     assert (photos / "holiday.jpg").read_bytes() == b"the user's own picture"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_model_loads(tmp_path, monkeypatch, base):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the out folder was checked")
+
+    monkeypatch.setattr(db, "load_tokenizer", no_model)
+    monkeypatch.setattr(db, "local_checkpoint", no_model)
+    (tmp_path / "run").write_text("notes")
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            f"out folder {tmp_path / 'run'} is a file", base=base)
+    assert message.endswith("give a folder for the run (a new one, or the one an earlier call trained in)")
+    assert (tmp_path / "run").read_text() == "notes"
 
 
 def test_stale_class_pictures_are_replaced_by_a_swap(tmp_path, base):
@@ -662,6 +781,55 @@ def test_a_lora_run_loads_in_the_precision_asked_for(tmp_path, base, monkeypatch
         lambda cls, *args, **kwargs: asked.append(kwargs.get("variant")) or load(cls, *args, **kwargs)))
     assert db.load_dreambooth(out, dtype=torch.float16).unet.dtype == torch.float16
     assert asked == ["fp16", None]  # the base folder has no fp16 files: its full ones, converted
+
+
+def test_loading_on_a_device_this_machine_lacks_is_one_line_before_anything_loads(monkeypatch):
+    """``load_dreambooth(out, "cuda")`` on a machine without a GPU: torch would accept the name
+    until the loaded pipeline moved there; the device is checked first, before the run is read."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdcourse import device
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the device was checked")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", no_loading)
+    monkeypatch.setattr(db, "read_record", no_loading)
+    monkeypatch.setattr(device, "_available", lambda kind: kind == "cpu")
+    with pytest.raises(RuntimeError, match=r"^device 'cuda' but PyTorch sees no cuda device on this "
+                                           r"machine: use device=sdc.pick_device\(\) or 'cpu'$"):
+        db.load_dreambooth("runs/anything", device="cuda")
+    with pytest.raises(ValueError, match="'gpu' is not a device"):
+        db.load_dreambooth("runs/anything", device="gpu")
+
+
+def test_a_lora_whose_base_folder_is_gone_is_one_line(tmp_path, monkeypatch, base):
+    """A LoRA loads onto the base model it was trained on: if that folder was moved or deleted
+    (the mini model's folder is renamed when its files change), say so and what to do."""
+    from sdcourse import models
+
+    moved = _copy_base(base, tmp_path / "base")
+    out = tmp_path / "lora"
+    db.train_dreambooth(subject.make_instance_images(3), "a sks circle", out=out, base=moved,
+                        prior_preservation=False, **(FAST | {"steps": 1}))
+    assert db.load_dreambooth(out).unet.config.sample_size == 8
+    shutil.rmtree(moved)
+    with pytest.raises(db.DreamBoothError) as info:
+        db.load_dreambooth(out)
+    assert str(info.value) == (f"the LoRA in {out} was trained on base model {moved}, a folder that "
+                               "no longer exists: put the base model back there, or train the run "
+                               "again on one that exists")
+    # a relative folder reads like a Hub id ("models/base"): diffusers' error, in one line
+    record = json.loads((out / "dreambooth.json").read_text())
+    record["settings"]["base"] = "gone/base"
+    (out / "dreambooth.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(db.DreamBoothError, match=r"^could not load base model gone/base of the LoRA in "
+                                                 r".*: check the folder or your network, or train the "
+                                                 r"run again$") as info:
+        db.load_dreambooth(out)
+    assert "\n" not in str(info.value)
 
 
 def test_text_encoder_gets_its_own_learning_rate(tmp_path, base):

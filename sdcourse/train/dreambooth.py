@@ -394,6 +394,57 @@ def local_checkpoint(base, fp16_files: bool = False) -> str:
                               "check your network, or give a local diffusers folder") from None
 
 
+#: What the trainer reads from each part's folder of a base model: its config file, and the
+#: stem of its weights' file names (None: no weights), for ``<stem>.safetensors``, fp16
+#: ``<stem>.fp16.safetensors``, and shards of either (``<stem>-00001-of-00002.safetensors``).
+BASE_PARTS = {"unet": ("config.json", "diffusion_pytorch_model"),
+              "vae": ("config.json", "diffusion_pytorch_model"),
+              "text_encoder": ("config.json", "model"),
+              "tokenizer": (None, None),
+              "scheduler": ("scheduler_config.json", None)}
+
+
+def check_base_folder(folder, fp16_files: bool = False) -> None:
+    """The base model's folder holds all the trainer loads: ``model_index.json``, each part of
+    :data:`BASE_PARTS` with its config, and the UNet's, VAE's and text encoder's weights as
+    safetensors (their fp16 files count where they are what is read: ``fp16_files``, on a GPU).
+
+    Why: diffusers finds a missing part only when it loads it, after the run's folder is made,
+    and says so in its own words ("Error no file named diffusion_pytorch_model.safetensors
+    found"); a pickled ``.bin`` file is never loaded (unpickling can run code).
+    Raises a one-line :class:`DreamBoothError` listing everything missing.
+    """
+    folder = Path(folder)
+    missing = []
+    try:
+        if not (folder / "model_index.json").is_file():
+            missing.append("model_index.json")
+        for part, (config, stem) in BASE_PARTS.items():
+            if not (folder / part).is_dir():
+                missing.append(f"{part}/")
+                continue
+            if config and not (folder / part / config).is_file():
+                missing.append(f"{part}/{config}")
+            if stem is None:
+                continue
+            names = [p.name for p in (folder / part).iterdir()]
+            matches = [re.fullmatch(rf"{stem}(\.fp16)?(-\d+-of-\d+)?\.safetensors", n) for n in names]
+            variants = {m.group(1) for m in matches if m}  # None: full precision, ".fp16"
+            if None in variants or (fp16_files and variants):
+                continue
+            have = ("only fp16 ones, which are read on a GPU" if variants else
+                    "only pickled .bin files" if any(n.endswith(".bin") for n in names) else "none")
+            missing.append(f"{part} weights as {stem}.safetensors ({have})")
+    except OSError as error:
+        raise DreamBoothError(f"base model {folder} cannot be read ({error.strerror or error}): "
+                              "check its permissions, or give another base model") from None
+    if missing:
+        raise DreamBoothError(
+            f"base model {folder} lacks {', '.join(missing)}: give a complete diffusers Stable "
+            "Diffusion folder with safetensors weights (as pipe.save_pretrained(folder) writes "
+            "it), or a Hub id")
+
+
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -402,7 +453,14 @@ def check_prediction_type(base) -> str:
     before any model loads if the trainer cannot train it."""
     from diffusers import DDPMScheduler
 
-    kind = DDPMScheduler.load_config(str(base), subfolder="scheduler").get("prediction_type", "epsilon")
+    try:
+        config = DDPMScheduler.load_config(str(base), subfolder="scheduler")
+    except (OSError, ValueError) as error:  # missing, or not JSON: diffusers' words, one line
+        lines = str(error).strip().splitlines()
+        raise DreamBoothError(f"could not read the scheduler config of base model {base} "
+                              f"({lines[0] if lines else type(error).__name__}): give a complete "
+                              "diffusers Stable Diffusion folder, or a Hub id") from None
+    kind = config.get("prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
         raise DreamBoothError(f"base model {base} predicts {kind!r}: the trainer trains UNets that "
                               f"predict {' or '.join(PREDICTION_TYPES)}; choose such a checkpoint")
@@ -619,11 +677,14 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     ``out``: the run folder, or the path :func:`train_dreambooth` returned. ``dtype``: the
     pipeline's precision (default: as saved, float32), e.g. ``torch.float16`` on a GPU, where
     a LoRA's base model then loads its fp16 files when it has them, as
-    :func:`sdcourse.models.load_pipeline` loads real checkpoints."""
+    :func:`sdcourse.models.load_pipeline` loads real checkpoints. A device this machine lacks,
+    or a LoRA's base model that is gone, is one line before anything loads."""
     from diffusers import StableDiffusionPipeline
 
-    from ..models import from_pretrained, hub_offline
+    from ..device import check_device
+    from ..models import _is_hub_id, from_pretrained, hub_offline
 
+    device = check_device(device)
     out = Path(out)
     if out.name == "pipeline" and (out.parent / "dreambooth.json").exists():
         out = out.parent  # the path train_dreambooth returned for a full fine-tune
@@ -632,9 +693,20 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
         raise DreamBoothError(f"{out} holds no finished DreamBooth run: train it first")
     settings = record["settings"]
     if settings["lora"]:
-        pipe = from_pretrained(StableDiffusionPipeline, settings["base"], dtype,
-                               safety_checker=None, requires_safety_checker=False,
-                               **({"local_files_only": True} if hub_offline(settings["base"]) else {}))
+        base = settings["base"]
+        if not os.path.isdir(base) and (os.path.isabs(base) or not _is_hub_id(base)):
+            raise DreamBoothError(f"the LoRA in {out} was trained on base model {base}, a folder "
+                                  "that no longer exists: put the base model back there, or "
+                                  "train the run again on one that exists")
+        try:
+            pipe = from_pretrained(StableDiffusionPipeline, base, dtype,
+                                   safety_checker=None, requires_safety_checker=False,
+                                   **({"local_files_only": True} if hub_offline(base) else {}))
+        except OSError as error:  # a Hub id not reachable, or a relative folder that is gone
+            lines = str(error).strip().splitlines()
+            raise DreamBoothError(f"could not load base model {base} of the LoRA in {out} "
+                                  f"({lines[0] if lines else type(error).__name__}): check the "
+                                  "folder or your network, or train the run again") from None
         from diffusers.utils import logging
 
         level = logging.get_verbosity()
@@ -729,18 +801,24 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     if not prior_loss_weight >= 0:
         raise DreamBoothError(f"prior_loss_weight must be at least 0, got {prior_loss_weight}: "
                               "1.0 weighs the class pictures like the subject's (DreamBooth's choice)")
+    # the run's folders: before any model is loaded (or downloaded, for a Hub id)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DreamBoothError(f"out folder {out} is a file: give a folder for the run (a new "
+                              "one, or the one an earlier call trained in)")
+    class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
+    if prior_preservation:
+        check_class_dir(class_dir, class_prompts, seed)
     if base is None:
         from ..models import mini_model_path
 
         base = mini_model_path("text2img")
-    tokenizer = load_tokenizer(base)
+    tokenizer = load_tokenizer(base)  # (its files alone: kilobytes)
     check_token(token, tokenizer)
     check_prompts(instance_prompts, class_prompts, token)
     init_words = token_init.split() if isinstance(token_init, str) else list(token_init or [])
     check_token_init(init_words, token, tokenizer, lora)
 
-    out = Path(out)
-    class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     settings = Settings(instance_prompts, class_prompts, token, str(base), lora, rank,
                         train_text_encoder, prior_preservation, prior_loss_weight,
                         num_class_images if prior_preservation else 0, batch_size,
@@ -754,11 +832,11 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     if record is not None and record.get("done_step", 0) >= steps:
         return out if lora else out / "pipeline"  # already trained
     # the base model's files (a Hub checkpoint's are downloaded now): fp16 ones on a GPU,
-    # where the frozen parts run in float16 (frozen_dtype)
-    files = local_checkpoint(base, fp16_files=torch.cuda.is_available())
+    # where the frozen parts run in float16 (frozen_dtype); all there before out is made
+    fp16_files = torch.cuda.is_available()
+    files = local_checkpoint(base, fp16_files=fp16_files)
+    check_base_folder(files, fp16_files=fp16_files)
     check_prediction_type(files)
-    if prior_preservation:
-        check_class_dir(class_dir, class_prompts, seed)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json()})
     try:
