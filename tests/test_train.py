@@ -1,4 +1,5 @@
 """The trainers' mechanics on a few steps: freezing, checkpoints, resume (no quality here)."""
+import json
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,6 @@ def test_vae_freezes_encoder_and_resumes_from_checkpoint(tmp_path, vae_steps):
     assert any(not torch.equal(a, b) for a, b in zip(snapshot.decoder.parameters(),
                                                          after.decoder.parameters()))
     # a second call, without stop_at, resumes at step 4 and runs only the missing steps
-    # (not bit-identical to an uninterrupted run: posterior.sample() draws from the global RNG)
     vae_steps.clear()
     vae.train(out, steps=6, batch_size=2, freeze_encoder_at=2, save_every=2, eval_every=100)
     assert vae_steps == [4, 4, 5, 5]  # not 0 to 5: the checkpoint was used
@@ -98,15 +98,58 @@ def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path, monke
     final = CLIPTextModel.from_pretrained(t2i / "checkpoint" / "text_encoder")
     assert all(torch.equal(a, b) for a, b in zip(frozen.parameters(), final.parameters()))
 
+    assert json.loads((t2i / "checkpoint" / "state.json").read_text())["task"] == "text2img"
     for task, channels in (("inpaint", 9), ("depth", 5)):
         out = tmp_path / task
         text2img.train(out, steps=1, task=task, init=t2i / "checkpoint", **common_args)
+        assert json.loads((out / "checkpoint" / "state.json").read_text())["task"] == task
         unet = UNet2DConditionModel.from_pretrained(out / "checkpoint" / "unet")
         assert unet.config.in_channels == channels
         # the shared text encoder did not move
         te_before = CLIPTextModel.from_pretrained(t2i / "checkpoint" / "text_encoder")
         te_after = CLIPTextModel.from_pretrained(out / "checkpoint" / "text_encoder")
         assert all(torch.equal(a, b) for a, b in zip(te_before.parameters(), te_after.parameters()))
+
+    # a checkpoint from before the task was recorded resumes as it did
+    state = tmp_path / "depth" / "checkpoint" / "state.json"
+    state.write_text(json.dumps({"step": 1}))
+    text2img.train(tmp_path / "depth", steps=2, task="depth", **common_args)
+    assert json.loads(state.read_text()) == {"step": 2, "task": "depth"}
+    # a training set left by another task's run (killed before its first checkpoint): one line
+    # before any step, not a KeyError mid-training
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "dataset.pt").write_bytes((t2i / "dataset.pt").read_bytes())
+    saved.clear()
+    with pytest.raises(common.CheckpointError, match=r"^\S+dataset.pt holds another run's training "
+                       r"set \(16 pictures, 0 extra channels; inpaint needs 16 and 5\): delete it "
+                       r"or give another --out$"):
+        text2img.train(tmp_path / "mixed", steps=1, task="inpaint", init=t2i / "checkpoint",
+                       **common_args)
+    assert saved == [] and not (tmp_path / "mixed" / "checkpoint").exists()
+
+
+def test_unet_trainer_checks_task_init_and_the_run_folder_before_any_work(tmp_path):
+    """Mistakes in the arguments stop at once with one line: before the VAE and tokenizer load
+    (here they do not even exist) and before the output folder is made."""
+    from sdcourse.train import text2img
+
+    args = dict(vae_path=tmp_path / "no_vae", tokenizer_path=tmp_path / "no_tokenizer")
+    with pytest.raises(ValueError, match=r"^unknown task 'img2img': use one of text2img, "
+                       r"inpaint, depth$"):
+        text2img.train(tmp_path / "a", task="img2img", **args)
+    with pytest.raises(ValueError, match=r"^training the inpaint UNet needs init=<folder with the "
+                       r"text2img unet>$"):
+        text2img.train(tmp_path / "a", task="inpaint", **args)
+    assert not (tmp_path / "a").exists()
+    # resuming a text2img run's folder as inpaint (its dataset has no masks): refused
+    ckpt = tmp_path / "t2i" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text(json.dumps({"step": 3, "task": "text2img"}))
+    with pytest.raises(common.CheckpointError) as info:
+        text2img.train(tmp_path / "t2i", task="inpaint", init=tmp_path / "init", **args)
+    assert str(info.value) == (f"the checkpoint {ckpt} was made by task text2img, not inpaint: give "
+                               "another --out for inpaint, or train text2img to resume it")
+    assert sorted(p.name for p in (tmp_path / "t2i").iterdir()) == ["checkpoint"]
 
 
 def test_widened_unet_starts_as_the_text2img_unet():
@@ -163,6 +206,22 @@ def test_text2img_fine_tune_from_init_keeps_the_text_encoder(tmp_path):
     unet_before = UNet2DConditionModel.from_pretrained(init / "unet")
     unet_after = UNet2DConditionModel.from_pretrained(out / "checkpoint" / "unet")
     assert any(not torch.equal(a, b) for a, b in zip(unet_before.parameters(), unet_after.parameters()))
+
+
+def test_vae_stopped_and_resumed_is_the_uninterrupted_run(tmp_path, vae_steps):
+    """posterior.sample() draws from the global RNG, seeded at each train() call: the
+    checkpoint keeps its state, so a run continued with a later stop_at (or resumed after a
+    kill) draws the same noise and ends with the same weights as one that never stopped."""
+    args = dict(steps=4, batch_size=2, freeze_encoder_at=None, save_every=2, eval_every=100)
+    vae.train(tmp_path / "resumed", stop_at=2, **args)
+    vae_steps.clear()
+    vae.train(tmp_path / "resumed", **args)
+    assert vae_steps == [2, 2, 3, 3]  # resumed, not restarted
+    vae.train(tmp_path / "whole", **args)
+    a = AutoencoderKL.from_pretrained(tmp_path / "resumed" / "checkpoint" / "vae")
+    b = AutoencoderKL.from_pretrained(tmp_path / "whole" / "checkpoint" / "vae")
+    for (key, x), y in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(x, y), key
 
 
 def test_vae_resumes_from_a_checkpoint_taken_at_the_freeze_step(tmp_path):

@@ -87,17 +87,23 @@ def resuming(checkpoint: Path | None):
         raise _damaged(checkpoint, f"{type(error).__name__}: {lines[0][:120] if lines else ''}") from error
 
 
-def checkpoint_step(checkpoint: Path) -> int:
-    """The step a checkpoint was taken at, from its ``state.json``; a damaged one raises
-    :class:`CheckpointError`."""
+def checkpoint_state(checkpoint: Path) -> dict:
+    """A checkpoint's ``state.json``: its step and what the trainer recorded beside it (the
+    ``extra`` of :func:`save_checkpoint`); a damaged one raises :class:`CheckpointError`."""
     path = Path(checkpoint)
     try:
-        step = json.loads((path / "state.json").read_text())["step"]
+        state = json.loads((path / "state.json").read_text())
+        step = state["step"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise _damaged(path, f"state.json: {type(error).__name__}: {error}") from None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise _damaged(path, f"state.json: {step!r} is not a step number")
-    return step
+    return state
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint was taken at (:func:`checkpoint_state`)."""
+    return checkpoint_state(checkpoint)["step"]
 
 
 def load_optimizer(optimizer, checkpoint: Path) -> int:

@@ -109,9 +109,19 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
 
 
 def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str) -> dict:
-    """:func:`encode_dataset` once per run folder: saved (atomically) and reloaded on resume."""
+    """:func:`encode_dataset` once per run folder: saved (atomically) and reloaded on resume.
+
+    A saved one that does not fit (another task's, another size: a run killed before its first
+    checkpoint, then started again differently) stops with one line, not mid-training."""
     if path.exists():
-        return torch.load(path, weights_only=True)
+        data = torch.load(path, weights_only=True)
+        found = (len(data["captions"]), data["extra"].shape[1] if "extra" in data else 0)
+        if found != (n, EXTRA_CHANNELS[task]):
+            raise common.CheckpointError(
+                f"{path} holds another run's training set ({found[0]} pictures, {found[1]} extra "
+                f"channels; {task} needs {n} and {EXTRA_CHANNELS[task]}): delete it or give "
+                "another --out")
+        return data
     data, scenes = encode_dataset(vae, n, seed=seed, task=task)
     data["captions"] = [s.caption for s in scenes]
     with atomic_path(path) as tmp:
@@ -147,6 +157,17 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
+def check_task(checkpoint: Path, task: str) -> None:
+    """Refuse to resume a checkpoint of another task with one :class:`common.CheckpointError`
+    (the command line prints it in one line); older checkpoints, without the record, are taken
+    as they are."""
+    recorded = common.checkpoint_state(checkpoint).get("task", task)
+    if recorded != task:
+        raise common.CheckpointError(
+            f"the checkpoint {checkpoint} was made by task {recorded}, not {task}: give another "
+            f"--out for {task}, or train {recorded} to resume it")
+
+
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
           batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int | None = None,
           caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999,
@@ -172,23 +193,30 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
 
     The text encoder learns only until ``freeze_text_encoder_at``; then it is final and saved
     with the UNet of that step in ``<out>/at_text_encoder_freeze`` — the starting point of the
-    inpaint and depth UNets, which can train from then on beside this one."""
+    inpaint and depth UNets, which can train from then on beside this one.
+
+    The task is recorded in each checkpoint: resuming ``out`` as another task (its dataset and
+    UNet are another task's) stops at once with one line."""
     out = Path(out)
+    if task not in EXTRA_CHANNELS:
+        raise ValueError(f"unknown task {task!r}: use one of {', '.join(EXTRA_CHANNELS)}")
+    extra = EXTRA_CHANNELS[task]
+    ckpt = common.find_checkpoint(out)
+    if ckpt is not None:
+        check_task(ckpt, task)
+    elif extra and init is None:
+        raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
     out.mkdir(parents=True, exist_ok=True)
     n_images = n_images or N_IMAGES[task]
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     vae = AutoencoderKL.from_pretrained(vae_path).eval()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
-    ckpt = common.find_checkpoint(out)
-    extra = EXTRA_CHANNELS[task]
     if ckpt is not None:
         with common.resuming(ckpt):
             unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
             ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
             text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
-    elif extra and init is None:
-        raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
     elif init is not None:  # inpaint/depth: widened; text2img: fine-tuned as it is
         unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet")
         if extra:
@@ -278,7 +306,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         if done % save_every == 0 or done == end:
             common.save_checkpoint(out, done, {
                 "unet": accelerator.unwrap_model(unet), "unet_ema": ema,
-                "text_encoder": accelerator.unwrap_model(text_encoder)}, optimizer)
+                "text_encoder": accelerator.unwrap_model(text_encoder)}, optimizer, {"task": task})
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ its scaling factor in ``<out>/frozen_encoder_vae``) while the decoder gets sharp
 """
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def freeze_encoder(vae: AutoencoderKL) -> None:
         module.requires_grad_(False)
 
 
+def rng_state() -> dict:
+    """The global RNG states (CPU, and CUDA when there is one) as text for ``state.json``.
+
+    ``posterior.sample()`` draws its noise from the global RNG of the VAE's device, seeded once
+    per :func:`train` call: saved with each checkpoint and restored on resume, a run stopped
+    and resumed draws the same noise as one that never stopped."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return {k: base64.b64encode(v.numpy().tobytes()).decode("ascii") for k, v in states.items()}
+
+
+def restore_rng_state(checkpoint: Path) -> None:
+    """Put back the RNG states :func:`rng_state` saved in ``checkpoint`` (older checkpoints
+    have none: their run goes on with fresh noise, as before)."""
+    saved = common.checkpoint_state(checkpoint).get("rng", {})
+    for device, setter in (("cpu", torch.set_rng_state),
+                           ("cuda", torch.cuda.set_rng_state if torch.cuda.is_available() else None)):
+        if device in saved and setter is not None:
+            setter(torch.frombuffer(bytearray(base64.b64decode(saved[device])), dtype=torch.uint8))
+
+
 def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, seed: int = 0,
           freeze_encoder_at: int | None = 1200, save_every: int = 200,
           eval_every: int = 200, kl_weight: float = 1e-6,
@@ -69,7 +92,8 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     The learning rate warms up over 100 steps, then decays along a cosine to 10% at
     ``steps``. ``stop_at``: end early, at this step of that schedule (the shipped VAE is step
     2000 of the default 4000: PSNR 30.6 dB on fresh images, already past the 28 dB target);
-    running again with a later ``stop_at`` continues the same schedule."""
+    running again with a later ``stop_at`` continues the same schedule, exactly: the
+    checkpoint keeps the RNG state too, so stopped and resumed is the uninterrupted run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -87,6 +111,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     if ckpt is not None:
         with common.resuming(ckpt):
             common.load_optimizer(optimizer, ckpt)
+            restore_rng_state(ckpt)
 
     def lr_at(step):  # warm up for 100 steps, then cosine decay to 10%
         warm = min(1.0, (step + 1) / 100)
@@ -130,7 +155,8 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
         if done % 20 == 0 or "psnr" in values:
             common.append_log(out, done, **values)
         if done % save_every == 0 or done == end:
-            common.save_checkpoint(out, done, {"vae": accelerator.unwrap_model(vae)}, optimizer)
+            common.save_checkpoint(out, done, {"vae": accelerator.unwrap_model(vae)}, optimizer,
+                                   {"rng": rng_state()})
     vae = accelerator.unwrap_model(vae).eval()
     return vae
 
