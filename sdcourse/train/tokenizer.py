@@ -5,14 +5,23 @@ inside the ``open-clip-torch`` wheel). The vocabulary is built from it exactly a
 the 256 byte symbols, the same with the end-of-word mark ``</w>``, one token per merge
 (48,894 of them), then ``<|startoftext|>`` and ``<|endoftext|>``: 49,408 tokens, the same ids
 as ``openai/clip-vit-large-patch14`` (so "a photo of a cat" -> 49406 320 1125 539 320 2368 49407).
+
+The shipped ``sdcourse/mini/tokenizer`` was built by this module (it is not imported by the
+course; open-clip-torch is not a dependency: download its wheel and unzip that one file)::
+
+    python -m sdcourse.train.tokenizer open_clip/bpe_simple_vocab_16e6.txt.gz sdcourse/mini/tokenizer
 """
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
+import sys
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+
+from .common import replace_dir
 
 N_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges
 
@@ -32,7 +41,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def vocab_and_merges(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     """CLIP's token -> id table and its merges, from the gzipped merges file."""
-    lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_gz, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = lines[1:N_MERGES + 1]  # line 0 is a version header
     symbols = list(bytes_to_unicode().values())
     symbols += [s + "</w>" for s in symbols]
@@ -42,14 +52,49 @@ def vocab_and_merges(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
 
 
 def build_tokenizer(bpe_gz: Path, out: Path) -> CLIPTokenizer:
-    """Write vocab.json + merges.txt + config to ``out`` and load them as SD 1.x's tokenizer."""
+    """Write vocab.json + merges.txt + config to ``out`` and load them as SD 1.x's tokenizer.
+
+    The folder is built beside ``out`` (``<out>.tmp``) and then swapped in whole: a failure
+    half-way leaves the previous tokenizer as it was."""
     vocab, merges = vocab_and_merges(bpe_gz)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    # transformers 5 ignores vocab_file=/merges_file= keywords: load the folder instead
-    tok = CLIPTokenizer.from_pretrained(out, model_max_length=77, pad_token="<|endoftext|>")
-    tok.save_pretrained(out)
-    (out / "tokenizer.json").unlink()  # 3.6 MB that vocab.json + merges.txt rebuild in 0.1 s
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        # transformers 5 ignores vocab_file=/merges_file= keywords: load the folder instead
+        tok = CLIPTokenizer.from_pretrained(tmp, model_max_length=77, pad_token="<|endoftext|>")
+        tok.save_pretrained(tmp)
+        (tmp / "tokenizer.json").unlink()  # 3.6 MB that vocab.json + merges.txt rebuild in 0.1 s
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return CLIPTokenizer.from_pretrained(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sdcourse.train.tokenizer BPE_GZ OUT``: build the tokenizer into ``OUT``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m sdcourse.train.tokenizer PATH/bpe_simple_vocab_16e6.txt.gz OUT_DIR",
+              file=sys.stderr)
+        return 2
+    bpe_gz, out = map(Path, args)
+    if not bpe_gz.is_file():
+        print(f"tokenizer: error: no file {bpe_gz}: give CLIP's bpe_simple_vocab_16e6.txt.gz "
+              "(open_clip/ inside the open-clip-torch wheel)", file=sys.stderr)
+        return 1
+    try:
+        tok = build_tokenizer(bpe_gz, out)
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as error:
+        print(f"tokenizer: error: {bpe_gz} is not a gzipped UTF-8 merges file "
+              f"({type(error).__name__}): give CLIP's bpe_simple_vocab_16e6.txt.gz", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({len(tok)} tokens)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
