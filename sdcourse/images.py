@@ -594,7 +594,8 @@ def _grid_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:
     if cols is None:
         cols = math.ceil(n / rows)
     if rows * cols < n:
-        raise ValueError(f"a {rows}x{cols} grid cannot hold {n} images")
+        raise ValueError(f"a {rows}x{cols} grid cannot hold {n} images: give more rows or cols, "
+                         "or only one of them (the other is then computed)")
     return rows, cols
 
 
