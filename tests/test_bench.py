@@ -142,32 +142,44 @@ def test_table_and_markdown_render_skipped_and_measured_rows():
     report.add(bench.Row("SD 2.1 UNet step", "fp32, SDPA", "256 px", 1.5, 3 * 2**30, 2**30), echo=False)
     report.add(bench.Row("SD 2.1 pipeline", "offload", "512 px", note="skipped (no GPU)"), echo=False)
     report.targets.append(dict(name="x", target="<= 1 s", value="0.5 s", ok=True))
+    report.targets.append(dict(name="y", target="<= 4 s", value="4.1 s", ok=False))
+    report.targets.append(dict(name="z", target=">= 100x", value="not measured", ok=None))
     table = bench.format_table(report)
     assert "1.50 s" in table and "3.00 GiB" in table and "skipped (no GPU)" in table
     markdown = bench.to_markdown(report)
     assert "| SD 2.1 pipeline | offload | 512 px | - | - | - | skipped (no GPU) |" in markdown
-    assert "PASS" in bench.format_summary(report)
+    verdicts = ["target x <= 1 s: 0.5 s -> PASS", "target y <= 4 s: 4.1 s -> FAIL",
+                "target z >= 100x: not measured -> n/a"]
+    assert bench.format_summary(report).splitlines()[-3:] == verdicts
+    assert all(f"- {line}" in markdown for line in verdicts)
 
 
 # --------------------------------------------------------------------------- the whole run
+
+
+def _fake_run(monkeypatch, to_image_s=3.5, seconds_per_image=0.8, real_step=2.0):
+    """bench.run with the measurements replaced by known numbers (mini UNet step 10 ms)."""
+    from sdcourse.train.text2img import UNET_CONFIG
+
+    mini = {"first_image": {"to_image_s": to_image_s, "total_s": 5.0, "import_s": 1.6,
+                            "load_s": 1.4, "generate_s": 0.4,
+                            "startup_s": 0.1, "exit_s": 1.5, "size": [64, 64]},
+            "seconds_per_image": seconds_per_image, "unet_step_s": 0.01,
+            "unet_config": dict(UNET_CONFIG), "unet_params": 5_835_012}
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: 100.0)
+    monkeypatch.setattr(bench, "mini_available", lambda: True)
+    monkeypatch.setattr(bench, "bench_mini", lambda report, plan: mini)
+    monkeypatch.setattr(bench, "bench_real_unet", lambda report, plan, device: real_step)
+    monkeypatch.setattr(bench, "bench_real_vae", lambda report, plan, device: None)
+    monkeypatch.setattr(bench, "bench_offload", lambda report, plan, device: None)
+    return bench.run(quick=False, device="cpu")
 
 
 def test_summary_and_targets_of_a_full_run(monkeypatch):
     """The summary's arithmetic, with the measurements replaced by known numbers."""
     from sdcourse.train.text2img import UNET_CONFIG
 
-    mini = {"first_image": {"to_image_s": 3.5, "total_s": 5.0, "import_s": 1.6,
-                            "load_s": 1.4, "generate_s": 0.4,
-                            "startup_s": 0.1, "exit_s": 1.5, "size": [64, 64]},
-            "seconds_per_image": 0.8, "unet_step_s": 0.01, "unet_config": dict(UNET_CONFIG),
-            "unet_params": 5_835_012}
-    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: 100.0)
-    monkeypatch.setattr(bench, "mini_available", lambda: True)
-    monkeypatch.setattr(bench, "bench_mini", lambda report, plan: mini)
-    monkeypatch.setattr(bench, "bench_real_unet", lambda report, plan, device: 2.0)
-    monkeypatch.setattr(bench, "bench_real_vae", lambda report, plan, device: None)
-    monkeypatch.setattr(bench, "bench_offload", lambda report, plan, device: None)
-    report = bench.run(quick=False, device="cpu")
+    report = _fake_run(monkeypatch)
     numbers = report.numbers
     assert numbers["real_over_mini_step"] == pytest.approx(200)
     assert numbers["real_unet_step_cpu_px"] == 512
@@ -176,6 +188,23 @@ def test_summary_and_targets_of_a_full_run(monkeypatch):
     assert [t["ok"] for t in report.targets] == [True, True, True]
     assert "real 512 px / mini UNet step: 200x" in bench.format_summary(report)
     assert "3.50 s (start, import and load 3.10 s, 25 steps 0.40 s)" in bench.format_summary(report)
+    assert bench.format_summary(report).count(" -> PASS") == 3
+
+
+def test_missed_targets_fail_and_an_unmeasured_one_is_na(monkeypatch):
+    """Just past each target is FAIL (4.1 s vs <= 4 s, 1.2 s vs <= 1 s, 99x vs >= 100x);
+    without the real UNet's step there is no ratio: n/a, not PASS or FAIL."""
+    report = _fake_run(monkeypatch, to_image_s=4.1, seconds_per_image=1.2, real_step=0.99)
+    assert [t["ok"] for t in report.targets] == [False, False, False]
+    assert bench.format_summary(report).splitlines()[-3:] == [
+        "target time to first image <= 4 s: 4.10 s (start, import and load 3.70 s, 25 steps "
+        "0.40 s) -> FAIL",
+        "target seconds per 25-step image <= 1 s: 1.20 s -> FAIL",
+        "target mini step speed-up (vs the real UNet at 512 px) >= 100x: 99x -> FAIL"]
+    report = _fake_run(monkeypatch, real_step=None)
+    assert [t["ok"] for t in report.targets] == [True, True, None]
+    assert bench.format_summary(report).splitlines()[-1] == (
+        "target mini step speed-up >= 100x: not measured in --quick -> n/a")
 
 
 def test_quick_benchmark_runs_end_to_end(tmp_path):

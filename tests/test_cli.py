@@ -1,5 +1,4 @@
 """The ``sdcourse`` command: run (with real kernels on tiny notebooks), doctor, models path."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import sdcourse
-from sdcourse import cli
+from sdcourse import cli, models
 
 
 def write_notebook(path, *cells):
@@ -44,6 +43,9 @@ def test_main_needs_a_command(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([])
     assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: sdcourse ")
+    assert err.endswith("sdcourse: error: the following arguments are required: COMMAND\n")
 
 
 def test_run_writes_notebook_and_html(tmp_path, capsys):
@@ -143,15 +145,20 @@ def test_cell_past_the_timeout_fails_naming_notebook_and_cell(tmp_path, capfd, m
     and the cell, the notebooks after it not run. capfd, not capsys: the kernel process writes
     to the same stderr, and its log (a traceback as it is shut down mid-cell) must not show."""
     monkeypatch.setenv("TQDM_DISABLE", "1")  # the progress bar would add lines to stderr
-    slow = write_notebook(tmp_path / "a_slow.ipynb", "x = 1", "import time\ntime.sleep(60)", "x = 2")
+    # cell 1 has 5 s to print (ample on a busy machine); cell 2 would need 60
+    slow = write_notebook(tmp_path / "a_slow.ipynb", "print('cell 1 ran')",
+                          "import time\ntime.sleep(60)", "x = 2")
     never = write_notebook(tmp_path / "b_next.ipynb", "print('not reached')")
     out = tmp_path / "out"
-    assert cli.main(["run", str(slow), str(never), "--out", str(out), "--timeout", "1"]) == 1
+    assert cli.main(["run", str(slow), str(never), "--out", str(out), "--timeout", "5"]) == 1
     err = capfd.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"sdcourse run: FAILED {slow}: cell 2: CellTimeoutError: ")
     assert "timed out" in err and f"(partial output in {out})" in err
     assert sorted(p.name for p in out.iterdir()) == ["a_slow.html", "a_slow.ipynb"]
+    partial = nbformat.read(out / "a_slow.ipynb", as_version=4)
+    assert [o.get("text") for o in partial.cells[0].outputs] == ["cell 1 ran\n"]
+    assert partial.cells[2].outputs == []  # cell 3 never ran
 
 
 def test_bad_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
@@ -221,8 +228,8 @@ def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path
 
 def test_default_notebooks_are_the_checkouts(monkeypatch, tmp_path):
     folder = cli.default_notebooks_dir()
-    if folder is None:
-        pytest.skip("the checkout has no notebooks yet")
+    assert folder is not None, "the checkout's notebooks/ folder was not found"
+    assert folder == Path(__file__).resolve().parents[1] / "notebooks"
     assert folder.name == "notebooks" and any(folder.glob("*.ipynb"))
 
 
@@ -256,18 +263,9 @@ def test_doctor_survives_bad_device_setting(monkeypatch, capsys, offline):
     assert "device        error (SDCOURSE_DEVICE='gpu'" in capsys.readouterr().out
 
 
-def _models():
-    try:
-        from sdcourse import models
-    except ImportError as error:
-        pytest.skip(f"sdcourse.models is not importable yet ({error})")
-    return models
-
-
 def test_doctor_lists_every_task(capsys, offline):
     """Offline: the hub line says unreachable, and each task has its line
     ``<task padded to 13> <kind>: <source> (<reason>)`` with the choice models makes."""
-    models = _models()
     assert cli.main(["doctor"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "hub           unreachable" in lines
@@ -278,9 +276,12 @@ def test_doctor_lists_every_task(capsys, offline):
 
 
 def test_doctor_hub_line_follows_hub_reachable(capsys, monkeypatch):
-    models = _models()
+    # no test asks the Hub: every checkpoint is on it, none in the local cache
+    monkeypatch.setattr(models, "on_hub", lambda repo: True)
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: False)
+    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
     for reachable, word in ((True, "reachable"), (False, "unreachable")):
-        monkeypatch.setattr(models, "hub_reachable", lambda: reachable)
+        monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: reachable)
         assert cli.main(["doctor"]) == 0
         hub = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hub ")]
         assert hub == [f"hub           {word}"]
@@ -288,7 +289,6 @@ def test_doctor_hub_line_follows_hub_reachable(capsys, monkeypatch):
 
 def test_models_path(capsys, monkeypatch, tmp_path):
     """Every task's shipped mini model resolves to a diffusers folder the CLI prints."""
-    models = _models()
     monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
     for task in models.TASKS:
         assert cli.main(["models", "path", task]) == 0
@@ -300,7 +300,6 @@ def test_models_path(capsys, monkeypatch, tmp_path):
 
 def test_models_path_missing_checkpoint(capsys, monkeypatch, tmp_path):
     """Without the shipped weights (a broken install) it fails with a one-line error."""
-    models = _models()
     monkeypatch.setattr(models, "MINI_DIR", tmp_path / "empty")
     monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
     assert cli.main(["models", "path", "text2img"]) == 1
@@ -309,7 +308,6 @@ def test_models_path_missing_checkpoint(capsys, monkeypatch, tmp_path):
 
 
 def test_models_path_unknown_task(capsys):
-    _models()
     assert cli.main(["models", "path", "video"]) == 2
     assert "unknown task 'video'" in capsys.readouterr().err
 

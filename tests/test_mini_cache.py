@@ -5,6 +5,7 @@ The shipped folder (sdcourse/mini) is never touched: the tests point MINI_DIR at
 """
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_a_changed_shipped_file_gives_a_new_folder(mini, tmp_path):
 def test_a_cache_that_cannot_be_written_is_one_line_naming_the_variable(mini, tmp_path, monkeypatch,
                                                                        capsys):
     """SDCOURSE_CACHE pointing at a file: the error names the variable and the fix, from the
-    API and from `sdcourse models path`, and no temporary folder is left behind."""
+    API and from `sdcourse models path`, and nothing is created beside the file."""
     from sdcourse import cli
 
     blocker = tmp_path / "a_file"
@@ -108,3 +109,36 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_the_variable(mini, tm
     assert cli.main(["models", "path", "text2img"]) == 1
     assert capsys.readouterr().err == f"sdcourse: error: {info.value}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_write_failing_part_way_leaves_no_temporary_folder(mini, tmp_path, monkeypatch, capsys):
+    """The disk fills after the temporary folder and its links exist: the error names the
+    cause and the fix, from the API and from `sdcourse models path`, and the half-built
+    temporary folder is removed (the next call, with room again, builds the folder)."""
+    from sdcourse import cli
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SDCOURSE_CACHE", str(cache))
+    built = []  # what the temporary folder held when the write failed
+    real_write_text = Path.write_text
+
+    def disk_full(self, *args, **kwargs):
+        if self.name == "model_index.json":
+            built.append(sorted(p.name for p in self.parent.iterdir()))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", disk_full)
+        with pytest.raises(models.ModelChoiceError) as info:
+            models.mini_model_path("text2img")
+        assert str(info.value) == (f"cannot assemble the mini model's folder in {cache} (No space "
+                                   "left on device): point SDCOURSE_CACHE at a writable folder or "
+                                   "unset it")
+        assert cli.main(["models", "path", "text2img"]) == 1
+        assert capsys.readouterr().err == f"sdcourse: error: {info.value}\n"
+    # the failure came after the temporary folder and its parts existed (twice: API and CLI)
+    assert built == [sorted(models._MINI_COMPONENTS["text2img"])] * 2
+    assert list((cache / "mini").iterdir()) == []  # no .tmp folder left behind
+    path = models.mini_model_path("text2img")
+    assert sorted(p.name for p in (cache / "mini").iterdir()) == [path.name]

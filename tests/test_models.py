@@ -1,7 +1,9 @@
 import gc
 import json
 import os
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -120,13 +122,26 @@ def test_offline_env_means_hub_unreachable(monkeypatch):
     assert models.hub_reachable() is False
 
 
-def test_mini_text2img_folder_is_a_diffusers_pipeline():
+def test_mini_text2img_folder_is_a_diffusers_pipeline(monkeypatch):
     # the weights ship in sdcourse/mini: without them the package is broken, not "untrained"
     assert (models.MINI_DIR / "unet").is_dir(), f"no text2img UNet in {models.MINI_DIR}"
     path = models.mini_model_path("text2img")
     index = json.loads((path / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
-    assert models.mini_model_path("text2img") == path  # built once, reused
+    # built once, reused: the second call builds nothing (building starts with a mkdir and
+    # writes model_index.json) and leaves the folder as it was
+    before = (path / "model_index.json").stat()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("mini_model_path rebuilt a folder that was already there")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", no_rebuild)
+        m.setattr(Path, "write_text", no_rebuild)
+        assert models.mini_model_path("text2img") == path
+    after = (path / "model_index.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_real_prefers_a_registry_checkpoint_already_downloaded(monkeypatch):
@@ -243,7 +258,8 @@ def test_model_index_reads_a_folder_without_diffusers_load_config(tmp_path):
     load's."""
     (tmp_path / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
     assert models.model_index(str(tmp_path)) == {"unet": ["diffusers", "UNet2DConditionModel"]}
-    with pytest.raises(OSError):
+    missing = tmp_path / "unet" / "model_index.json"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"No such file or directory: '{missing}'")):
         models.model_index(str(tmp_path / "unet"))
 
 

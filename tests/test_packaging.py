@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml  # pyyaml, in the [dev] extra
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -14,8 +15,6 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-
-yaml = pytest.importorskip("yaml", reason="pyyaml is in the [dev] extra")
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sdcourse"
@@ -110,8 +109,7 @@ def test_package_data_covers_every_data_file(pyproject):
 @pytest.mark.parametrize("folder", ["mini", "samples"])
 def test_data_folders_are_shipped(pyproject, folder):
     files = [p for p in _data_files() if p.relative_to(PACKAGE).parts[0] == folder]
-    if not files:
-        pytest.skip(f"sdcourse/{folder} has no files yet")
+    assert files, f"sdcourse/{folder} has no files: the repository ships them"
     globs = pyproject["tool"]["setuptools"]["package-data"]["sdcourse"]
     covered = {p for pattern in globs for p in PACKAGE.glob(pattern)}
     assert set(files) <= covered
