@@ -345,7 +345,7 @@ def test_save_folder_leaves_the_old_config_whole_when_saving_fails(tmp_path):
 
     class Broken:
         def save_pretrained(self, folder):
-            Path(folder).mkdir(parents=True)
+            Path(folder).mkdir(parents=True, exist_ok=True)
             (Path(folder) / "scheduler_config.json").write_text("{half")
             raise OSError(28, "No space left on device")
 

@@ -118,17 +118,27 @@ def append_log(out: Path, step: int, **values) -> None:
         f.write(f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n")
 
 
-def save_folder(component, target: Path) -> None:
-    """``component.save_pretrained`` (a scheduler, an image processor) into ``target``, replacing
-    it atomically: saved beside it first, so a failure leaves the old folder whole."""
+@contextlib.contextmanager
+def new_folder(target: Path):
+    """A fresh, empty folder beside ``target`` (``<target>.tmp``) to fill; when the block ends
+    without an error it replaces ``target`` whole (:func:`replace_dir`), otherwise it is removed
+    and ``target`` stays as it was."""
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
-        component.save_pretrained(tmp)
+        yield tmp
         replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_folder(component, target: Path) -> None:
+    """``component.save_pretrained`` (a scheduler, an image processor) into ``target``, replacing
+    it atomically (:func:`new_folder`): a failure leaves the old folder whole."""
+    with new_folder(target) as tmp:
+        component.save_pretrained(tmp)
 
 
 def publish(model, target: Path, fp16: bool = True) -> None:
@@ -139,15 +149,12 @@ def publish(model, target: Path, fp16: bool = True) -> None:
     """
     from safetensors.torch import load_file, save_file
 
-    target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if fp16:
-        for file in tmp.glob("*.safetensors"):
-            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(file).items()}
-            save_file(tensors, file, metadata={"format": "pt"})
-    replace_dir(tmp, target)
+    with new_folder(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if fp16:
+            for file in tmp.glob("*.safetensors"):
+                tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(file).items()}
+                save_file(tensors, file, metadata={"format": "pt"})
 
 
 def replace_dir(new: Path, target: Path, old: Path | None = None) -> None:

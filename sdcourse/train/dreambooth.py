@@ -662,13 +662,11 @@ def save_result(out: Path, parts: dict, tokenizer, settings: Settings) -> Path:
         (tmp / LORA_FILE).replace(out / LORA_FILE)
         shutil.rmtree(tmp, ignore_errors=True)
         return out
-    target, tmp = out / "pipeline", out / "pipeline.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     # saved in float32 like the base model, also the parts held in float16 (frozen_dtype)
     parts = parts | {"vae": parts["vae"].float(), "text_encoder": parts["text_encoder"].float()}
-    make_pipeline(parts, tokenizer).save_pretrained(tmp, safe_serialization=True)
-    common.replace_dir(tmp, target)  # the previous pipeline stays until the new one is in place
-    return target
+    with common.new_folder(out / "pipeline") as tmp:  # the previous one stays until then
+        make_pipeline(parts, tokenizer).save_pretrained(tmp, safe_serialization=True)
+    return out / "pipeline"
 
 
 def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from .common import replace_dir
+from .common import new_folder
 
 N_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges
 
@@ -58,19 +57,13 @@ def build_tokenizer(bpe_gz: Path, out: Path) -> CLIPTokenizer:
     half-way leaves the previous tokenizer as it was."""
     vocab, merges = vocab_and_merges(bpe_gz)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_folder(out) as tmp:
         (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
         # transformers 5 ignores vocab_file=/merges_file= keywords: load the folder instead
         tok = CLIPTokenizer.from_pretrained(tmp, model_max_length=77, pad_token="<|endoftext|>")
         tok.save_pretrained(tmp)
         (tmp / "tokenizer.json").unlink()  # 3.6 MB that vocab.json + merges.txt rebuild in 0.1 s
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return CLIPTokenizer.from_pretrained(out)
 
 
