@@ -122,16 +122,18 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 # Evaluation suites behind `sdcourse evaluate ...`: fresh cases from a seed, one flat dict each.
 
 
-def check_whole(at_least: int = 1, **values) -> None:
-    """Raise a one-line ValueError unless each ``name=value`` is a whole number >= ``at_least``.
+def check_counts(seeds: dict, **counts) -> None:
+    """Raise a one-line ValueError unless each count (``n=``, ``steps=``, ``batch=``) is a whole
+    number of at least 1 and each of ``seeds`` (name -> value) one of at least 0.
 
     Why: every suite loads a pipeline first, so ``n=0`` used to fail only after loading (a
     ZeroDivisionError) and ``batch=0`` inside ``range()``; the suites call this before any work.
     """
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
-            raise ValueError(f"{name}={value!r} is not a whole number of at least {at_least}: "
-                             f"pass {name}={at_least} or more")
+    for at_least, values in ((1, counts), (0, seeds)):
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
+                raise ValueError(f"{name}={value!r} is not a whole number of at least {at_least}: "
+                                 f"pass {name}={at_least} or more")
 
 
 def random_scenes(n: int, seed: int) -> list[Scene]:
@@ -146,8 +148,7 @@ def random_scenes(n: int, seed: int) -> list[Scene]:
 
 def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
     """Reconstruction PSNR (dB) of the shipped VAE on ``n`` fresh pictures."""
-    check_whole(n=n)
-    check_whole(0, seed=seed)
+    check_counts({"seed": seed}, n=n)
     import torch
     from diffusers import AutoencoderKL
 
@@ -166,8 +167,7 @@ def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
 
 def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Prompt fidelity at guidance 7.5 and 1.0 on ``n`` fresh prompts, and speed."""
-    check_whole(n=n, steps=steps, batch=batch)
-    check_whole(0, seed=seed)
+    check_counts({"seed": seed}, n=n, steps=steps, batch=batch)
     import time
 
     import torch
@@ -228,8 +228,7 @@ def _in_batches(pipe, n: int, batch: int, seed: int, **per_case) -> list:
 
 def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Recolouring a picture with img2img: colour adoption at strength 0.8, layout kept at 0.3."""
-    check_whole(n=n, steps=steps, batch=batch)
-    check_whole(0, seed=seed)
+    check_counts({"seed": seed}, n=n, steps=steps, batch=batch)
     import random
 
     from .models import load_pipeline
@@ -256,8 +255,7 @@ def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
 
 def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Replace the object inside a mask by a requested one; keep everything outside."""
-    check_whole(n=n, steps=steps, batch=batch)
-    check_whole(0, seed=seed)
+    check_counts({"seed": seed}, n=n, steps=steps, batch=batch)
     import random
 
     from PIL import Image
@@ -293,8 +291,7 @@ def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
 
 def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """New colours from the prompt, layout from the estimated depth; and the estimator itself."""
-    check_whole(n=n, steps=steps, batch=batch)
-    check_whole(0, seed=seed)
+    check_counts({"seed": seed}, n=n, steps=steps, batch=batch)
     import random
 
     from .models import load_pipeline
@@ -328,8 +325,7 @@ def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: i
 def evaluate_dreambooth(n: int = 50, seed: int = 1234, **kwargs) -> dict:
     """A new subject taught with DreamBooth: fidelity in unseen contexts, class prior kept
     (with and without prior preservation); see :mod:`sdcourse.dreambooth_subject`."""
-    check_whole(n=n)  # before training two subjects
-    check_whole(0, seed=seed, **{k: kwargs[k] for k in ("train_seed",) if k in kwargs})
+    check_counts({"seed": seed, "train_seed": kwargs.get("train_seed", 0)}, n=n)  # before training
     from .dreambooth_subject import evaluate_dreambooth as run
 
     return run(n=n, seed=seed, **kwargs)
