@@ -635,7 +635,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     def save_then_die(folder, step, *a, **kw):
         if step == 3:  # a kill in the middle of writing: half a checkpoint.tmp
             (folder / "checkpoint.tmp").mkdir()
-            (folder / "checkpoint.tmp" / "optimizer.pt").write_bytes(b"half")
+            (folder / "checkpoint.tmp" / common.OPTIMIZER).write_bytes(b"half")
             raise KeyboardInterrupt
         return real_save(folder, step, *a, **kw)
 
@@ -840,7 +840,7 @@ def test_text_encoder_gets_its_own_learning_rate(tmp_path, base):
     args = dict(instance_prompt="a sks circle", class_prompt="a red circle", out=out, base=base,
                 lora=False, train_text_encoder=True, lr=1e-4, text_encoder_lr=1e-3)
     db.train_dreambooth(images, **(args | FAST | {"steps": 4, "save_every": 2}))
-    state = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True)
+    state = common.read_optimizer(out / "checkpoint" / common.OPTIMIZER)
     unet_group, te_group = state["param_groups"]
     assert (unet_group["base_lr"], te_group["base_lr"]) == (1e-4, 1e-3)
     assert te_group["lr"] == pytest.approx(10 * unet_group["lr"]) and 0 < unet_group["lr"] < 1e-4

@@ -136,3 +136,13 @@ def test_every_notebook_installs_the_course_on_colab_from_the_project_repository
         assert re.search(r'COURSE_REPO = "([^"]+)"', first).group(1) == url, path.name
     sources = (root / "notebooks" / "src").glob("*.py")
     assert not any("github.com" in p.read_text() for p in sources), "the URL lives in pyproject.toml"
+
+
+def test_the_package_reads_no_pickles():
+    """Weights, optimizer states and cached training sets are read with safetensors only:
+    unpickling a file can run code, so no module calls ``torch.load`` or ``pickle``."""
+    unpickling = re.compile(r"\btorch\.load\(|\bimport pickle\b|\bpickle\.loads?\(|\bweights_only\b")
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "sdcourse").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if unpickling.search(line) and not line.lstrip().startswith(("#", '"', "'", "``"))]
+    assert found == []

@@ -118,9 +118,9 @@ def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path, monke
     # a training set left by another task's run (killed before its first checkpoint): one line
     # before any step, not a KeyError mid-training
     (tmp_path / "mixed").mkdir()
-    (tmp_path / "mixed" / "dataset.pt").write_bytes((t2i / "dataset.pt").read_bytes())
+    (tmp_path / "mixed" / "dataset.safetensors").write_bytes((t2i / "dataset.safetensors").read_bytes())
     saved.clear()
-    with pytest.raises(common.CheckpointError, match=r"^\S+dataset.pt holds another run's training "
+    with pytest.raises(common.CheckpointError, match=r"^\S+dataset.safetensors holds another run's training "
                        r"set \(16 pictures, 0 extra channels; inpaint needs 16 and 5\): delete it "
                        r"or give another --out$"):
         text2img.train(tmp_path / "mixed", steps=1, task="inpaint", init=t2i / "checkpoint",
@@ -269,7 +269,7 @@ def test_vae_resumes_from_checkpoint_old_left_by_a_kill_between_the_renames(tmp_
     ({"state.json": '{"step": "ten"}'}, "state.json: 'ten' is not a step number"),
     ({"vae/config.json": None}, "OSError"),  # the model's config deleted
     ({"vae/diffusion_pytorch_model.safetensors": "garbage"}, "Error"),
-    ({"optimizer.pt": "garbage"}, "UnpicklingError"),
+    ({"optimizer.safetensors": "garbage"}, "SafetensorError"),
 ])
 def test_a_damaged_checkpoint_is_one_line_before_training(tmp_path, damage, reason, vae_steps):
     """Resuming from a checkpoint that a full disk or a hand edit damaged stops with one
@@ -373,3 +373,46 @@ def test_progress_bars_honour_tqdm_disable_in_a_notebook_too(monkeypatch):
     for name in ("dreambooth", "text2img", "vae", "depth_estimator"):
         source = (Path(common.__file__).parent / f"{name}.py").read_text()
         assert "tqdm" not in source.replace("common.progress", ""), name
+
+
+def test_optimizer_state_goes_through_safetensors_and_resumes_the_same_steps(tmp_path):
+    """``save_optimizer``/``load_optimizer`` keep Adam's moments, step and groups exactly: an
+    optimizer restored from the file takes the same next step as the one that wrote it."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW([{"params": [model.weight], "lr": 1e-2},
+                                   {"params": [model.bias], "lr": 1e-3}], betas=(0.8, 0.9))
+
+    def step(opt, params):
+        opt.zero_grad()
+        (params[0].sum() ** 2 + params[1].sum()).backward()
+        opt.step()
+
+    for _ in range(3):
+        step(optimizer, [model.weight, model.bias])
+    (tmp_path / "state.json").write_text(json.dumps({"step": 3}))
+    common.save_optimizer(optimizer, tmp_path / common.OPTIMIZER)
+    assert (tmp_path / common.OPTIMIZER).read_bytes()[8:9] == b"{"  # a safetensors header
+
+    copy = torch.nn.Linear(3, 2)
+    copy.load_state_dict(model.state_dict())
+    restored = torch.optim.AdamW([{"params": [copy.weight], "lr": 5.0}, {"params": [copy.bias]}])
+    assert common.load_optimizer(restored, tmp_path) == 3
+    assert [g["lr"] for g in restored.param_groups] == [1e-2, 1e-3]
+    assert list(restored.param_groups[0]["betas"]) == [0.8, 0.9]
+    step(optimizer, [model.weight, model.bias])
+    step(restored, [copy.weight, copy.bias])
+    assert torch.equal(model.weight, copy.weight) and torch.equal(model.bias, copy.bias)
+
+
+def test_a_truncated_training_set_file_is_one_line(tmp_path):
+    """A ``dataset.safetensors`` cut short (a full disk) stops with one line naming it."""
+    from sdcourse.train import text2img
+
+    path = tmp_path / "dataset.safetensors"
+    text2img.save_dataset({"mean": torch.zeros(2, 4, 8, 8), "captions": ["a", "b"]}, path)
+    assert text2img.read_dataset(path)["captions"] == ["a", "b"]
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(common.CheckpointError, match=rf"^{path} cannot be read \(\w+\): delete it "
+                       "to encode the training set again$"):
+        text2img.cached_dataset(path, vae=None, n=2, seed=0, task="text2img")

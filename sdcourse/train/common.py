@@ -1,7 +1,8 @@
 """What every trainer shares: checkpoints written atomically, resume, a loss log, seeds.
 
 A checkpoint is a directory ``<out>/checkpoint`` holding the model(s) as safetensors
-(``save_pretrained``), the optimizer state and ``state.json`` (the step). It is written to
+(``save_pretrained``), the optimizer state (safetensors too: nothing the course reads back is
+a pickle) and ``state.json`` (the step). It is written to
 ``checkpoint.tmp`` first and then renamed, so a run killed at any moment leaves either the
 previous checkpoint or the new one, never half of one.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 CHECKPOINT = "checkpoint"
+OPTIMIZER = "optimizer.safetensors"
 
 
 def progress(iterable, **kwargs):
@@ -40,7 +42,7 @@ def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict |
     tmp.mkdir(parents=True)
     for name, model in models.items():
         model.save_pretrained(tmp / name, safe_serialization=True)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_optimizer(optimizer, tmp / OPTIMIZER)
     (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
     replace_dir(tmp, final, old=old)  # find_checkpoint falls back on .old after a crash
     # a run resumed from a .old (killed between the renames) had no checkpoint to swap out,
@@ -106,9 +108,42 @@ def checkpoint_step(checkpoint: Path) -> int:
     return checkpoint_state(checkpoint)["step"]
 
 
+def save_optimizer(optimizer, path: Path) -> None:
+    """An optimizer's ``state_dict`` as one safetensors file: each parameter's state tensors
+    (Adam's moments and step) under ``<parameter index>.<name>``, the parameter groups (rates,
+    betas, weight decay: plain numbers) as JSON in the file's metadata.
+
+    Why not ``torch.save``: that is a pickle, and the course loads nothing but safetensors."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if not torch.is_tensor(value):
+                raise TypeError(f"optimizer state {name!r} is a {type(value).__name__}, not a tensor: "
+                                "save_optimizer stores tensors only")
+            tensors[f"{index}.{name}"] = value.detach().contiguous()
+    save_file(tensors, path, metadata={"param_groups": json.dumps(state["param_groups"])})
+
+
+def read_optimizer(path: Path) -> dict:
+    """The ``state_dict`` that :func:`save_optimizer` wrote to ``path`` (betas come back as
+    lists, which the optimizers unpack as they do tuples)."""
+    from safetensors import safe_open
+
+    state: dict[int, dict] = {}
+    with safe_open(path, framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+        for key in f.keys():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = f.get_tensor(key)
+    return {"state": state, "param_groups": groups}
+
+
 def load_optimizer(optimizer, checkpoint: Path) -> int:
     """Restore the optimizer state; returns the step the checkpoint was taken at."""
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    optimizer.load_state_dict(read_optimizer(Path(checkpoint) / OPTIMIZER))
     return checkpoint_step(checkpoint)
 
 

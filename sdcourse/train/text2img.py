@@ -18,6 +18,7 @@ and the mask; or a depth map) and keep the text encoder frozen, so it is shared 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 from pathlib import Path
@@ -105,7 +106,9 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
             data["extra"].append(torch.cat([F.interpolate(mask, size=(size, size)), masked_latents], 1))
         elif task == "depth":
             data["extra"].append(depth_condition(torch.from_numpy(np.stack([s.depth for s in chunk])), size))
-    return ({k: torch.cat(v) for k, v in data.items() if v}, [s.scene for s in samples])
+    # contiguous: the VAE's convolutions hand back channels-last strides, which a saved and
+    # reloaded set would not have, and the float sums of the steps after a resume would differ
+    return ({k: torch.cat(v).contiguous() for k, v in data.items() if v}, [s.scene for s in samples])
 
 
 def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str) -> dict:
@@ -114,7 +117,11 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
     A saved one that does not fit (another task's, another size: a run killed before its first
     checkpoint, then started again differently) stops with one line, not mid-training."""
     if path.exists():
-        data = torch.load(path, weights_only=True)
+        try:
+            data = read_dataset(path)
+        except Exception as error:  # noqa: BLE001 - a truncated file, another format
+            raise common.CheckpointError(f"{path} cannot be read ({type(error).__name__}): delete it "
+                                         "to encode the training set again") from None
         found = (len(data["captions"]), data["extra"].shape[1] if "extra" in data else 0)
         if found != (n, EXTRA_CHANNELS[task]):
             raise common.CheckpointError(
@@ -125,7 +132,26 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
     data, scenes = encode_dataset(vae, n, seed=seed, task=task)
     data["captions"] = [s.caption for s in scenes]
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        save_dataset(data, tmp)
+    return data
+
+
+def save_dataset(data: dict, path: Path) -> None:
+    """The encoded training set as safetensors: its tensors by name, the captions as JSON in
+    the file's metadata (no pickle: the course loads nothing but safetensors)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in data.items() if k != "captions"}
+    save_file(tensors, path, metadata={"captions": json.dumps(data["captions"])})
+
+
+def read_dataset(path: Path) -> dict:
+    """What :func:`save_dataset` wrote."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        data = {key: f.get_tensor(key) for key in f.keys()}
+        data["captions"] = json.loads(f.metadata()["captions"])
     return data
 
 
@@ -246,7 +272,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
             common.load_optimizer(optimizer, ckpt)
     noise_scheduler = DDPMScheduler(**SCHEDULE)
 
-    data = cached_dataset(out / "dataset.pt", vae, n_images, seed=1000 + seed, task=task)
+    data = cached_dataset(out / "dataset.safetensors", vae, n_images, seed=1000 + seed, task=task)
     mean, std, captions = data["mean"], data["std"], data["captions"]
     scale = vae.config.scaling_factor
 
