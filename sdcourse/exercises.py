@@ -15,16 +15,26 @@ class CheckSkipped(Exception):
     """Raised by a check that cannot judge the answer here; its message says why."""
 
 
+class NotDoneYet(NotImplementedError):
+    """Raised by a check that finds the exercise's code still as it was given, where that code
+    is not a stub of its own (the exercise changes a function met earlier); its message says
+    what is missing and where to change it."""
+
+
 def self_check(check: Callable[[], str], exercise: str) -> bool:
     """Run ``check`` (which asserts, and returns the message to show on success).
 
     Returns True when it passed, False when the exercise is not done yet (``check`` raised
-    ``NotImplementedError``) or could not be checked here (``CheckSkipped``); an
-    ``AssertionError`` (a wrong answer) propagates with its hint.
+    ``NotImplementedError``, or :class:`NotDoneYet` saying what is missing and where) or could
+    not be checked here (``CheckSkipped``); an ``AssertionError`` (a wrong answer) propagates
+    with its hint.
     """
     try:
         message = check()
-    except NotImplementedError:
+    except NotDoneYet as missing:
+        print(f"○ {exercise} is not done yet: {missing}, then run this cell again")
+        return False
+    except NotImplementedError:  # the exercise's stub, untouched
         print(f"○ {exercise} is not done yet: complete it in the cell above, then run this cell again")
         return False
     except CheckSkipped as reason:

@@ -38,3 +38,14 @@ def test_a_check_that_cannot_judge_here_says_so_without_a_tick(capsys):
     out = capsys.readouterr().out
     assert out.startswith("– exercise 3 not checked: the pixel reader knows the mini world only")
     assert "✓" not in out
+
+
+def test_a_check_can_say_what_is_still_missing_and_where(capsys):
+    """An exercise that changes a function met earlier has no stub: the check sees the old
+    behaviour and says which change is missing and where, rather than "the cell above"."""
+    def check():
+        raise sdc.NotDoneYet("generate still gives one latent for two prompts: change it in section 1")
+
+    assert sdc.self_check(check, "exercise 1") is False
+    assert capsys.readouterr().out == ("○ exercise 1 is not done yet: generate still gives one latent "
+                                       "for two prompts: change it in section 1, then run this cell again\n")
