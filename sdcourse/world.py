@@ -77,9 +77,14 @@ class Sample:
         return self.scene.caption
 
 
+def article(word: str) -> str:
+    """"an" before a vowel ("an orange circle"), else "a"."""
+    return "an" if word[:1].lower() in tuple("aeiou") else "a"
+
+
 def caption(color: str, shape: str, background: str) -> str:
-    """The one caption template of the world."""
-    return f"a {color} {shape} on a {background} background"
+    """The one caption template of the world: "a red circle on an orange background"."""
+    return f"{article(color)} {color} {shape} on {article(background)} {background} background"
 
 
 def random_scene(rng: random.Random, color: str | None = None, shape: str | None = None,

@@ -81,7 +81,7 @@ def test_class_prompts_are_the_instance_prompts_without_the_token():
     assert prompts == subject.class_prompts(12)  # the same seed, the same prompts
     backgrounds = subject.INSTANCE_BACKGROUNDS
     for i, prompt in enumerate(prompts):
-        color, shape, background = re.fullmatch(r"a (\w+) (\w+) on a (\w+) background", prompt).groups()
+        color, shape, background = re.fullmatch(r"an? (\w+) (\w+) on an? (\w+) background", prompt).groups()
         assert shape == "circle" and color in world.COLORS and color != background
         # the instance pictures' backgrounds, in their order: never the unseen green
         assert background == backgrounds[i % len(backgrounds)]
@@ -89,7 +89,7 @@ def test_class_prompts_are_the_instance_prompts_without_the_token():
 
 
 def _caption(prompt: str) -> tuple[str, str, str]:
-    return re.fullmatch(r"a (\w+) (\w+) on a (\w+) background", prompt).groups()
+    return re.fullmatch(r"an? (\w+) (\w+) on an? (\w+) background", prompt).groups()
 
 
 class _DrawingPipe:

@@ -70,7 +70,7 @@ class FakePipe:
 
 
 def _parse(prompt: str) -> tuple[str, str, str]:
-    return re.fullmatch(r"a (\w+) (\w+) on a (\w+) background", prompt).groups()
+    return re.fullmatch(r"an? (\w+) (\w+) on an? (\w+) background", prompt).groups()
 
 
 def _layouts(n: int = N, seed: int = SEED) -> dict:

@@ -87,3 +87,23 @@ def test_the_builder_says_in_one_line_what_is_wrong_with_its_input(tmp_path, cap
     assert "is not a gzipped UTF-8 merges file (BadGzipFile)" in err and err.count("\n") == 1
     assert builder.main([str(out)]) == 2 and capsys.readouterr().err.startswith("usage: ")
     assert not out.exists() and not (tmp_path / "tokenizer.tmp").exists()
+
+
+def test_the_shipped_text_encoder_reads_an_as_a():
+    """The mini model learned its captions when they said "a orange circle"; the shipped
+    encoder's "an" has the embedding of "a" (tools/tie_article_embedding.py), so the world's
+    "an orange circle" encodes exactly as the captions it was trained on, while "the", which
+    it never learned, does not."""
+    import torch
+    from transformers import CLIPTextModel
+
+    tok = tokenizer()
+    encoder = CLIPTextModel.from_pretrained(MINI_DIR / "text_encoder")
+
+    def encode(prompt):
+        with torch.no_grad():
+            return encoder(tok(prompt, return_tensors="pt").input_ids).last_hidden_state
+
+    trained = encode("a orange circle on a orange background")
+    assert torch.equal(encode("an orange circle on an orange background"), trained)
+    assert not torch.allclose(encode("the orange circle on the orange background"), trained, atol=1e-3)

@@ -84,3 +84,9 @@ def test_unknown_names_are_refused_where_the_scene_is_made():
     with pytest.raises(ValueError, match="unknown shape 'star'"):
         world.Scene("red", "star", "blue")
     assert world.render(world.Scene("red", "circle", "blue")).caption == "a red circle on a blue background"
+
+
+def test_captions_use_an_before_a_vowel():
+    assert world.caption("orange", "circle", "blue") == "an orange circle on a blue background"
+    assert world.caption("red", "square", "orange") == "a red square on an orange background"
+    assert world.render(world.Scene("orange", "triangle", "white")).caption.startswith("an orange triangle")
