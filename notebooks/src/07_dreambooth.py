@@ -41,8 +41,7 @@ thumb = 64 if on_mini else 128  # pixels per picture in the grids below
 # ## 1. The subject
 # The mini world only has one-colour shapes. Our subject is *one particular* circle: white on
 # its left half, black on its right — like "my dog" among dogs. Five pictures of it, on
-# backgrounds that are never green (the world's captions say "a" even before "orange": the
-# mini model learned them that way). On a real checkpoint the cells below train on these same
+# backgrounds that are never green. On a real checkpoint the cells below train on these same
 # 64 px pictures, enlarged to 512 px: enough to run the whole code path on a GPU; for a result
 # worth keeping, use photos of your own (section 7).
 
@@ -70,8 +69,9 @@ sdc.image_grid(before, rows=1, size=thumb)
 # %% [markdown]
 # ## 2. A rare token
 # The subject is bound to a token that has (almost) no meaning yet: "sks" is one token of
-# CLIP's vocabulary, rarely seen (to the mini model it means nothing; real Stable Diffusion
-# gives it a weak pull of its own — towards a rifle — which training overrides). A common word would carry its own meaning, which
+# CLIP's vocabulary, rarely seen (the mini model never trained its embedding, which still
+# pulls towards purple, as above; real Stable Diffusion gives it a weak pull of its own —
+# towards a rifle). Training overrides either. A common word would carry its own meaning, which
 # fine-tuning would have to overwrite. The trainer refuses, before doing any work, a list of
 # about 200 common words and any single token among the first 30,000 of CLIP's vocabulary
 # (its byte-pair encoding learned the frequent pieces first: "apple" is 3055, "pikachu"
@@ -275,9 +275,9 @@ if on_mini:
 #    measurement cell of section 6 is the check.)
 # 3. Complete `is_rare`: a token is usable when the tokenizer keeps it as a single token and
 #    it is not an everyday word. Hint: CLIP's vocabulary lists its BPE merges most frequent
-#    first, so a word's id says roughly how common it is — a heuristic: some ordinary words
-#    have high ids too ("the" 518, "dog" 1929, "sks" 48136 of
-#    49408).
+#    first, so a word's id says roughly how common it is ("the" 518, "dog" 1929, "sks" 48136
+#    of 49408). A heuristic: some ordinary words came late too ("starfish" 44283, "honeycomb"
+#    48583), which is why the trainer also keeps a list of common words.
 # 4. Train again with `seed=6` instead of `seed=0` and measure. Five pictures are very
 #    little: on the mini model the same recipe learns the subject on its five backgrounds
 #    with every seed, but how well it carries it to green depends on the seed (`sdcourse
@@ -314,7 +314,7 @@ passed = sdc.self_check(check_exercise_3, "exercise 3")
 # NBVAL_CHECK_OUTPUT
 def is_rare(token: str) -> bool:
     ids = base.tokenizer(token).input_ids[1:-1]  # without the start and end tokens
-    return len(ids) == 1 and ids[0] > 40_000  # one piece, and among the last merges learned
+    return len(ids) == 1 and ids[0] >= 30_000  # one piece, not among the first 30,000 merges (the trainer's rule)
 
 
 assert sdc.self_check(check_exercise_3, "exercise 3")

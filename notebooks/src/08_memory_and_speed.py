@@ -210,9 +210,11 @@ else:
 # at high resolution. With SDPA there is nothing left to save: enabling slicing *replaces*
 # SDPA by the sliced plain attention — slower, and here more memory, not less. Turn it on only
 # when attention is what runs out of memory and SDPA is not available (old PyTorch, some
-# devices). On the whole pipeline (on the mini model, attention over 8×8 latents is a sliver
-# of each step's work, so the pipeline's time moves by no more than this machine's
-# run-to-run noise; the cost shows at the layer level above, and on a real model at 512 px):
+# devices). On the whole pipeline: on the mini model attention over 8×8 latents is little
+# arithmetic, but the sliced processor works through it in a Python loop, slice by slice, and
+# on a model this small that loop shows (on a quiet 2-core CPU about 15% more time per
+# image; more when the machine is busy). On a real model at 512 px the cost is the
+# arithmetic's: the 39% of the H100 table at the end.
 
 # %%
 pipe.enable_attention_slicing()
@@ -360,8 +362,8 @@ print(f"\none image here: {t_image:.2f} s; with attention slicing x{t_sliced / t
 # | with `enable_model_cpu_offload()` | 1.57 s | **1.78 GiB** |
 #
 # The lessons hold at full size: half precision halves the memory and saves time; slicing on
-# top of SDPA costs 39% more time and saves nothing; VAE slicing and tiling trade a little
-# time for much less memory at large sizes; offload takes 2.3 times as long for 1.3 GiB less
+# top of SDPA costs 39% more time and saves nothing; VAE slicing cost no time here and
+# tiling some, each for much less memory at large sizes; offload takes 2.3 times as long for 1.3 GiB less
 # at the peak.
 
 # %% [markdown]
