@@ -153,7 +153,7 @@ def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
     from diffusers import AutoencoderKL
 
     from .models import MINI_DIR
-    from .train.vae import psnr
+    from .train.vae import tensor_psnr
     from .world import images_to_tensor, render
 
     vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=torch.float32).eval()
@@ -161,7 +161,7 @@ def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
     with torch.no_grad():
         recon = torch.cat([vae(x[i:i + 64], sample_posterior=False).sample for i in range(0, n, 64)])
     latent_elems = vae.config.latent_channels * (x.shape[-1] // 8) ** 2
-    return {"psnr": round(psnr(recon, x), 3), "n": n,
+    return {"psnr": round(tensor_psnr(recon, x), 3), "n": n,
             "compression": round(x[0].numel() / latent_elems, 1)}
 
 

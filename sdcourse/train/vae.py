@@ -32,8 +32,9 @@ VAE_CONFIG = dict(
 EVAL_SEED = 7  # fresh images for PSNR: seeds far from the training stream
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak range 2)."""
+def tensor_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of image tensors in [-1, 1] (peak-to-peak range 2), as
+    the trainer sees them; :func:`sdcourse.evaluate.psnr` is the same for 8-bit pictures."""
     mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
     return 10 * math.log10(4 / max(mse, 1e-12))
 
@@ -43,7 +44,7 @@ def evaluate_psnr(vae: AutoencoderKL, n: int = 64, seed: int = EVAL_SEED, batch:
     """Mean reconstruction PSNR over ``n`` fresh images (posterior mean, no sampling)."""
     x = world.images_to_tensor([s.image for s in world.dataset(n, seed)])
     recon = torch.cat([vae(x[i:i + batch], sample_posterior=False).sample for i in range(0, n, batch)])
-    return psnr(recon, x)
+    return tensor_psnr(recon, x)
 
 
 @torch.no_grad()
