@@ -106,6 +106,13 @@ def offline_mode() -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def offline_setting() -> str:
+    """The variable that asks for offline mode, as it is set (``HF_HUB_OFFLINE=1``), for
+    messages that say what to unset."""
+    name = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    return f"{name}={os.environ.get(name, '')}"
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether huggingface.co answers (False at once in offline mode, :func:`offline_mode`)."""
     if offline_mode():

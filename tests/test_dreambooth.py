@@ -172,10 +172,10 @@ def _expect_error(tmp_path, monkeypatch, instance, match, **kwargs):
 
 def test_missing_and_empty_instance_folders(tmp_path, monkeypatch, base):
     message = _expect_error(tmp_path, monkeypatch, tmp_path / "nowhere", "does not exist", base=base)
-    assert "pictures of the subject" in message
+    assert "holds 3 or more pictures (3–5 is typical) of the subject" in message
     (tmp_path / "empty").mkdir()
     message = _expect_error(tmp_path, monkeypatch, tmp_path / "empty", "is empty", base=base)
-    assert "put 3 to 5 pictures" in message
+    assert "put 3 or more pictures (3–5 is typical)" in message
 
 
 def test_unsupported_files_in_the_instance_folder(tmp_path, monkeypatch, base, instance_dir):
@@ -197,7 +197,16 @@ def test_mismatched_sizes_and_too_few_pictures(tmp_path, monkeypatch, base):
     message = _expect_error(tmp_path, monkeypatch, images, "differ in size", base=base)
     assert "96x96" in message and "resize" in message
     message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(2), "only 2", base=base)
-    assert "at least 3" in message and "add more" in message
+    assert "needs 3 or more pictures (3–5 is typical)" in message and "add more" in message
+
+
+def test_more_than_five_pictures_are_accepted(tmp_path):
+    """3 is the least; DreamBooth users often give 5-20 pictures, and every one is used."""
+    subject.save_instance_images(tmp_path / "many", n=12)
+    images, names = db.load_instance_images(tmp_path / "many")
+    assert len(images) == len(names) == 12
+    assert len(db.load_instance_images(subject.make_instance_images(20))[0]) == 20
+    assert len(db.load_instance_images(subject.make_instance_images(3))[0]) == 3
 
 
 @pytest.mark.parametrize("token, problem", [
@@ -278,15 +287,21 @@ def test_a_bad_base_model_is_one_line(tmp_path, monkeypatch, base):
     (tmp_path / "no_vocab" / "tokenizer").mkdir(parents=True)  # transformers builds an empty one
     _expect_error(tmp_path, monkeypatch, images, "has no tokenizer files", base=tmp_path / "no_vocab")
 
+    import huggingface_hub
     from transformers import CLIPTokenizer
+
+    from sdcourse import models
 
     def unknown(*args, **kwargs):
         raise OSError("someone/no-such-model is not a valid model identifier\ndetails")
 
+    # the Hub answers and serves the id (check_hub_base passes), and loading it still fails
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo, name: True)
     monkeypatch.setattr(CLIPTokenizer, "from_pretrained", unknown)
     message = _expect_error(tmp_path, monkeypatch, images, "could not load base model "
                             "someone/no-such-model .*not a valid model identifier", base="someone/no-such-model")
-    assert "details" not in message
+    assert "details" not in message and message.endswith("or give a local diffusers folder")
 
 
 def test_the_unet_learns_what_its_checkpoint_predicts(tmp_path, monkeypatch, base):
@@ -1063,3 +1078,134 @@ def test_a_hub_base_not_downloaded_offline_is_one_clear_line(monkeypatch):
     with pytest.raises(db.DreamBoothError, match=r"could not download base model sdcourse-tests/never-downloaded \(.+\): "
                                                  r"check your network, or give a local diffusers folder$"):
         db.local_checkpoint("sdcourse-tests/never-downloaded")
+
+
+def _hub(monkeypatch, *, reachable, served=False, repo=False):
+    """The Hub as the checks see it (no network here): whether huggingface.co answers, whether
+    it serves the id's model_index.json, whether the repository exists at all. Nothing may be
+    loaded from it: a from_pretrained call is where huggingface_hub retried for half a minute."""
+    import huggingface_hub
+    from transformers import CLIPTokenizer
+
+    from sdcourse import models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the tokenizer was loaded from a Hub id that cannot be fetched")
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: reachable)
+    monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo_id, name: served)
+    monkeypatch.setattr(huggingface_hub, "repo_exists", lambda repo_id: repo)
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", no_loading)
+
+
+@pytest.mark.parametrize("hub, env, problem, advice", [
+    (dict(reachable=False), {}, r"^base model sdcourse-tests/never-downloaded is not in the local "
+     r"Hugging Face cache and huggingface.co cannot be reached: ",
+     "connect to the internet, download it first while online, or give a local diffusers folder"),
+    (dict(reachable=False), {"HF_HUB_OFFLINE": "1"}, r"^offline mode is on \(HF_HUB_OFFLINE=1\) and "
+     r"base model sdcourse-tests/never-downloaded is not in the local Hugging Face cache: ",
+     "unset HF_HUB_OFFLINE, or download it first (or give a local diffusers folder)"),
+    (dict(reachable=False), {"TRANSFORMERS_OFFLINE": "true"}, r"^offline mode is on "
+     r"\(TRANSFORMERS_OFFLINE=true\)", "unset TRANSFORMERS_OFFLINE, or download it first"),
+    (dict(reachable=True), {}, r"^base model sdcourse-tests/never-downloaded does not exist on the "
+     r"Hugging Face Hub", "check the id, e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5', or "
+     "give a local diffusers folder"),
+    (dict(reachable=True, repo=True), {}, r"^base model sdcourse-tests/never-downloaded is on the "
+     r"Hugging Face Hub but is no diffusers pipeline \(it has no model_index.json\): ",
+     "give a Stable Diffusion pipeline's id, e.g."),
+])
+def test_a_hub_base_that_cannot_be_fetched_is_one_line_before_any_download(
+        tmp_path, monkeypatch, hub, env, problem, advice):
+    """A Hub id neither in the local cache nor fetchable: one line saying why (offline mode,
+    no network, no such repository) and what to do, before the tokenizer or anything else
+    is loaded, and the out folder untouched. The id is not in the cache (really: it was never
+    downloaded), so the offline message does not suggest the very id given."""
+    _hub(monkeypatch, **hub)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3), problem,
+                            base="sdcourse-tests/never-downloaded", prior_preservation=False)
+    assert advice in message
+    if env:
+        assert "Hub id like" not in message
+
+
+def test_the_cli_stops_at_once_on_a_hub_id_it_cannot_fetch(tmp_path, monkeypatch, capsys,
+                                                           instance_dir):
+    """The reviewer's command: `--base nonexistent/repo` with no network hung in
+    huggingface_hub's retries; now it is one line, and nothing is written."""
+    from sdcourse.cli import main
+
+    _hub(monkeypatch, reachable=False)
+    status = main(["train", "dreambooth", "--instance-dir", str(instance_dir), "--instance-prompt",
+                   "a sks dog", "--no-prior", "--out", str(tmp_path / "x"), "--base", "nonexistent/repo"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert err.startswith("sdcourse: error: base model nonexistent/repo is not in the local Hugging "
+                          "Face cache and huggingface.co cannot be reached")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("reachable", [False, True])
+def test_a_cached_hub_base_loads_without_asking_the_hub(monkeypatch, reachable):
+    """A Hub id downloaded before is usable whatever the network: with huggingface.co out of
+    reach its tokenizer is read from the cache alone (no request, so nothing retried); online,
+    transformers may look for updates as usual. Whether the Hub still serves it is not asked."""
+    import huggingface_hub
+    from transformers import CLIPTokenizer
+
+    from sdcourse import models
+
+    real = CLIPTokenizer.from_pretrained
+    calls = []
+
+    def from_cache(base, **kwargs):
+        calls.append((base, kwargs))
+        return real(models.MINI_DIR / "tokenizer")
+
+    def not_asked(*args, **kwargs):
+        raise AssertionError("the Hub was asked about a checkpoint in the local cache")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: repo == "someone/cached")
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: reachable)
+    monkeypatch.setattr(huggingface_hub, "file_exists", not_asked)
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", from_cache)
+    tokenizer = db.load_tokenizer("someone/cached")
+    assert tokenizer.tokenize("sks") == ["sks</w>"]
+    cache_only = {} if reachable else {"local_files_only": True}
+    assert calls == [("someone/cached", {"subfolder": "tokenizer", **cache_only})]
+
+
+def test_the_mini_model_and_local_folders_ask_no_network(tmp_path, monkeypatch, base):
+    """The common case stays as fast as it was: base=None (the embedded mini model) or a
+    folder goes through every check to the model's files without a Hub check or a socket."""
+    import socket
+
+    from sdcourse import models
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was asked about a local base model")
+
+    class Reached(Exception):
+        pass
+
+    def reached(files, fp16_files=False):
+        seen.append(files)
+        raise Reached
+
+    for name in ("hub_reachable", "in_local_cache", "on_hub"):
+        monkeypatch.setattr(models, name, no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(db, "check_base_folder", reached)  # past the tokenizer and every check
+    seen = []
+    for given in (None, base):
+        with pytest.raises(Reached):
+            db.train_dreambooth(subject.make_instance_images(3), "a sks circle",
+                                out=tmp_path / "run", base=given, prior_preservation=False)
+    assert seen == [str(models.mini_model_path("text2img")), str(base)]
+    assert not (tmp_path / "run").exists()

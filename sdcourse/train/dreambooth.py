@@ -1,4 +1,4 @@
-"""DreamBooth: teach a text-to-image model one new subject from 3 to 5 pictures.
+"""DreamBooth: teach a text-to-image model one new subject from 3 or more pictures (3–5 is typical).
 
 The recipe (Ruiz et al., 2022), step by step as the code below runs it:
 
@@ -88,18 +88,19 @@ def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
     """The subject's pictures, from a folder or a list of PIL images, with a name for each.
 
     Raises :class:`DreamBoothError` for a missing or empty folder, files in it that are not
-    pictures, pictures of different sizes, and fewer than 3 pictures.
+    pictures, pictures of different sizes, and fewer than 3 pictures. There is no upper limit:
+    3 or more pictures (3–5 is typical) are accepted, and DreamBooth users often give 5–20.
     """
     if isinstance(instance, (str, Path)):
         folder = Path(instance)
         if not folder.is_dir():
             problem = "is a file, not a folder" if folder.exists() else "does not exist"
             raise DreamBoothError(f"instance folder {folder} {problem}: give the folder that "
-                                  f"holds {MIN_IMAGES} to 5 pictures of the subject")
+                                  f"holds {MIN_IMAGES} or more pictures (3–5 is typical) of the subject")
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # .ipynb_checkpoints
         if not entries:
-            raise DreamBoothError(f"instance folder {folder} is empty: put {MIN_IMAGES} to 5 "
-                                  "pictures of the subject in it")
+            raise DreamBoothError(f"instance folder {folder} is empty: put {MIN_IMAGES} or more "
+                                  "pictures (3–5 is typical) of the subject in it")
         other = [p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file()]
         if other:
             raise DreamBoothError(
@@ -122,8 +123,8 @@ def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
         images = [im.convert("RGB") for im in images]
         names = [f"image {i}" for i in range(len(images))]
     if len(images) < MIN_IMAGES:
-        raise DreamBoothError(f"only {len(images)} instance picture(s): DreamBooth needs at least "
-                              f"{MIN_IMAGES} (3 to 5 is typical) pictures of the subject, in "
+        raise DreamBoothError(f"only {len(images)} instance picture(s): DreamBooth needs "
+                              f"{MIN_IMAGES} or more pictures (3–5 is typical) of the subject, in "
                               "different places or backgrounds: add more")
     sizes = {im.size for im in images}
     if len(sizes) > 1:
@@ -345,10 +346,60 @@ def frozen_dtype(device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def check_hub_base(base) -> bool:
+    """Whether the Hub id ``base`` can be loaded, asked before anything is loaded from it;
+    True when it must be read from the local Hugging Face cache alone (the Hub unreachable).
+
+    Why: given an id it cannot fetch, huggingface_hub retries for half a minute ("Name or
+    service not known ... Retrying in 8s"), then transformers fails in its own words. Checked
+    in this order, cheapest first: the local cache (no network), offline mode
+    (``HF_HUB_OFFLINE``), whether huggingface.co answers, whether it serves the id. Each
+    failure is one :class:`DreamBoothError` line saying what to do. A cached id is usable
+    whatever the network. Only for Hub ids: a folder (the mini model's too) asks no network.
+    """
+    from ..models import hub_reachable, in_local_cache, offline_mode, offline_setting, on_hub
+
+    base = str(base)
+    if in_local_cache(base):
+        return not hub_reachable()
+    if offline_mode():
+        name = offline_setting().split("=")[0]
+        raise DreamBoothError(
+            f"offline mode is on ({offline_setting()}) and base model {base} is not in the "
+            f"local Hugging Face cache: unset {name}, or download it first (or give a local "
+            "diffusers folder)")
+    if not hub_reachable():
+        raise DreamBoothError(
+            f"base model {base} is not in the local Hugging Face cache and huggingface.co cannot "
+            "be reached: connect to the internet, download it first while online, or "
+            "give a local diffusers folder")
+    if not on_hub(base):
+        example = "e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5', or give a local diffusers folder"
+        if _repo_exists(base):
+            raise DreamBoothError(f"base model {base} is on the Hugging Face Hub but is no diffusers "
+                                  f"pipeline (it has no model_index.json): give a Stable Diffusion "
+                                  f"pipeline's id, {example}")
+        raise DreamBoothError(f"base model {base} does not exist on the Hugging Face Hub (or is "
+                              f"private and you are not logged in): check the id, {example}")
+    return False
+
+
+def _repo_exists(repo_id: str) -> bool:
+    """Whether the Hub has a repository ``repo_id`` at all (asked only once it is known to
+    serve no ``model_index.json``, to tell a mistyped id from a repo of another kind)."""
+    from huggingface_hub import repo_exists
+
+    try:
+        return repo_exists(repo_id)
+    except Exception:  # noqa: BLE001 - no clear answer: the id is what to check first
+        return False
+
+
 def load_tokenizer(base):
     """The base model's tokenizer; a ``base`` that is no usable model (a mistyped path, an
-    invalid or unknown Hub id, a folder without a tokenizer) raises a one-line
-    :class:`DreamBoothError`."""
+    invalid Hub id, one not on the Hub or not reachable and not cached: :func:`check_hub_base`,
+    a folder without a tokenizer) raises a one-line :class:`DreamBoothError`, before any
+    download."""
     from transformers import CLIPTokenizer
 
     from ..models import _is_hub_id
@@ -356,20 +407,29 @@ def load_tokenizer(base):
     base = str(base)
     hint = ("give a diffusers Stable Diffusion folder (with model_index.json) or a Hub id like "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+    cache_only = False
     if os.path.isdir(base):
         if not os.path.isdir(os.path.join(base, "tokenizer")):
             raise DreamBoothError(f"base model {base} is a folder without a tokenizer folder: {hint}")
+        no_vocabulary = f"has no tokenizer files: {hint}"
     elif not _is_hub_id(base):
         raise DreamBoothError(f"base model {base!r} is neither a folder nor a Hub id: check the "
                               f"path, or {hint}")
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    else:  # one line now if it cannot be fetched, rather than huggingface_hub's retries
+        cache_only = check_hub_base(base)
+        hint = "give a local diffusers folder"
+        no_vocabulary = ("has no tokenizer files in the local cache (an interrupted download?): "
+                         f"download it again while online, or {hint}" if cache_only else
+                         "has no tokenizer files on the Hub: give a Stable Diffusion pipeline's "
+                         f"id, or {hint}")
+    try:  # the cache alone when the Hub is unreachable: nothing asked of it, nothing retried
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer",
+                                                  **({"local_files_only": True} if cache_only else {}))
     except (OSError, ValueError) as error:
         raise DreamBoothError(f"could not load base model {base} ({_reason(error)}): check the id and "
                               f"your network, or {hint}") from None
     if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers found no vocabulary
-        raise DreamBoothError(f"base model {base} has no tokenizer files (or is not on the Hub, or "
-                              f"not in the local cache while offline): {hint}")
+        raise DreamBoothError(f"base model {base} {no_vocabulary}")
     return tokenizer
 
 
@@ -754,9 +814,10 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                      gradient_checkpointing: bool = False) -> Path:
     """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
 
-    ``instance``: a folder of 3-5 pictures, or a list of PIL images. ``instance_prompt``: one
-    prompt with the rare ``token`` for all pictures, or one per picture. ``class_prompt``: the
-    class without the token (one string, or a list cycled over ``num_class_images``); needed
+    ``instance``: a folder of 3 or more pictures (3–5 is typical), or a list of PIL images.
+    ``instance_prompt``: one prompt with the rare ``token`` for all pictures, or one per
+    picture. ``class_prompt``: the class without the token (one string, or a list cycled over
+    ``num_class_images``); needed
     for prior preservation. ``lr`` (the peak of a cosine decay) defaults to 3e-3 for a LoRA and
     3e-4 for the full UNet, rates that suit the mini model (its evaluation recipe trains 450
     steps at 4e-4); for Stable Diffusion itself use about 1e-4 and 5e-6. ``text_encoder_lr``:
