@@ -12,9 +12,9 @@ Each subcommand is two small functions: ``_add_<name>(subparsers)`` declares its
 and ``cmd_<name>(args) -> int`` does the work. To add one, write the pair and list
 ``_add_<name>`` in :data:`COMMANDS`.
 
-Errors are one line on stderr (``sdcourse: error: ...``): exit status 2 for a bad command
-line, 1 for anything else; a notebook that fails is one line naming the notebook, the cell
-and the error, status 1.
+Errors are one line on stderr (``sdcourse: error: ...``, argparse's own too): exit status 2
+for a bad command line or setting, 1 for anything else; a notebook that fails is one line
+naming the notebook, the cell and the error, status 1.
 """
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ class UsageError(CliError):
     status = 2
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line in the package's style, ``sdcourse: error:
+    ...``, with where to look, instead of the whole usage (11 lines for ``train``) under the
+    subcommand's own prefix. Subparsers are of this class too (argparse makes them so)."""
+
+    def error(self, message):
+        self.exit(2, f"sdcourse: error: {message} (see `{self.prog} --help`)\n")
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -53,7 +62,8 @@ def _add_run(sub) -> None:
         "executed notebook and an HTML copy to --out. Stops at the first failing cell.",
     )
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
-                   help="notebooks to run (default: every notebooks/*.ipynb of the course)")
+                   help="notebooks to run: paths, or names of the course's notebooks such as "
+                   "00_setup (default: every notebooks/*.ipynb of the course)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help=f"where executed notebooks and HTML go (default: {DEFAULT_OUT})")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
@@ -77,6 +87,8 @@ def default_notebooks_dir() -> Path | None:
 def resolve_notebooks(paths: list[str]) -> list[Path]:
     """Check the requested notebooks (or find the course's) and sort them by name.
 
+    A notebook is a path, or the name of one of the course's (``00_setup`` or
+    ``00_setup.ipynb``, as the README's table names them) found in :func:`default_notebooks_dir`.
     Every notebook is parsed here, so a corrupt one is reported before any of them runs."""
     if not paths:
         folder = default_notebooks_dir()
@@ -88,17 +100,32 @@ def resolve_notebooks(paths: list[str]) -> list[Path]:
         found = []
         for raw in paths:
             path = Path(raw)
+            if path.is_dir():
+                raise UsageError(f"{raw}: a folder, not a notebook")
+            if not path.is_file():
+                path = _course_notebook(raw)
             if path.suffix != ".ipynb":
                 raise UsageError(f"{raw}: not a notebook (expected a .ipynb file)")
-            if not path.is_file():
-                raise UsageError(f"{raw}: " + ("a folder, not a notebook" if path.is_dir()
-                                               else "no such notebook"))
             if path not in found:
                 found.append(path)
         found.sort(key=lambda p: (p.name, str(p)))
     for path in found:
         _check_readable(path)
     return found
+
+
+def _course_notebook(name: str) -> Path:
+    """The course's notebook called ``name`` (with or without .ipynb), else a one-line
+    UsageError that lists the names there are."""
+    folder = default_notebooks_dir()
+    if folder is None:
+        raise UsageError(f"{name}: no such notebook")
+    if Path(name).name == name:  # a bare name, not a path
+        path = folder / (name if name.endswith(".ipynb") else name + ".ipynb")
+        if path.is_file():
+            return path
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.ipynb")))
+    raise UsageError(f"{name}: no such notebook (the course's in {folder}: {names})")
 
 
 def _check_readable(path: Path) -> None:
@@ -201,22 +228,64 @@ def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None
     return failure
 
 
+def check_device_setting() -> None:
+    """A one-line UsageError unless SDCOURSE_DEVICE (if set) names a device this machine has:
+    every notebook starts with pick_device(), so a bad value would fail each one's first cell."""
+    from .device import pick_device
+
+    try:
+        pick_device()
+    except (ValueError, RuntimeError) as error:  # its one-line messages: unknown, absent
+        raise UsageError(str(error)) from None
+
+
+def check_model_setting(model: str | None) -> str | None:
+    """Check the model the kernels will load (``--model``, else SDCOURSE_MODEL) and return the
+    value to give them as SDCOURSE_MODEL (None: leave the environment as it is).
+
+    Refused in one line (UsageError): what choose_model refuses (no such folder, not a Hub id),
+    and a Hub id that cannot load: not in the local cache while offline or with the Hub
+    unreachable, or not on the Hub. A folder becomes absolute: it is given relative to here,
+    but each kernel runs in its notebook's folder."""
+    from . import models
+
+    if model is not None:  # an empty --model is refused too, not ignored
+        what = f"--model {model}"
+    elif os.environ.get("SDCOURSE_MODEL"):
+        model = os.environ["SDCOURSE_MODEL"]
+        what = f"SDCOURSE_MODEL={model}"
+    else:  # the notebooks choose automatically: nothing asked for can be wrong
+        return None
+    try:
+        choice = models.choose_model("text2img", model)
+    except models.ModelChoiceError as error:
+        raise UsageError(f"{what}: {error}") from None
+    if choice.kind == "mini":
+        return model
+    if os.path.isdir(model):  # a pipeline folder (choose_model checked its model_index.json)
+        return os.path.abspath(model)
+    if models.in_local_cache(choice.source):  # a Hub id (for "real", the text2img one)
+        return model
+    if models.offline_mode():
+        raise UsageError(f"{what}: {choice.source} is not in the local Hugging Face cache and "
+                         f"offline mode is on ({models.offline_setting()}): unset it to download the "
+                         "model, or use --model mini")
+    if not models.hub_reachable():
+        raise UsageError(f"{what}: {choice.source} is not in the local Hugging Face cache and "
+                         "huggingface.co cannot be reached: connect, or use --model mini")
+    if not models.on_hub(choice.source):
+        raise UsageError(f"{what}: {choice.source} is not on the Hugging Face Hub (no "
+                         "model_index.json there): check the id, or use --model mini")
+    return model
+
+
 def cmd_run(args) -> int:
     """Run the notebooks one after the other; stop at the first failure."""
     notebooks = resolve_notebooks(args.notebooks)  # every check happens before any kernel starts
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    model = args.model
-    if model is not None:  # an empty --model is refused too, not ignored
-        from .models import ModelChoiceError, choose_model
-
-        try:
-            choose_model("text2img", model)
-        except ModelChoiceError as error:
-            raise UsageError(f"--model {model}: {error}") from None
-        if model not in ("mini", "real") and os.path.isdir(model):
-            # a folder is given relative to here, but the kernel runs in the notebook's folder
-            model = os.path.abspath(model)
+    check_device_setting()
+    model = check_model_setting(args.model)
     check_out(args.out)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -253,7 +322,18 @@ def _version(dist: str) -> str:
 
 
 def cmd_doctor(args) -> int:
-    """A few lines about this machine; every part reports its own error instead of crashing."""
+    """A few lines about this machine; every part reports its own problem instead of crashing.
+
+    A problem is printed once, as its one-line message: a bad SDCOURSE_DEVICE also fails each
+    task's automatic model choice, and five copies of it hid the rest. The exit status is 1
+    when there was a problem, so a script (or a classroom check) can tell."""
+    problems: list[str] = []
+
+    def problem(label: str, error: BaseException) -> None:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"{label:<13} " + ("error (the one above)" if message in problems else f"error ({message})"))
+        problems.append(message)
+
     print(f"python        {platform.python_version()} ({sys.executable})")
     for dist in ("torch", "diffusers", "transformers"):
         print(f"{dist:<13} {_version(dist)}")
@@ -266,29 +346,33 @@ def cmd_doctor(args) -> int:
         print(f"device        {device} (dtype {str(pick_dtype(device)).removeprefix('torch.')})")
         print(f"torch threads {torch.get_num_threads()}")
     except Exception as error:
-        print(f"device        error ({error})")
+        problem("device", error)
     try:
         from . import models
     except Exception as error:
-        print(f"models: unavailable ({type(error).__name__}: {error})")
-        return 0
+        problem("models", error)
+        return 1
     hub = None
+    offline = models.offline_mode()  # not "unreachable" then: connecting would not help
+    why = f"offline mode is on ({models.offline_setting()})" if offline else "the Hub is unreachable"
+    fix = "unset it to reach the Hub" if offline else "connect"
     try:
         hub = models.hub_reachable()
-        print(f"hub           {'reachable' if hub else 'unreachable'}")
+        print(f"hub           {'reachable' if hub else f'{why}: {fix}' if offline else 'unreachable'}")
     except Exception as error:
-        print(f"hub           error ({error})")
+        problem("hub", error)
     for task in models.TASKS:
         try:
             choice = models.choose_model(task)
-            unloadable = (choice.kind == "real" and hub is False
-                          and not models.available_offline([choice.source]))
-            warning = (": not downloaded before and the Hub is unreachable, so it cannot load; "
-                       "connect, or set SDCOURSE_MODEL=mini") if unloadable else ""
-            print(f"{task:<13} {choice.kind}: {choice.source} ({choice.reason}){warning}")
         except Exception as error:
-            print(f"{task:<13} error ({type(error).__name__}: {error})")
-    return 0
+            problem(task, error)
+            continue
+        line = f"{task:<13} {choice.kind}: {choice.source} ({choice.reason})"
+        if choice.kind == "real" and hub is False and not models.available_offline([choice.source]):
+            line += f": not downloaded before and {why}, so it cannot load; {fix}, or set SDCOURSE_MODEL=mini"
+            problems.append(line)
+        print(line)
+    return 1 if problems else 0
 
 
 # --------------------------------------------------------------------------- models
@@ -297,9 +381,16 @@ def cmd_doctor(args) -> int:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="where the embedded mini checkpoints are",
                        description="Information about the course's checkpoints.")
+    try:
+        from .models import TASKS as known
+    except ImportError:  # a broken install: `models path` itself says so when run
+        known = ()
+    tasks = ", ".join(known)
     msub = p.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
-    path = msub.add_parser("path", help="print the folder of a task's mini checkpoint")
-    path.add_argument("task", metavar="TASK", help="text2img, img2img, inpaint or depth2img")
+    path = msub.add_parser("path", help=f"print the folder of a task's mini checkpoint (TASK: {tasks})",
+                           description="Print the local diffusers folder of the mini model for "
+                           f"TASK, one of: {tasks}.")
+    path.add_argument("task", metavar="TASK", help=f"one of: {tasks}")
     path.set_defaults(func=cmd_models_path)
 
 
@@ -334,6 +425,13 @@ def seed_value(text: str) -> int:
 
 
 TRAINERS = ("vae", "text2img", "inpaint", "depth", "depth-estimator", "dreambooth")
+
+#: Each trainer's default number of steps, for --help: the ``steps=`` defaults of vae.train,
+#: text2img.train (inpaint and depth too), depth_estimator.train and train_dreambooth, written
+#: out because reading them would import torch and diffusers for every command (a test checks
+#: that they agree).
+DEFAULT_STEPS = {"vae": 4000, "text2img": 7000, "inpaint": 7000, "depth": 7000,
+                 "depth-estimator": 1500, "dreambooth": 400}
 EVALUATIONS = ("vae", "text2img", "img2img", "inpaint", "depth2img", "dreambooth")
 
 
@@ -341,9 +439,12 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a part of the mini model (reproduces the shipped one)",
                        description="Train a part of the embedded mini model. Checkpoints go to "
                        "--out every few hundred steps; running the same command again resumes.")
-    p.add_argument("model", choices=TRAINERS, help="which part to train")
-    p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
+    p.add_argument("model", choices=TRAINERS, metavar="MODEL",
+                   help=f"which part to train: {', '.join(TRAINERS)}")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/MODEL)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total optimisation steps (default: " + ", ".join(
+                       f"{model} {steps}" for model, steps in DEFAULT_STEPS.items()) + ")")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop at this step of the --steps schedule (vae, text2img, inpaint, depth)")
     p.add_argument("--init", type=Path, default=None, metavar="DIR",
@@ -355,7 +456,8 @@ def _add_train(sub) -> None:
     p.add_argument("--publish", action="store_true",
                    help="when done, copy the weights into the package (sdcourse/mini)")
     db = p.add_argument_group("dreambooth", "teach a model a new subject (only with `train dreambooth`)")
-    db.add_argument("--instance-dir", type=Path, metavar="DIR", help="3 to 5 pictures of the subject")
+    db.add_argument("--instance-dir", type=Path, metavar="DIR",
+                    help="3 or more pictures of the subject (3-5 is typical)")
     db.add_argument("--instance-prompt", action="append", metavar="PROMPT",
                     help="prompt with the rare token, e.g. 'a sks dog'; once for all pictures, "
                     "or once per picture in file-name order")
@@ -412,6 +514,12 @@ def _train_dreambooth(args, out: Path) -> int:
         raise UsageError("--publish ships parts of the mini model; a DreamBooth run stays in --out")
     if args.instance_dir is None or not args.instance_prompt:
         raise UsageError("train dreambooth needs --instance-dir DIR and --instance-prompt PROMPT")
+    unused = [option for option, value in [("--class-prompt", args.class_prompt),
+              ("--class-dir", args.class_dir), ("--prior-loss-weight", args.prior_loss_weight)]
+              if args.no_prior and value is not None]
+    if unused:  # they only serve prior preservation: given with --no-prior, one is a mistake
+        raise UsageError(f"{', '.join(unused)}: only for prior preservation, which --no-prior turns "
+                         "off: drop --no-prior or drop " + ("it" if len(unused) == 1 else "them"))
     prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
     given = {name: value for name, value in [("token", args.token), ("steps", args.steps),
              ("prior_loss_weight", args.prior_loss_weight)] if value is not None}
@@ -458,13 +566,16 @@ def cmd_train(args) -> int:
         if args.stop_at and args.steps and args.stop_at > args.steps:
             raise UsageError(f"--stop-at {args.stop_at}: beyond --steps {args.steps}")
     check_out(out)
+    from .models import ModelChoiceError
     from .train.common import CheckpointError
 
     try:
         if args.model == "dreambooth":
             return _train_dreambooth(args, out)
         return _train_mini(args, out)
-    except CheckpointError as error:  # a damaged checkpoint in --out: one line, what to do
+    # a damaged checkpoint in --out, a base or mini model that cannot be had (SDCOURSE_CACHE
+    # not a folder): their messages are one line saying what to do
+    except (CheckpointError, ModelChoiceError) as error:
         raise CliError(str(error)) from None
 
 
@@ -514,7 +625,8 @@ def _train_mini(args, out: Path) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a shipped mini model on fresh random cases",
                        description="Measure the shipped mini model on fresh cases drawn from --seed.")
-    p.add_argument("model", choices=EVALUATIONS)
+    p.add_argument("model", choices=EVALUATIONS, metavar="SUITE",
+                   help=f"what to measure: {', '.join(EVALUATIONS)}")
     p.add_argument("--n", type=int, default=None, help="how many cases (default 256 vae, 200 text2img, 100 img2img, inpaint "
                    "and depth2img, 50 dreambooth)")
     p.add_argument("--seed", type=seed_value, default=1234, help="seed of the fresh cases (default 1234)")
@@ -538,8 +650,17 @@ def cmd_evaluate(args) -> int:
             raise UsageError(f"--train-seed is for `evaluate dreambooth` (it trains); "
                              f"`evaluate {args.model}` measures the shipped model as it is")
         extra["train_seed"] = args.train_seed
+    from .models import ModelChoiceError
+    from .train.common import CheckpointError
+    from .train.dreambooth import DreamBoothError
+
     suite = getattr(evaluate, f"evaluate_{args.model}")
-    result = suite(**extra, seed=args.seed)
+    try:
+        result = suite(**extra, seed=args.seed)
+    # what the package raises on purpose with a one-line message saying what to do, e.g. the
+    # mini model's folder cannot be assembled (SDCOURSE_CACHE not a folder); a bug stays a traceback
+    except (ModelChoiceError, DreamBoothError, CheckpointError) as error:
+        raise CliError(str(error)) from None
     if args.json:
         print(json.dumps(result))
     else:
@@ -555,7 +676,7 @@ COMMANDS = [_add_run, _add_doctor, _add_models, _add_train, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sdcourse",
         description="Stable Diffusion course: run the notebooks, check the machine, train and "
         "evaluate the embedded mini model.",

@@ -1,6 +1,7 @@
 """The ``sdcourse`` command: run (with real kernels on tiny notebooks), doctor, models path."""
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -18,6 +19,20 @@ def write_notebook(path, *cells):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A fake Hugging Face Hub, online (no test asks the real one): Hub ids in ``hub.cached``
+    were downloaded before, those in ``hub.served`` are on the Hub, and ``hub.reachable``
+    says whether huggingface.co answers. No SDCOURSE_MODEL, no offline mode."""
+    state = types.SimpleNamespace(cached=set(), served=set(), reachable=True)
+    monkeypatch.setattr(models, "in_local_cache", lambda repo: repo in state.cached)
+    monkeypatch.setattr(models, "on_hub", lambda repo: repo in state.served)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: state.reachable)
+    for name in ("SDCOURSE_MODEL", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    return state
 
 
 @pytest.fixture
@@ -43,9 +58,63 @@ def test_main_needs_a_command(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([])
     assert info.value.code == 2
+    assert capsys.readouterr().err == ("sdcourse: error: the following arguments are required: "
+                                       "COMMAND (see `sdcourse --help`)\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "vae", "--steps", "x"],
+     "argument --steps: invalid int value: 'x' (see `sdcourse train --help`)"),
+    (["train"], "the following arguments are required: MODEL (see `sdcourse train --help`)"),
+    (["evaluate", "video"], "argument SUITE: invalid choice: 'video' (choose from "),
+    (["evaluate"], "the following arguments are required: SUITE (see `sdcourse evaluate --help`)"),
+    (["models", "path"], "required: TASK (see `sdcourse models path --help`)"),
+    (["doctor", "--verbose"], "unrecognized arguments: --verbose (see `sdcourse --help`)"),
+])
+def test_command_line_errors_are_one_line_in_the_package_style(argv, message, capsys):
+    """argparse's errors too: `sdcourse: error: ...` and where to look, not 11 lines of usage
+    under a prefix of their own (`sdcourse train: error:`); exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: sdcourse ")
-    assert err.endswith("sdcourse: error: the following arguments are required: COMMAND\n")
+    assert err.startswith("sdcourse: error: ") and message in err, err
+    assert len(err.splitlines()) == 1 and "usage:" not in err
+
+
+def test_help_lists_the_choices_and_defaults(capsys, monkeypatch):
+    """`evaluate` names its suites, `models path` its tasks, `train` each trainer's --steps
+    default and DIR for --out."""
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps help at the terminal's width
+    helps = {}
+    for argv in (["evaluate"], ["models", "path"], ["train"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main([*argv, "--help"])
+        assert info.value.code == 0
+        helps[argv[0]] = capsys.readouterr().out
+    assert "what to measure: " + ", ".join(cli.EVALUATIONS) in helps["evaluate"]
+    assert "one of: " + ", ".join(models.TASKS) in helps["models"]
+    assert "--out DIR" in helps["train"] and ("total optimisation steps (default: vae 4000, text2img "
+                                              "7000, inpaint 7000, depth 7000, depth-estimator "
+                                              "1500, dreambooth 400)") in helps["train"]
+    assert "3 or more pictures of the subject (3-5 is typical)" in helps["train"]
+
+
+def test_steps_defaults_in_the_help_are_the_trainers():
+    """DEFAULT_STEPS (shown by `train --help`) is what each trainer does without --steps."""
+    import inspect
+
+    from sdcourse.train import depth_estimator, dreambooth, text2img, vae
+
+    def default(function):
+        return inspect.signature(function).parameters["steps"].default
+
+    assert cli.DEFAULT_STEPS == {
+        "vae": default(vae.train), "text2img": default(text2img.train),
+        "inpaint": default(text2img.train), "depth": default(text2img.train),
+        "depth-estimator": default(depth_estimator.train),
+        "dreambooth": default(dreambooth.train_dreambooth)}
+    assert list(cli.DEFAULT_STEPS) == list(cli.TRAINERS)
 
 
 def test_run_writes_notebook_and_html(tmp_path, capsys):
@@ -177,13 +246,20 @@ def test_empty_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
     assert "sdcourse: error: --model : '' is neither a folder nor a Hub id" in capsys.readouterr().err
 
 
-def test_doctor_says_when_the_chosen_checkpoint_cannot_load(monkeypatch, capsys, offline):
-    """A Hub id, offline and never downloaded: doctor says now that it will not load."""
+def test_doctor_says_when_the_chosen_checkpoint_cannot_load(monkeypatch, capsys, hub):
+    """A Hub id never downloaded, the Hub unreachable or offline mode on: doctor says now that
+    it will not load, and what to do (connect, or turn offline mode off); status 1."""
     monkeypatch.setenv("SDCOURSE_MODEL", "someone/not-downloaded")
-    assert cli.main(["doctor"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("text2img"))
-    assert line.endswith("(asked for by SDCOURSE_MODEL): not downloaded before and the Hub is "
-                         "unreachable, so it cannot load; connect, or set SDCOURSE_MODEL=mini")
+    hub.reachable = False
+    for offline, fix in ((None, "the Hub is unreachable, so it cannot load; connect"),
+                         ("1", "offline mode is on (HF_HUB_OFFLINE=1), so it cannot load; unset "
+                          "it to reach the Hub")):
+        if offline:
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        assert cli.main(["doctor"]) == 1
+        line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("text2img"))
+        assert line.endswith(f"(asked for by SDCOURSE_MODEL): not downloaded before and {fix}, "
+                             "or set SDCOURSE_MODEL=mini"), line
     monkeypatch.setenv("SDCOURSE_MODEL", "mini")
     assert cli.main(["doctor"]) == 0
     assert "cannot load" not in capsys.readouterr().out
@@ -195,20 +271,20 @@ def test_no_notebooks_found(monkeypatch, capsys, no_kernel):
     assert "no notebooks found" in capsys.readouterr().err
 
 
-def test_run_order_and_kernel_environment(tmp_path, monkeypatch, capsys):
+def test_run_order_and_kernel_environment(tmp_path, monkeypatch, capsys, hub):
     """Notebooks run in name order; the kernel gets SDCOURSE_MODEL, TQDM_DISABLE and
     SDCOURSE_HEADLESS."""
     paths = [write_notebook(tmp_path / f"{name}.ipynb", "pass") for name in ("02_b", "00_a", "01_c")]
     calls = []
     monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: calls.append((path.name, env)))
-    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    hub.served.add("runwayml/x")
     assert cli.main(["run", *map(str, paths), "--model", "runwayml/x", "--out", str(tmp_path / "o")]) == 0
     assert [name for name, _ in calls] == ["00_a.ipynb", "01_c.ipynb", "02_b.ipynb"]
     assert all(env["SDCOURSE_MODEL"] == "runwayml/x" and env["TQDM_DISABLE"] == "1"
                and env["SDCOURSE_HEADLESS"] == "1" for _, env in calls)
 
 
-def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch):
+def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch, hub):
     """`--model ./folder` is checked here, but the kernel runs in the notebook's folder: it
     gets the folder's absolute path. Keywords and Hub ids pass on as they are."""
     (tmp_path / "nbs").mkdir()
@@ -217,13 +293,116 @@ def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path
     (tmp_path / "work" / "my_model" / "model_index.json").write_text("{}")
     (tmp_path / "work" / "mini").mkdir()  # a folder named like a keyword: still the keyword
     monkeypatch.chdir(tmp_path / "work")
-    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    hub.cached.add("some/repo")
     seen = []
-    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: seen.append(env["SDCOURSE_MODEL"]))
+    monkeypatch.setattr(cli, "run_notebook",
+                        lambda path, out, timeout, env: seen.append(env["SDCOURSE_MODEL"]))
     for model in ("./my_model", "my_model", "mini", "some/repo"):
         assert cli.main(["run", str(nb), "--model", model, "--out", str(tmp_path / "o")]) == 0
     model_dir = str(tmp_path / "work" / "my_model")
     assert seen == [model_dir, model_dir, "mini", "some/repo"]
+    monkeypatch.setenv("SDCOURSE_MODEL", "my_model")  # so is a folder in the environment
+    assert cli.main(["run", str(nb), "--out", str(tmp_path / "o")]) == 0
+    assert seen[-1] == model_dir
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"SDCOURSE_DEVICE": "tpu"}, "SDCOURSE_DEVICE='tpu' is not a device: use one of cpu, cuda, "
+     "cuda:N, mps (or unset SDCOURSE_DEVICE to choose automatically)"),
+    ({"SDCOURSE_DEVICE": "cuda:99"}, "SDCOURSE_DEVICE='cuda:99' but "),  # absent, with or without GPU
+    ({"SDCOURSE_MODEL": "/nonexistent/folder"}, "SDCOURSE_MODEL=/nonexistent/folder: "
+     "'/nonexistent/folder' is neither a folder nor a Hub id"),
+    ({"SDCOURSE_MODEL": "nobody/cached", "HF_HUB_OFFLINE": "1"}, "SDCOURSE_MODEL=nobody/cached: "
+     "nobody/cached is not in the local Hugging Face cache and offline mode is on "
+     "(HF_HUB_OFFLINE=1): unset it to download the model, or use --model mini"),
+])
+def test_run_checks_the_environment_before_any_kernel(setting, message, tmp_path, monkeypatch,
+                                                     capsys, no_kernel, hub):
+    """A bad SDCOURSE_DEVICE or SDCOURSE_MODEL is one line (status 2) before a kernel starts,
+    not a failure in every notebook's first cell."""
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["run", str(good), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sdcourse: error: {message}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_model_option_overrides_the_environment(tmp_path, monkeypatch, hub):
+    """--model mini runs although SDCOURSE_MODEL names no model: the option is what the
+    kernels get, so the setting it replaces is not checked."""
+    nb = write_notebook(tmp_path / "00.ipynb", "pass")
+    seen = []
+    monkeypatch.setattr(cli, "run_notebook",
+                        lambda path, out, timeout, env: seen.append(env["SDCOURSE_MODEL"]))
+    monkeypatch.setenv("SDCOURSE_MODEL", "/nonexistent/folder")
+    assert cli.main(["run", str(nb), "--model", "mini", "--out", str(tmp_path / "o")]) == 0
+    assert seen == ["mini"]
+
+
+@pytest.mark.parametrize("offline, reachable, message", [
+    ("HF_HUB_OFFLINE", True, "offline mode is on (HF_HUB_OFFLINE=1): unset it to download the "
+     "model, or use --model mini"),
+    ("TRANSFORMERS_OFFLINE", True, "offline mode is on (TRANSFORMERS_OFFLINE=1)"),
+    (None, False, "huggingface.co cannot be reached: connect, or use --model mini"),
+])
+def test_run_refuses_a_hub_id_it_cannot_download(offline, reachable, message, tmp_path, monkeypatch,
+                                                 capsys, no_kernel, hub):
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    hub.served.add("someone/model")  # on the Hub, but the Hub cannot be asked
+    hub.reachable = reachable
+    if offline:
+        monkeypatch.setenv(offline, "1")
+    assert cli.main(["run", str(good), "--model", "someone/model", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdcourse: error: --model someone/model: someone/model is not in the "
+                          "local Hugging Face cache and ") and message in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_run_refuses_a_hub_id_the_hub_does_not_have(tmp_path, capsys, no_kernel, hub):
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    assert cli.main(["run", str(good), "--model", "nonexistent/repo", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "sdcourse: error: --model nonexistent/repo: nonexistent/repo is not on the Hugging Face Hub "
+        "(no model_index.json there): check the id, or use --model mini\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_takes_a_hub_id_that_can_load(tmp_path, monkeypatch, hub):
+    """Downloaded before: runs offline too. On the Hub: runs when it answers."""
+    nb = write_notebook(tmp_path / "00.ipynb", "pass")
+    seen = []
+    monkeypatch.setattr(cli, "run_notebook",
+                        lambda path, out, timeout, env: seen.append(env["SDCOURSE_MODEL"]))
+    hub.cached.add("someone/cached")
+    hub.served.add("someone/served")
+    assert cli.main(["run", str(nb), "--model", "someone/served", "--out", str(tmp_path / "o")]) == 0
+    hub.reachable = False
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["run", str(nb), "--model", "someone/cached", "--out", str(tmp_path / "o")]) == 0
+    assert seen == ["someone/served", "someone/cached"]
+
+
+def test_run_takes_the_course_notebooks_by_name(tmp_path, monkeypatch, capsys):
+    """`sdcourse run 00_setup` (the README's names) finds notebooks/00_setup.ipynb, with or
+    without .ipynb, from any folder; an unknown name is one line listing the names there are."""
+    monkeypatch.chdir(tmp_path)  # no 00_setup.ipynb here
+    assert cli.resolve_notebooks(["00_setup"]) == [cli.default_notebooks_dir() / "00_setup.ipynb"]
+    folder = tmp_path / "course"
+    folder.mkdir()
+    for name in ("00_a", "01_b"):
+        write_notebook(folder / f"{name}.ipynb", "pass")
+    monkeypatch.setattr(cli, "default_notebooks_dir", lambda: folder)
+    ran = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: ran.append(path))
+    assert cli.main(["run", "01_b.ipynb", "00_a", "--out", str(tmp_path / "o")]) == 0
+    assert ran == [folder / "00_a.ipynb", folder / "01_b.ipynb"]
+    for name in ("00_setp", "sub/00_a"):  # a typo; a path is a path, not a name
+        assert cli.main(["run", name, "--out", str(tmp_path / "o")]) == 2
+        assert capsys.readouterr().err == (f"sdcourse: error: {name}: no such notebook (the "
+                                           f"course's in {folder}: 00_a, 01_b)\n")
 
 
 def test_default_notebooks_are_the_checkouts(monkeypatch, tmp_path):
@@ -253,14 +432,24 @@ def test_doctor_prints_versions_and_device(capsys, offline):
 def test_doctor_survives_missing_models(monkeypatch, capsys):
     monkeypatch.delattr(sdcourse, "models", raising=False)
     monkeypatch.setitem(sys.modules, "sdcourse.models", None)  # import fails
-    assert cli.main(["doctor"]) == 0
-    assert "models: unavailable (" in capsys.readouterr().out
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "models        error (import of sdcourse.models halted" in out and "Error" not in out
 
 
-def test_doctor_survives_bad_device_setting(monkeypatch, capsys, offline):
-    monkeypatch.setenv("SDCOURSE_DEVICE", "gpu")
-    assert cli.main(["doctor"]) == 0
-    assert "device        error (SDCOURSE_DEVICE='gpu'" in capsys.readouterr().out
+def test_doctor_reports_a_bad_device_setting_once(monkeypatch, capsys, offline):
+    """The device line says what is wrong; the tasks, whose automatic choice needs the device,
+    point to it instead of repeating it; no exception class names; status 1."""
+    monkeypatch.setenv("SDCOURSE_DEVICE", "tpu")
+    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("SDCOURSE_DEVICE='tpu' is not a device") == 1
+    assert "device        error (SDCOURSE_DEVICE='tpu' is not a device: use one of cpu, cuda, " \
+        "cuda:N, mps (or unset SDCOURSE_DEVICE to choose automatically))" in out.splitlines()
+    tasks = out.splitlines()[-len(models.TASKS):]
+    assert tasks == [f"{task:<13} error (the one above)" for task in models.TASKS]
+    assert "ValueError" not in out
 
 
 def test_doctor_lists_every_task(capsys, offline):
@@ -268,7 +457,7 @@ def test_doctor_lists_every_task(capsys, offline):
     ``<task padded to 13> <kind>: <source> (<reason>)`` with the choice models makes."""
     assert cli.main(["doctor"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "hub           unreachable" in lines
+    assert "hub           offline mode is on (HF_HUB_OFFLINE=1): unset it to reach the Hub" in lines
     for task in models.TASKS:
         choice = models.choose_model(task)
         assert f"{task:<13} {choice.kind}: {choice.source} ({choice.reason})" in lines, task
@@ -404,6 +593,75 @@ def test_dreambooth_errors_name_the_command_line_options(tmp_path, capsys):
     assert cli.main(base + ["--instance-dir", str(pictures / "0.png")]) == 2
     assert f"instance folder {pictures / '0.png'} is a file, not a folder: " in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--class-prompt", "a dog"], "--class-prompt: only for prior preservation, which --no-prior "
+     "turns off: drop --no-prior or drop it"),
+    (["--class-dir", "classes", "--prior-loss-weight", "0"], "--class-dir, --prior-loss-weight: "
+     "only for prior preservation, which --no-prior turns off: drop --no-prior or drop them"),
+])
+def test_train_dreambooth_refuses_prior_options_with_no_prior(options, message, tmp_path, capsys,
+                                                              no_training):
+    """--no-prior with an option that only prior preservation uses: one line, not ignored."""
+    argv = ["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
+            "a sks dog", "--no-prior", "--out", str(tmp_path / "run")]
+    assert cli.main(argv + options) == 2
+    assert capsys.readouterr().err == f"sdcourse: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """SDCOURSE_CACHE naming a file: the mini model's folder cannot be assembled there. `train
+    dreambooth` and `evaluate` say so in one line (status 1), before any model loads."""
+    from sdcourse import dreambooth_subject
+    from sdcourse.train import dreambooth
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("got past the mini model's folder")
+
+    monkeypatch.setattr(dreambooth, "load_tokenizer", refuse)
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path / "file"))
+    pictures = tmp_path / "subject"
+    pictures.mkdir()
+    for i, image in enumerate(dreambooth_subject.make_instance_images(3)):
+        image.save(pictures / f"{i}.png")
+    expected = (f"sdcourse: error: cannot assemble the mini model's folder in {tmp_path / 'file'} "
+                "(Not a directory): point SDCOURSE_CACHE at a writable folder or unset it\n")
+    assert cli.main(["train", "dreambooth", "--instance-dir", str(pictures), "--instance-prompt",
+                     "a sks dog", "--no-prior", "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == expected
+    assert cli.main(["evaluate", "text2img", "--n", "1"]) == 1
+    assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize("error", ["sdcourse.models.ModelChoiceError",
+                                   "sdcourse.train.dreambooth.DreamBoothError",
+                                   "sdcourse.train.common.CheckpointError"])
+def test_evaluate_reports_the_packages_setup_errors_in_one_line(error, capsys, monkeypatch):
+    """The errors the package raises on purpose, with a message saying what to do, are that
+    message; anything else (a bug) still shows its traceback."""
+    import importlib
+
+    from sdcourse import evaluate
+
+    module, name = error.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+
+    def fail(**kwargs):
+        raise cls("something is off: do this")
+
+    monkeypatch.setattr(evaluate, "evaluate_vae", fail)
+    assert cli.main(["evaluate", "vae"]) == 1
+    assert capsys.readouterr().err == "sdcourse: error: something is off: do this\n"
+
+    def bug(**kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(evaluate, "evaluate_vae", bug)
+    with pytest.raises(KeyError):
+        cli.main(["evaluate", "vae"])
 
 
 def test_evaluate_passes_the_training_seed_to_dreambooth(capsys, monkeypatch):
