@@ -264,18 +264,10 @@ def check_model_setting(model: str | None) -> str | None:
         return model
     if os.path.isdir(model):  # a pipeline folder (choose_model checked its model_index.json)
         return os.path.abspath(model)
-    if models.in_local_cache(choice.source):  # a Hub id (for "real", the text2img one)
-        return model
-    if models.offline_mode():
-        raise UsageError(f"{what}: {choice.source} is not in the local Hugging Face cache and "
-                         f"offline mode is on ({models.offline_setting()}): unset it to download the "
-                         "model, or use --model mini")
-    if not models.hub_reachable():
-        raise UsageError(f"{what}: {choice.source} is not in the local Hugging Face cache and "
-                         "huggingface.co cannot be reached: connect, or use --model mini")
-    if not models.on_hub(choice.source):
-        raise UsageError(f"{what}: {choice.source} is not on the Hugging Face Hub (no "
-                         "model_index.json there): check the id, or use --model mini")
+    try:  # a Hub id (for "real", the text2img one)
+        models.check_fetchable(choice.source, otherwise="use --model mini")
+    except models.ModelChoiceError as error:
+        raise UsageError(f"{what}: {error}") from None
     return model
 
 

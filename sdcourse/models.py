@@ -157,6 +157,29 @@ def on_hub(repo_id: str) -> bool:
         return True
 
 
+def check_fetchable(repo_id: str, otherwise: str) -> bool:
+    """Whether the Hub checkpoint ``repo_id`` can be loaded, asked before anything is loaded
+    from it; True when it must be read from the local cache alone (downloaded before, the Hub
+    out of reach), False when the Hub serves it.
+
+    Why: given an id it cannot fetch, huggingface_hub retries for half a minute, then the
+    library fails in its own words. Checked cheapest first: the local cache (no network),
+    offline mode, whether huggingface.co answers, whether it serves the id. Each failure is one
+    :class:`ModelChoiceError` line ending in ``otherwise``, what else the user can do."""
+    if in_local_cache(repo_id):
+        return not hub_reachable()
+    if offline_mode():
+        raise ModelChoiceError(f"{repo_id} is not in the local Hugging Face cache and offline mode is "
+                               f"on ({offline_setting()}): unset it to download the model, or {otherwise}")
+    if not hub_reachable():
+        raise ModelChoiceError(f"{repo_id} is not in the local Hugging Face cache and huggingface.co "
+                               f"cannot be reached: connect, or {otherwise}")
+    if not on_hub(repo_id):
+        raise ModelChoiceError(f"{repo_id} is not on the Hugging Face Hub (no model_index.json "
+                               f"there): check the id, or {otherwise}")
+    return False
+
+
 def _first_on_hub(task: str) -> str | None:
     """The registry's first checkpoint for ``task`` that the Hub still has (None: none)."""
     return next((repo for repo in REAL_MODELS[task] if on_hub(repo)), None)

@@ -347,52 +347,15 @@ def frozen_dtype(device) -> torch.dtype:
 
 
 def check_hub_base(base) -> bool:
-    """Whether the Hub id ``base`` can be loaded, asked before anything is loaded from it;
-    True when it must be read from the local Hugging Face cache alone (the Hub unreachable).
-
-    Why: given an id it cannot fetch, huggingface_hub retries for half a minute ("Name or
-    service not known ... Retrying in 8s"), then transformers fails in its own words. Checked
-    in this order, cheapest first: the local cache (no network), offline mode
-    (``HF_HUB_OFFLINE``), whether huggingface.co answers, whether it serves the id. Each
-    failure is one :class:`DreamBoothError` line saying what to do. A cached id is usable
-    whatever the network. Only for Hub ids: a folder (the mini model's too) asks no network.
-    """
-    from ..models import hub_reachable, in_local_cache, offline_mode, offline_setting, on_hub
-
-    base = str(base)
-    if in_local_cache(base):
-        return not hub_reachable()
-    if offline_mode():
-        name = offline_setting().split("=")[0]
-        raise DreamBoothError(
-            f"offline mode is on ({offline_setting()}) and base model {base} is not in the "
-            f"local Hugging Face cache: unset {name}, or download it first (or give a local "
-            "diffusers folder)")
-    if not hub_reachable():
-        raise DreamBoothError(
-            f"base model {base} is not in the local Hugging Face cache and huggingface.co cannot "
-            "be reached: connect to the internet, download it first while online, or "
-            "give a local diffusers folder")
-    if not on_hub(base):
-        example = "e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5', or give a local diffusers folder"
-        if _repo_exists(base):
-            raise DreamBoothError(f"base model {base} is on the Hugging Face Hub but is no diffusers "
-                                  f"pipeline (it has no model_index.json): give a Stable Diffusion "
-                                  f"pipeline's id, {example}")
-        raise DreamBoothError(f"base model {base} does not exist on the Hugging Face Hub (or is "
-                              f"private and you are not logged in): check the id, {example}")
-    return False
-
-
-def _repo_exists(repo_id: str) -> bool:
-    """Whether the Hub has a repository ``repo_id`` at all (asked only once it is known to
-    serve no ``model_index.json``, to tell a mistyped id from a repo of another kind)."""
-    from huggingface_hub import repo_exists
+    """:func:`sdcourse.models.check_fetchable` for a base model's Hub id: True when it must be
+    read from the local cache alone; one :class:`DreamBoothError` line when it cannot be had,
+    before anything is loaded. A folder (the mini model's too) asks no network."""
+    from ..models import ModelChoiceError, check_fetchable
 
     try:
-        return repo_exists(repo_id)
-    except Exception:  # noqa: BLE001 - no clear answer: the id is what to check first
-        return False
+        return check_fetchable(str(base), otherwise="give a local diffusers folder")
+    except ModelChoiceError as error:
+        raise DreamBoothError(f"base model {error}") from None
 
 
 def load_tokenizer(base):
