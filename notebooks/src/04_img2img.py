@@ -7,7 +7,7 @@
 # - the trade-off it controls, measured: similarity to the input against following the prompt;
 # - what the original article's "style transfer" and "super-resolution" mean here.
 #
-# **What you need**: CPU with the mini model: about a minute. Colab GPU with a real model:
+# **What you need**: CPU with the mini model: under a minute. Colab GPU with a real model:
 # about 2 minutes (download included).
 
 # %% [colab]
@@ -77,8 +77,8 @@ sdc.show_images([init_image] + sweep, titles=["input"] + [f"strength {s}" for s 
 
 # %% [markdown]
 # One picture is an anecdote: at strength 1.0 this one happens to keep its triangle where the
-# input had it (a centred object is a likely guess), and at 0.6 its colour is caught between
-# the old and the new. Section 3 measures 24 pictures. How far each one moved from the input,
+# input had it (a centred object is a likely guess), and at 0.6 it has lost the yellow without
+# taking the new colour: a pale, almost white triangle. Section 3 measures 24 pictures. How far each one moved from the input,
 # on any model: the PSNR between output and input
 # (higher is closer; `sdcourse.evaluate.psnr` is the usual 10·log10(255² / mean squared
 # difference)).

@@ -137,8 +137,9 @@ print(f"PSNR outside the mask: inpainting UNet {psnr(result, init_image, ~hole):
 # They differ at the mask's edge. A round hole cannot hold a square as wide as the circle it
 # replaces: the inpainting UNet, which sees the whole picture, draws a whole square whose
 # corners reach past the mask (the lower PSNR outside is those corners, not a change of the
-# surroundings); blending cannot change anything outside the mask, so its square is squeezed
-# into the circle. Section 3 measures both on masks with room to spare around the object.
+# surroundings); blending cannot change the latents outside the mask (the pixels there change
+# only by the VAE's loss and the blur across the mask's edge), so its square is squeezed into
+# the circle. Section 3 measures both on masks with room to spare around the object.
 
 # %% [markdown]
 # ## 3. Measure: the requested object inside the mask, the rest preserved
@@ -210,7 +211,7 @@ else:
 # (the `VAE round trip` line). The loss is the price of repainting in latent space: one latent value
 # covers 8×8 pixels, so along the mask's edge the repainted latents reach past it, and the
 # decoder blends every latent with its neighbours; blending, which copies the input's latents
-# back outside the mask, loses about as much. Where the original pixels must survive exactly,
+# back outside the mask, loses a little more. Where the original pixels must survive exactly,
 # paste them back with
 # `pipe.image_processor.apply_overlay(mask_image, init_image, result)`. Blending
 # only pastes the surroundings back into the latents at every step; the plain UNet never

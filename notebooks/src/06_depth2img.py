@@ -7,7 +7,7 @@
 # - how to pass your own `depth_map` instead;
 # - measured: the layout survives while colours follow the prompt.
 #
-# **What you need**: CPU with the mini model: about a minute. Colab GPU with a real depth
+# **What you need**: CPU with the mini model: under a minute. Colab GPU with a real depth
 # checkpoint: about 2 minutes (download included).
 
 # %% [colab]

@@ -10,9 +10,10 @@
 # - measured: the subject appears in contexts it was never shown in, and prior preservation
 #   keeps the class intact.
 #
-# **What you need**: CPU with the mini model: about 4 minutes (100 class pictures, half a
-# minute; a 450-step training run with prior preservation, about a minute and a half; a
-# 150-step run without it, under half a minute; then the measurements, under a minute).
+# **What you need**: CPU with the mini model: 3 to 4 minutes, depending on the CPU (100 class
+# pictures, 15 to 30 seconds; a 450-step training run with prior preservation, one to two
+# minutes; a 150-step run without it, under half a minute; then the measurements, under a
+# minute).
 # GPU with a real model (SD 2.1 at 512 px): 5 minutes on an H200 (100 class pictures in 41 s,
 # 400 + 133 LoRA steps in 3.6 minutes); a free Colab T4 is many times slower: expect about half
 # an hour, plus the download (an estimate: not timed on a T4).
@@ -20,6 +21,7 @@
 # %% [colab]
 
 # %%
+import re
 import time
 
 import torch
@@ -50,7 +52,7 @@ thumb = 64 if on_mini else 128  # pixels per picture in the grids below
 instance_images = subject.make_instance_images(5)
 instance_prompts = subject.instance_prompts(5)
 print(len(instance_images), "pictures of", instance_images[0].size, "| prompts:", instance_prompts[:2], "...")
-sdc.show_images(instance_images, titles=[p.removeprefix("a sks circle on a ") for p in instance_prompts],
+sdc.show_images(instance_images, titles=[re.sub(r"^a sks circle on an? ", "", p) for p in instance_prompts],
                 size=2.2);
 
 # %% [markdown]
@@ -73,7 +75,7 @@ sdc.image_grid(before, rows=1, size=thumb)
 # pulls towards purple, as above; real Stable Diffusion gives it a weak pull of its own —
 # towards a rifle). Training overrides either. A common word would carry its own meaning, which
 # fine-tuning would have to overwrite. The trainer refuses, before doing any work, a list of
-# about 200 common words and any single token among the first 30,000 of CLIP's vocabulary
+# about 180 common words and any single token among the first 30,000 of CLIP's vocabulary
 # (its byte-pair encoding learned the frequent pieces first: "apple" is 3055, "pikachu"
 # 28107). A rule of thumb, not a dictionary: choosing the token stays your job (exercise 3):
 
@@ -194,7 +196,7 @@ prompts = [subject.subject_prompt("green"), subject.subject_prompt("orange"),
 rows = []
 for pipe in (base, tuned[True], tuned[False]):
     rows += pipe(prompts, num_inference_steps=25, generator=sdc.make_generator(1)).images
-short = [p.removeprefix("a ").replace(" circle on a ", " on ").replace(" background", "")
+short = [re.sub(r" circle on an? ", " on ", p.removeprefix("a ")).replace(" background", "")
          for p in prompts]  # "sks on green"
 sdc.show_images(rows, titles=[f"{who}: {p}" for who in ("base", "prior", "no prior") for p in short],
                 cols=4, size=2);

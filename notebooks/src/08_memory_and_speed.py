@@ -16,7 +16,7 @@
 # few calls) and peak memory (on a GPU `torch.cuda.max_memory_allocated`; on a CPU the
 # allocations PyTorch reports to its profiler — see `sdcourse.bench.peak_memory`).
 #
-# **What you need**: CPU with the mini model: one to two minutes. Colab GPU with a real model
+# **What you need**: CPU with the mini model: under a minute. Colab GPU with a real model
 # (SD 2.1-base in float16): about 5 minutes, download included. The full benchmark of the
 # real architecture on your machine: `python -m sdcourse.bench` (see `benchmarks/README.md`).
 
@@ -154,7 +154,7 @@ del unet_half, unet_full
 # %% [markdown]
 # The bytes halve everywhere; the time depends on the size of the work. The mini UNet's step is
 # a few milliseconds of small matrix products: too little work per kernel for bfloat16's
-# faster arithmetic to pay on a CPU, so its time stays about the same or grows. On the SD 2.1 UNet at 256 px, on a CPU
+# faster arithmetic to pay on a CPU, so its time changes little (it can also grow). On the SD 2.1 UNet at 256 px, on a CPU
 # with bf16 units, the course's benchmark measured a bfloat16 step at 1.4 s against 2.2 s in
 # float32; on a CPU without them, 140 s against 5 s (`benchmarks/RESULTS.md`).
 #
