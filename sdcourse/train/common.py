@@ -108,14 +108,31 @@ def checkpoint_step(checkpoint: Path) -> int:
     return checkpoint_state(checkpoint)["step"]
 
 
-def save_optimizer(optimizer, path: Path) -> None:
-    """An optimizer's ``state_dict`` as one safetensors file: each parameter's state tensors
-    (Adam's moments and step) under ``<parameter index>.<name>``, the parameter groups (rates,
-    betas, weight decay: plain numbers) as JSON in the file's metadata.
-
-    Why not ``torch.save``: that is a pickle, and the course loads nothing but safetensors."""
+def save_tensors(path: Path, tensors: dict, **metadata) -> None:
+    """Tensors by name in one safetensors file, with ``metadata`` (plain values: numbers,
+    strings, lists, dicts) as JSON in the file's header: what the trainers keep beside their
+    weights (an optimizer's state, an encoded training set). Why not ``torch.save``: that is a
+    pickle, and the course loads nothing but safetensors."""
     from safetensors.torch import save_file
 
+    save_file({name: t.detach().contiguous() for name, t in tensors.items()}, path,
+              metadata={key: json.dumps(value) for key, value in metadata.items()})
+
+
+def read_tensors(path: Path) -> tuple[dict, dict]:
+    """The tensors and the metadata that :func:`save_tensors` wrote to ``path``."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        metadata = {key: json.loads(value) for key, value in (f.metadata() or {}).items()}
+    return tensors, metadata
+
+
+def save_optimizer(optimizer, path: Path) -> None:
+    """An optimizer's ``state_dict`` through :func:`save_tensors`: each parameter's state
+    tensors (Adam's moments and step) under ``<parameter index>.<name>``, the parameter groups
+    (rates, betas, weight decay: plain numbers) in the metadata."""
     state = optimizer.state_dict()
     tensors = {}
     for index, values in state["state"].items():
@@ -123,22 +140,19 @@ def save_optimizer(optimizer, path: Path) -> None:
             if not torch.is_tensor(value):
                 raise TypeError(f"optimizer state {name!r} is a {type(value).__name__}, not a tensor: "
                                 "save_optimizer stores tensors only")
-            tensors[f"{index}.{name}"] = value.detach().contiguous()
-    save_file(tensors, path, metadata={"param_groups": json.dumps(state["param_groups"])})
+            tensors[f"{index}.{name}"] = value
+    save_tensors(path, tensors, param_groups=state["param_groups"])
 
 
 def read_optimizer(path: Path) -> dict:
     """The ``state_dict`` that :func:`save_optimizer` wrote to ``path`` (betas come back as
     lists, which the optimizers unpack as they do tuples)."""
-    from safetensors import safe_open
-
+    tensors, metadata = read_tensors(path)
     state: dict[int, dict] = {}
-    with safe_open(path, framework="pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-        for key in f.keys():
-            index, name = key.split(".", 1)
-            state.setdefault(int(index), {})[name] = f.get_tensor(key)
-    return {"state": state, "param_groups": groups}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    return {"state": state, "param_groups": metadata["param_groups"]}
 
 
 def load_optimizer(optimizer, checkpoint: Path) -> int:

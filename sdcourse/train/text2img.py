@@ -18,7 +18,6 @@ and the mask; or a depth map) and keep the text encoder frozen, so it is shared 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 from pathlib import Path
@@ -137,22 +136,16 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
 
 
 def save_dataset(data: dict, path: Path) -> None:
-    """The encoded training set as safetensors: its tensors by name, the captions as JSON in
-    the file's metadata (no pickle: the course loads nothing but safetensors)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.contiguous() for k, v in data.items() if k != "captions"}
-    save_file(tensors, path, metadata={"captions": json.dumps(data["captions"])})
+    """The encoded training set (:func:`common.save_tensors`): its tensors by name, the
+    captions in the metadata."""
+    common.save_tensors(path, {k: v for k, v in data.items() if k != "captions"},
+                        captions=data["captions"])
 
 
 def read_dataset(path: Path) -> dict:
     """What :func:`save_dataset` wrote."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        data = {key: f.get_tensor(key) for key in f.keys()}
-        data["captions"] = json.loads(f.metadata()["captions"])
-    return data
+    tensors, metadata = common.read_tensors(path)
+    return {**tensors, "captions": metadata["captions"]}
 
 
 def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
