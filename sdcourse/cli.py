@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .files import write_atomic
+from .messages import first_line
 
 DEFAULT_OUT = Path("build") / "course"
 
@@ -139,8 +140,8 @@ def _check_readable(path: Path) -> None:
             warnings.simplefilter("ignore")
             nbformat.read(path, as_version=4)
     except Exception as error:  # not JSON, not UTF-8, not a notebook's structure, unreadable
-        lines = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {lines[0][:120]}" if lines else type(error).__name__
+        text = first_line(error, default="", limit=120)
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
         raise UsageError(f"{path}: not a readable notebook ({reason}): restore it from git or "
                          "download it again") from None
 
@@ -178,8 +179,7 @@ def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:
     ename = getattr(error, "ename", None) or type(error).__name__
     evalue = getattr(error, "evalue", None)
     if evalue is None:  # a timeout or a dead kernel: the first line of the message says it
-        lines = str(error).strip().splitlines()
-        evalue = lines[0] if lines else ""
+        evalue = first_line(error, default="")
     where = f"cell {cell}" if cell is not None else "before the first cell"
     return f"{path}: {where}: {ename}" + (f": {evalue}" if evalue else "")
 
@@ -322,7 +322,7 @@ def cmd_doctor(args) -> int:
     problems: list[str] = []
 
     def problem(label: str, error: BaseException) -> None:
-        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        message = first_line(error)
         print(f"{label:<13} " + ("error (the one above)" if message in problems else f"error ({message})"))
         problems.append(message)
 

@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 
 from .files import cache_root
+from .messages import first_line
 
 TASKS = ("text2img", "img2img", "inpaint", "depth2img")
 
@@ -385,7 +386,7 @@ def _load_real(cls, task: str, source: str, dtype):
         try:
             return from_pretrained(cls, repo, dtype, **cache_only)
         except OSError as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = first_line(error)
             if i + 1 == len(candidates):
                 raise ModelChoiceError(f"could not load {repo} ({reason}): check the id and your "
                                        "network, or use the embedded model (SDCOURSE_MODEL=mini)") from error

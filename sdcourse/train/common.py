@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..messages import first_line
+
 CHECKPOINT = "checkpoint"
 OPTIMIZER = "optimizer.safetensors"
 
@@ -85,8 +87,7 @@ def resuming(checkpoint: Path | None):
     except Exception as error:  # noqa: BLE001 - whatever the libraries raise on a bad file
         if checkpoint is None:
             raise
-        lines = str(error).strip().splitlines()
-        raise _damaged(checkpoint, f"{type(error).__name__}: {lines[0][:120] if lines else ''}") from error
+        raise _damaged(checkpoint, f"{type(error).__name__}: {first_line(error, default='', limit=120)}") from error
 
 
 def checkpoint_state(checkpoint: Path) -> dict:

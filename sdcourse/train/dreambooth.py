@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..files import atomic_path, write_atomic
+from ..messages import first_line
 from . import common
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -283,16 +284,9 @@ def read_record(out: Path) -> dict | None:
         if record is not None and not (isinstance(record, dict) and isinstance(record.get("settings"), dict)):
             raise ValueError("no settings in it")
     except (OSError, ValueError) as error:
-        raise DreamBoothError(f"{path} is damaged ({_reason(error)[:100]}): delete "
+        raise DreamBoothError(f"{path} is damaged ({first_line(error)[:100]}): delete "
                               f"{out} to start over, or give another out folder") from None
     return record
-
-
-def _reason(error: BaseException) -> str:
-    """An exception in one line for our messages: the first line of its text (the libraries'
-    run to paragraphs), or its type's name when it has none."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -389,7 +383,7 @@ def load_tokenizer(base):
         tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer",
                                                   **({"local_files_only": True} if cache_only else {}))
     except (OSError, ValueError) as error:
-        raise DreamBoothError(f"could not load base model {base} ({_reason(error)}): check the id and "
+        raise DreamBoothError(f"could not load base model {base} ({first_line(error)}): check the id and "
                               f"your network, or {hint}") from None
     if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers found no vocabulary
         raise DreamBoothError(f"base model {base} {no_vocabulary}")
@@ -417,7 +411,7 @@ def local_checkpoint(base, fp16_files: bool = False) -> str:
     try:
         return str(fp16_files_first(download) if fp16_files else download())
     except OSError as error:
-        raise DreamBoothError(f"could not download base model {base} ({_reason(error)}): "
+        raise DreamBoothError(f"could not download base model {base} ({first_line(error)}): "
                               "check your network, or give a local diffusers folder") from None
 
 
@@ -484,7 +478,7 @@ def check_prediction_type(base) -> str:
         config = DDPMScheduler.load_config(str(base), subfolder="scheduler")
     except (OSError, ValueError) as error:  # missing, or not JSON: diffusers' words, one line
         raise DreamBoothError(f"could not read the scheduler config of base model {base} "
-                              f"({_reason(error)}): give a complete "
+                              f"({first_line(error)}): give a complete "
                               "diffusers Stable Diffusion folder, or a Hub id") from None
     kind = config.get("prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
@@ -728,7 +722,7 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
                                    **({"local_files_only": True} if hub_offline(base) else {}))
         except OSError as error:  # a Hub id not reachable, or a relative folder that is gone
             raise DreamBoothError(f"could not load base model {base} of the LoRA in {out} "
-                                  f"({_reason(error)}): check the "
+                                  f"({first_line(error)}): check the "
                                   "folder or your network, or train the run again") from None
         from diffusers.utils import logging
 

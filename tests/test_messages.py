@@ -1,0 +1,13 @@
+"""first_line: a library's paragraph of an error becomes one line of ours."""
+from sdcourse.messages import first_line
+
+
+def test_first_line_keeps_the_first_line_cut_at_the_limit():
+    error = OSError("  no file named model.safetensors found\n\nsee the docs for ...")
+    assert first_line(error) == "no file named model.safetensors found"
+    assert first_line(ValueError("x" * 300), limit=10) == "x" * 10
+
+
+def test_an_error_without_text_gives_its_type_or_the_default():
+    assert first_line(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert first_line(TimeoutError(""), default="") == ""
