@@ -31,5 +31,10 @@ def test_on_means_offline_for_the_model_choice_and_for_downloads_alike(monkeypat
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     assert models.hub_reachable() is False
-    with pytest.raises(DownloadError, match="offline mode is on"):
+    with pytest.raises(DownloadError, match=r"offline mode is on \(HF_HUB_OFFLINE=on\).*Unset HF_HUB_OFFLINE"):
+        download_image("http://127.0.0.1:9/not-a-stand-in.png", cache_dir=tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # the message names the variable that is set
+    with pytest.raises(DownloadError, match=r"offline mode is on \(TRANSFORMERS_OFFLINE=1\).*Unset "
+                       "TRANSFORMERS_OFFLINE"):
         download_image("http://127.0.0.1:9/not-a-stand-in.png", cache_dir=tmp_path)
