@@ -38,15 +38,13 @@ def progress(iterable, **kwargs):
 
 def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict | None = None) -> Path:
     """Write models (by name), optimizer and step to ``out/checkpoint`` atomically."""
-    out = Path(out)
-    final, tmp, old = out / CHECKPOINT, out / f"{CHECKPOINT}.tmp", out / f"{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, model in models.items():
-        model.save_pretrained(tmp / name, safe_serialization=True)
-    save_optimizer(optimizer, tmp / OPTIMIZER)
-    (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
-    replace_dir(tmp, final, old=old)  # find_checkpoint falls back on .old after a crash
+    final, old = Path(out) / CHECKPOINT, Path(out) / f"{CHECKPOINT}.old"
+    # the old one is kept as checkpoint.old during the swap: find_checkpoint falls back on it
+    with new_folder(final, old=old) as tmp:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name, safe_serialization=True)
+        save_optimizer(optimizer, tmp / OPTIMIZER)
+        (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
     # a run resumed from a .old (killed between the renames) had no checkpoint to swap out,
     # so replace_dir left that .old alone: now superseded, it goes
     shutil.rmtree(old, ignore_errors=True)
@@ -169,17 +167,18 @@ def append_log(out: Path, step: int, **values) -> None:
 
 
 @contextlib.contextmanager
-def new_folder(target: Path):
+def new_folder(target: Path, old: Path | None = None):
     """A fresh, empty folder beside ``target`` (``<target>.tmp``) to fill; when the block ends
-    without an error it replaces ``target`` whole (:func:`replace_dir`), otherwise it is removed
-    and ``target`` stays as it was."""
+    without an error it replaces ``target`` whole (:func:`replace_dir`, which parks the
+    previous folder at ``old`` meanwhile), otherwise it is removed and ``target`` stays as it
+    was."""
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        replace_dir(tmp, target)
+        replace_dir(tmp, target, old=old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
