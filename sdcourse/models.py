@@ -358,6 +358,14 @@ def _gc_paused():
     still frees everything else meanwhile; the collector's previous state comes back
     afterwards, also on error. (Mercurial pauses it the same way when it builds large
     structures: ``util.nogc``.)
+
+    On the way out, the objects made during the pause join the oldest generation at once
+    (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, nothing scanned). Left in the
+    youngest, the collector's first pass after the pause would scan all of them just to
+    promote them (0.15 s on a 2-core CPU, freeing a few thousand small objects, no tensors),
+    then again from the middle generation. Garbage among them is still freed, at the next
+    full collection. Skipped where someone else froze objects (``gc.get_freeze_count()``):
+    unfreezing would hand theirs back too.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -365,6 +373,9 @@ def _gc_paused():
         yield
     finally:
         if was_enabled:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -382,6 +383,35 @@ def test_garbage_collector_paused_for_the_mini_load_only_and_restored(monkeypatc
     with pytest.raises(ZeroDivisionError):
         models.load_pipeline("inpaint", model="mini", device="cpu", verbose=False)
     assert gc.isenabled()
+
+
+def test_objects_made_during_the_pause_go_to_the_oldest_generation_unscanned():
+    """What the pause made joins the oldest generation (the collector's first pass afterwards
+    would otherwise scan all of it), garbage among it is still freed by a full collection,
+    and objects someone else froze stay frozen."""
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with models._gc_paused():
+        kept, cycle = Node(), Node()
+        cycle.me = cycle
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert any(o is kept for o in gc.get_objects(generation=2))
+    assert gc.get_count()[0] < 100  # the young generation starts (nearly) empty
+    gone = weakref.ref(cycle)
+    del cycle
+    gc.collect()
+    assert gone() is None
+
+    gc.freeze()  # e.g. a server that forks workers
+    try:
+        frozen = gc.get_freeze_count()
+        with models._gc_paused():
+            Node()
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.filterwarnings("ignore:In CPU autocast")  # diffusers on a CPU; filtered for notebooks by sdcourse
