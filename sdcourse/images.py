@@ -398,7 +398,8 @@ def image_grid(images, rows: int | None = None, cols: int | None = None, size=No
     wh = _as_wh(size) if size is not None else None  # bad arguments fail before diffusers' import
     pictures = [_to_pil(x) for x in _as_list(images)]
     if not pictures:
-        raise ValueError("image_grid needs at least one image")
+        raise ValueError("image_grid needs at least one image: pass a PIL image, an "
+                         "array or tensor, or a non-empty list of them")
     rows, cols = _grid_shape(len(pictures), rows, cols)
     width, height = wh or pictures[0].size
 
@@ -422,7 +423,8 @@ def show_images(images, titles=None, cols: int | None = None, size: float = 2.5)
 
     arrays = [_to_display_array(x) for x in _as_list(images)]
     if not arrays:
-        raise ValueError("show_images needs at least one image")
+        raise ValueError("show_images needs at least one image: pass a PIL image, an "
+                         "array or tensor, or a non-empty list of them")
     if isinstance(titles, str):
         titles = [titles]
     if titles is not None and len(titles) != len(arrays):
@@ -551,7 +553,9 @@ def _to_display_array(x) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"cannot show an array of shape {array.shape} as a picture")
+        raise ValueError(f"cannot show an array of shape {array.shape} as a picture: give "
+                         "(H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4; a batch (N, C, H, W) "
+                         "goes on its own, not in a list")
     if array.dtype == np.uint8:
         return array
     array = array.astype(np.float32)

@@ -67,6 +67,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send(404, b"not found", "text/plain")
         elif route == "/error.png":
             self.send(500, b"oops", "text/plain")
+        elif route == "/forbidden.png":
+            self.send(403, b"login first", "text/plain")
         elif route == "/slow.png":  # answers long after the client's timeout
             server.stop.wait(5)
             self.send(200, VALID_PNG)
@@ -247,6 +249,18 @@ def test_local_file(tmp_path):
     assert download_image(path, size=8).size == (8, 8)
 
 
+def test_missing_local_file_says_what_to_pass(tmp_path, monkeypatch):
+    """Neither a URL nor a file: one line naming it, the cause, and what to pass instead."""
+    monkeypatch.chdir(tmp_path)
+    for target in ("missing.png", tmp_path / "nope" / "cat.png"):
+        with pytest.raises(DownloadError) as caught:
+            download_image(target)
+        message = str(caught.value)
+        assert caught.value.reason == "not-found" and "\n" not in message
+        assert str(target) in message and "neither an http(s) URL nor an existing file" in message
+        assert "Pass a URL starting with https:// or the path of a picture" in message
+
+
 # -------------------------------------------------------------------------------------------
 # failures: the right error, a one-line message naming the URL and the cause, an empty cache
 
@@ -254,6 +268,7 @@ def test_local_file(tmp_path):
 @pytest.mark.parametrize("route, reason, words", [
     ("/missing.png", "http-404", "404"),
     ("/error.png", "http-500", "HTTP 500"),
+    ("/forbidden.png", "http-403", "the server refused (HTTP 403"),
     ("/slow.png", "timeout", "timeout"),
     ("/stall.png", "timeout", "timeout"),
     ("/truncated.png", "truncated", "cut short"),
@@ -274,6 +289,18 @@ def test_failures(server, cache, route, reason, words):
     assert url in message and words in message
     assert "\n" not in message
     assert cached_files(cache) == []  # no partial file, no temporary file
+
+
+def test_forbidden_says_refused_and_what_to_check(server, cache):
+    """HTTP 403 is neither 'no such file' nor 'try later': the server refused; check login/URL."""
+    url = f"{server.url}/forbidden.png"
+    with pytest.raises(DownloadError) as caught:
+        download_image(url, timeout=TIMEOUT)
+    message = str(caught.value)
+    assert caught.value.reason == "http-403" and server.counts.get("/forbidden.png")
+    assert "the server refused (HTTP 403 Forbidden)" in message
+    assert "needs a login" in message and "404" not in message and "try again" not in message
+    assert cached_files(cache) == []
 
 
 def test_connection_refused(cache):
@@ -419,6 +446,33 @@ def test_showing_what_is_not_a_picture_names_it(value, shown):
         with pytest.raises(TypeError, match=f"^cannot show {re.escape(shown)} as a picture: give ") as info:
             show(value)
         assert "PIL images, arrays or tensors" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [[], (), np.zeros((0, 3, 8, 8), np.float32)])
+def test_no_pictures_says_what_to_pass(value):
+    for show in (images.image_grid, images.show_images):
+        start = f"^{show.__name__} needs at least one image: pass "
+        with pytest.raises(ValueError, match=start) as info:
+            show(value)
+        message = str(info.value)
+        assert "PIL image" in message and "list" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 5, 5), (5, 5, 2), (5, 5, 5), (2, 3, 4, 4, 4)])
+def test_array_of_wrong_shape_says_which_shapes_work(shape):
+    """1-D, 2 channels, 5 channels, 5-D (alone or in a list): one line with the shape given and
+    the shapes accepted."""
+    for show in (images.image_grid, images.show_images):
+        for value in (np.zeros(shape, np.float32), [np.zeros(shape, np.float32)]):
+            with pytest.raises(ValueError) as info:
+                show(value)
+            message = str(info.value)
+            assert message.startswith(f"cannot show an array of shape {shape} as a picture: give ")
+            assert "(H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4" in message
+            assert "\n" not in message
+    words = r"shape \(1, 3, 8, 8\).*batch \(N, C, H, W\) goes on its own"
+    with pytest.raises(ValueError, match=words):
+        images.image_grid([np.zeros((1, 3, 8, 8), np.float32)])  # a batch inside a list
 
 
 @pytest.mark.parametrize("value", [None, 123, b"https://x"])
