@@ -200,6 +200,29 @@ def test_mismatched_sizes_and_too_few_pictures(tmp_path, monkeypatch, base):
     assert "needs 3 or more pictures (3–5 is typical)" in message and "add more" in message
 
 
+@pytest.mark.parametrize("instance, got", [
+    (5, "int 5"),  # not a folder, not a list
+    (None, "NoneType None"),
+    (["a.png", "b.png", "c.png"], "str 'a.png'"),  # file names, not opened pictures
+    (subject.make_instance_images(3)[:2] + [np.zeros((64, 64, 3), np.uint8)], "ndarray"),
+])
+def test_instance_images_that_are_no_pictures_say_what_to_give(tmp_path, monkeypatch, base,
+                                                               instance, got):
+    message = _expect_error(tmp_path, monkeypatch, instance,
+                            "^instance images must be a folder or a list of PIL images, got ",
+                            base=base)
+    assert got in message
+    assert message.endswith("give the folder's path, or a list of pictures opened with "
+                            "PIL.Image.open")
+
+
+def test_an_instance_path_to_a_file_asks_for_its_folder(tmp_path, monkeypatch, base, instance_dir):
+    picture = sorted(instance_dir.iterdir())[0]
+    message = _expect_error(tmp_path, monkeypatch, str(picture), "is a file, not a folder",
+                            base=base)
+    assert message.startswith(f"instance folder {picture} ") and "give the folder" in message
+
+
 def test_more_than_five_pictures_are_accepted(tmp_path):
     """3 is the least; DreamBooth users often give 5-20 pictures, and every one is used."""
     subject.save_instance_images(tmp_path / "many", n=12)
@@ -214,6 +237,11 @@ def test_more_than_five_pictures_are_accepted(tmp_path):
     ("red", "common English word"),  # one of the mini world's own words
     ("xqzvw", "split by the tokenizer into 4 pieces"),
     ("pikachu", "token 28107 of CLIP's vocabulary"),  # one piece, but a frequent one
+    ("two words", "^rare token 'two words' must be one word: "),
+    (" ", "^rare token ' ' must be one word: "),
+    ("", "^rare token '' must be one word: "),
+    # the tokenizer drops the space that lets " dog" past the list of common words
+    (" dog", "^rare token ' dog' reads as the common word 'dog' to the tokenizer: "),
 ])
 def test_rare_token_must_be_rare_and_one_token(tmp_path, monkeypatch, base, token, problem):
     images = subject.make_instance_images(4)
@@ -410,6 +438,25 @@ def test_an_incomplete_base_folder_is_refused_before_out_is_made(tmp_path, monke
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unreadable_base_folder_is_one_line(tmp_path, monkeypatch, base):
+    """A part of the base folder that cannot be listed (permissions): one line naming the
+    folder and the cause, before out is made. Faked: as root, chmod would not stop the read."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    listdir = Path.iterdir
+
+    def iterdir(self):
+        if self == Path(base) / "unet":
+            raise PermissionError(13, "Permission denied", str(self))
+        return listdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            "cannot be read", base=base)
+    assert message == (f"base model {base} cannot be read (Permission denied): check its "
+                       "permissions, or give another base model")
+    assert not (tmp_path / "run").exists()
+
+
 def test_fp16_weights_count_where_they_are_read(tmp_path, base):
     """On a GPU the trainer reads a checkpoint's fp16 files: a folder with only those is whole
     there, and lacks its weights on a CPU, which reads the full-precision ones."""
@@ -553,8 +600,6 @@ def test_runs_share_class_pictures_through_class_dir(tmp_path, base):
     assert (tmp_path / "two" / db.LORA_FILE).exists()
 
 
-
-
 def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, monkeypatch):
     """Two runs drawing into the same ``class_dir`` at once (two notebooks, or an evaluation
     beside a notebook) each write into a temporary folder of their own process: this one
@@ -582,6 +627,8 @@ def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, mo
     assert (other / "0000.png").read_bytes() == b"being written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["class_images", "class_images.tmp999999"]
     assert {p.parent.name for p in written} == {f"class_images.tmp{os.getpid()}"}
+
+
 def test_a_class_dir_of_other_files_is_refused_not_deleted(tmp_path, monkeypatch, base):
     """`--class-dir` pointed at the user's own photos: the trainer replaces class folders it
     wrote, so it refuses this one, before any model is loaded, and leaves it as it was."""
@@ -605,6 +652,23 @@ def test_a_class_dir_of_other_files_is_refused_not_deleted(tmp_path, monkeypatch
     assert [p.name for p in photos.iterdir()] == ["holiday.jpg"]
     assert (photos / "holiday.jpg").read_bytes() == b"the user's own picture"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_a_class_dir_that_is_a_file_is_refused_before_any_model_loads(tmp_path, monkeypatch,
+                                                                      base):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the class folder was checked")
+
+    monkeypatch.setattr(db, "load_tokenizer", no_model)
+    monkeypatch.setattr(db, "local_checkpoint", no_model)
+    (tmp_path / "class.png").write_bytes(b"the user's own picture")
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            f"^class folder {re.escape(str(tmp_path / 'class.png'))} is not a "
+                            "folder: ", base=base, class_dir=tmp_path / "class.png")
+    assert message.endswith("give an empty or new folder for the class pictures "
+                            "(class_dir / --class-dir)")
+    assert (tmp_path / "class.png").read_bytes() == b"the user's own picture"
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_out_that_is_a_file_is_refused_before_any_model_loads(tmp_path, monkeypatch, base):

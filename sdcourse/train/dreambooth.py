@@ -118,9 +118,17 @@ def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
                                       "remove it") from None
             names.append(path.name)
     else:
-        images = list(instance)
-        if not all(isinstance(im, Image.Image) for im in images):
-            raise DreamBoothError("instance images must be a folder or a list of PIL images")
+        try:
+            images = list(instance)
+        except TypeError:  # an int, None, one PIL image...: refused below, or too few
+            images = [instance]
+        odd = [im for im in images if not isinstance(im, Image.Image)]
+        if odd:
+            shown = " ".join(repr(odd[0]).split())[:40]  # one line, even for an array
+            raise DreamBoothError(
+                f"instance images must be a folder or a list of PIL images, got "
+                f"{type(odd[0]).__name__} {shown}: give the folder's path, or a list of "
+                "pictures opened with PIL.Image.open")
         images = [im.convert("RGB") for im in images]
         names = [f"image {i}" for i in range(len(images))]
     if len(images) < MIN_IMAGES:
@@ -157,7 +165,7 @@ def check_token(token: str, tokenizer) -> None:
     word = pieces[0].removesuffix("</w>").lower()
     if word in COMMON_WORDS:
         raise DreamBoothError(f"rare token {token!r} reads as the common word {word!r} to the "
-                              f"tokenizer; {hint}")
+                              f"tokenizer: {hint}")
     token_id = tokenizer.convert_tokens_to_ids(pieces[0])
     if token_id < FREQUENT_IDS:
         raise DreamBoothError(
