@@ -120,7 +120,9 @@ def _course_notebook(name: str) -> Path:
     UsageError that lists the names there are."""
     folder = default_notebooks_dir()
     if folder is None:
-        raise UsageError(f"{name}: no such notebook")
+        raise UsageError(f"{name}: no such notebook (no course notebooks/ folder next to the "
+                         "sdcourse package or in the current directory): give the path of an "
+                         "existing .ipynb file")
     if Path(name).name == name:  # a bare name, not a path
         path = folder / (name if name.endswith(".ipynb") else name + ".ipynb")
         if path.is_file():
@@ -391,7 +393,8 @@ def cmd_models_path(args) -> int:
     try:
         from . import models
     except ImportError as error:
-        raise CliError(f"models: unavailable ({error})") from None
+        raise CliError(f"models: unavailable ({error}): reinstall sdcourse (pip install -e . "
+                       "in the course's checkout), then run `sdcourse doctor`") from None
 
     if args.task not in models.TASKS:
         raise UsageError(f"unknown task {args.task!r}: use one of {', '.join(models.TASKS)}")
@@ -503,7 +506,8 @@ def _train_dreambooth(args, out: Path) -> int:
     from .train import dreambooth
 
     if args.publish:
-        raise UsageError("--publish ships parts of the mini model; a DreamBooth run stays in --out")
+        raise UsageError("--publish ships parts of the mini model; a DreamBooth run stays in "
+                         "--out: drop --publish")
     if args.instance_dir is None or not args.instance_prompt:
         raise UsageError("train dreambooth needs --instance-dir DIR and --instance-prompt PROMPT")
     unused = [option for option, value in [("--class-prompt", args.class_prompt),

@@ -405,6 +405,19 @@ def test_run_takes_the_course_notebooks_by_name(tmp_path, monkeypatch, capsys):
                                            f"course's in {folder}: 00_a, 01_b)\n")
 
 
+def test_a_name_without_a_course_folder_asks_for_a_path(tmp_path, monkeypatch, capsys, no_kernel):
+    """Installed without the checkout (no notebooks/ anywhere): a name finds nothing, and the
+    line says why and to give a path instead."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "default_notebooks_dir", lambda: None)
+    assert cli.main(["run", "00_setup", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "sdcourse: error: 00_setup: no such notebook (no course notebooks/ folder next to the "
+        "sdcourse package or in the current directory): give the path of an existing .ipynb "
+        "file\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_default_notebooks_are_the_checkouts(monkeypatch, tmp_path):
     folder = cli.default_notebooks_dir()
     assert folder is not None, "the checkout's notebooks/ folder was not found"
@@ -494,6 +507,19 @@ def test_models_path_missing_checkpoint(capsys, monkeypatch, tmp_path):
     assert cli.main(["models", "path", "text2img"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("sdcourse: error: the mini model for text2img lacks") and "\n" not in err
+
+
+def test_models_path_without_the_models_module(monkeypatch, capsys):
+    """sdcourse.models that does not import (a broken install): one line, status 1, saying
+    what failed and what to do, not a traceback."""
+    monkeypatch.delattr(sdcourse, "models", raising=False)
+    monkeypatch.setitem(sys.modules, "sdcourse.models", None)  # import fails
+    assert cli.main(["models", "path", "text2img"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sdcourse: error: models: unavailable (import of sdcourse.models "
+                          "halted") and err.count("\n") == 1
+    assert err.endswith("): reinstall sdcourse (pip install -e . in the course's checkout), then "
+                        "run `sdcourse doctor`\n")
 
 
 def test_models_path_unknown_task(capsys):
@@ -608,6 +634,17 @@ def test_train_dreambooth_refuses_prior_options_with_no_prior(options, message, 
             "a sks dog", "--no-prior", "--out", str(tmp_path / "run")]
     assert cli.main(argv + options) == 2
     assert capsys.readouterr().err == f"sdcourse: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_dreambooth_refuses_publish(tmp_path, capsys, no_training):
+    """--publish copies a mini model's weights into the package: a DreamBooth run has none to
+    ship, so the option is refused before any training, not ignored."""
+    argv = ["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
+            "a sks dog", "--out", str(tmp_path / "run")]
+    assert cli.main(argv + ["--publish"]) == 2
+    assert capsys.readouterr().err == ("sdcourse: error: --publish ships parts of the mini model; "
+                                       "a DreamBooth run stays in --out: drop --publish\n")
     assert not (tmp_path / "run").exists()
 
 
