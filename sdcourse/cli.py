@@ -309,6 +309,16 @@ def _add_doctor(sub) -> None:
 
 
 def _version(dist: str) -> str:
+    """The installed version of ``dist``; for torch its own ``__version__``, which names the
+    build (``2.13.0+cpu``, ``2.13.0+cu130``) where PyPI's CUDA wheel's metadata says ``2.13.0``:
+    whether a machine has the CPU or the CUDA build is what a teacher asks doctor."""
+    if dist == "torch":
+        try:
+            import torch
+
+            return torch.__version__
+        except Exception:  # noqa: BLE001 - a broken torch is reported below, with its error
+            pass
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
