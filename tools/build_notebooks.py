@@ -26,7 +26,10 @@ SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
 
 def colab_cell() -> str:
     """The code of the Colab install cell, for the repository pyproject.toml names."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the [dev] extra installs tomli
+        import tomli as tomllib
 
     url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
     return (
