@@ -438,7 +438,9 @@ def test_a_checkpoint_naming_a_processor_class_transformers_removed_still_loads(
     del config["image_processor_type"]
     config_file.write_text(json.dumps(config | {"feature_extractor_type": "DPTFeatureExtractor"}))
     cls = diffusers.StableDiffusionDepth2ImgPipeline
-    with pytest.raises(ValueError, match="has no class `DPTFeatureExtractor`"):  # diffusers alone
+    # diffusers alone: 0.42 says "has no class `DPTFeatureExtractor`", 0.41 lets transformers'
+    # AttributeError through
+    with pytest.raises((ValueError, AttributeError), match="DPTFeatureExtractor"):
         cls.from_pretrained(old)
 
     pipes = [models.from_pretrained(cls, str(folder), torch.float32) for folder in (old, new)]
