@@ -364,8 +364,8 @@ def _gc_paused():
     youngest, the collector's first pass after the pause would scan all of them just to
     promote them (0.15 s on a 2-core CPU, freeing a few thousand small objects, no tensors),
     then again from the middle generation. Garbage among them is still freed, at the next
-    full collection. Skipped where someone else froze objects (``gc.get_freeze_count()``):
-    unfreezing would hand theirs back too.
+    full collection. Skipped where objects are frozen already (``gc.get_freeze_count()``: by
+    someone else, or by Python 3.12 itself at start): unfreezing would hand those back too.
     """
     was_enabled = gc.isenabled()
     gc.disable()

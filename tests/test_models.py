@@ -385,14 +385,16 @@ def test_garbage_collector_paused_for_the_mini_load_only_and_restored(monkeypatc
     assert gc.isenabled()
 
 
+class Node:
+    """An object the collector tracks."""
+
+
 def test_objects_made_during_the_pause_go_to_the_oldest_generation_unscanned():
     """What the pause made joins the oldest generation (the collector's first pass afterwards
-    would otherwise scan all of it), garbage among it is still freed by a full collection,
-    and objects someone else froze stay frozen."""
-    class Node:
-        pass
-
-    assert gc.get_freeze_count() == 0
+    would otherwise scan all of it), and garbage among it is still freed by a full collection."""
+    if gc.get_freeze_count():
+        pytest.skip(f"this Python starts with {gc.get_freeze_count()} frozen objects (3.12 does): "
+                    "the pause leaves frozen objects alone, so it skips this step")
     with models._gc_paused():
         kept, cycle = Node(), Node()
         cycle.me = cycle
@@ -404,12 +406,17 @@ def test_objects_made_during_the_pause_go_to_the_oldest_generation_unscanned():
     gc.collect()
     assert gone() is None
 
-    gc.freeze()  # e.g. a server that forks workers
+
+def test_objects_someone_else_froze_stay_frozen():
+    """A process that froze its objects (a server before it forks workers, or Python 3.12 at
+    start) keeps them frozen: the pause then leaves the young generation as it is."""
+    gc.freeze()
     try:
         frozen = gc.get_freeze_count()
         with models._gc_paused():
-            Node()
-        assert gc.get_freeze_count() >= frozen
+            young = Node()
+        assert gc.isenabled() and gc.get_freeze_count() == frozen
+        assert any(o is young for o in gc.get_objects(generation=0))
     finally:
         gc.unfreeze()
 
