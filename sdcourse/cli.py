@@ -142,8 +142,7 @@ def _check_readable(path: Path) -> None:
             warnings.simplefilter("ignore")
             nbformat.read(path, as_version=4)
     except Exception as error:  # not JSON, not UTF-8, not a notebook's structure, unreadable
-        text = first_line(error, default="", limit=120)
-        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        reason = first_line(error, limit=120, named=True)
         raise UsageError(f"{path}: not a readable notebook ({reason}): restore it from git or "
                          "download it again") from None
 

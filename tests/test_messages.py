@@ -11,3 +11,9 @@ def test_first_line_keeps_the_first_line_cut_at_the_limit():
 def test_an_error_without_text_gives_its_type_or_the_default():
     assert first_line(KeyboardInterrupt()) == "KeyboardInterrupt"
     assert first_line(TimeoutError(""), default="") == ""
+
+
+def test_named_leads_with_the_type():
+    assert first_line(KeyError("unet.weight"), named=True) == "KeyError: 'unet.weight'"
+    assert first_line(ValueError("bad\nmore"), limit=2, named=True) == "ValueError: ba"
+    assert first_line(EOFError(), named=True) == "EOFError"

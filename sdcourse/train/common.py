@@ -85,7 +85,7 @@ def resuming(checkpoint: Path | None):
     except Exception as error:  # noqa: BLE001 - whatever the libraries raise on a bad file
         if checkpoint is None:
             raise
-        raise _damaged(checkpoint, f"{type(error).__name__}: {first_line(error, default='', limit=120)}") from error
+        raise _damaged(checkpoint, first_line(error, limit=120, named=True)) from error
 
 
 def checkpoint_state(checkpoint: Path) -> dict:

@@ -292,7 +292,7 @@ def read_record(out: Path) -> dict | None:
         if record is not None and not (isinstance(record, dict) and isinstance(record.get("settings"), dict)):
             raise ValueError("no settings in it")
     except (OSError, ValueError) as error:
-        raise DreamBoothError(f"{path} is damaged ({first_line(error)[:100]}): delete "
+        raise DreamBoothError(f"{path} is damaged ({first_line(error, limit=100)}): delete "
                               f"{out} to start over, or give another out folder") from None
     return record
 
@@ -782,8 +782,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     ``instance``: a folder of 3 or more pictures (3–5 is typical), or a list of PIL images.
     ``instance_prompt``: one prompt with the rare ``token`` for all pictures, or one per
     picture. ``class_prompt``: the class without the token (one string, or a list cycled over
-    ``num_class_images``); needed
-    for prior preservation. ``lr`` (the peak of a cosine decay) defaults to 3e-3 for a LoRA and
+    ``num_class_images``); needed for prior preservation. ``lr`` (the peak of a cosine decay) defaults to 3e-3 for a LoRA and
     3e-4 for the full UNet, rates that suit the mini model (its evaluation recipe trains 450
     steps at 4e-4); for Stable Diffusion itself use about 1e-4 and 5e-6. ``text_encoder_lr``:
     the text encoder's own peak rate when it trains (default ``lr``). ``class_dir``: where the
