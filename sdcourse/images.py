@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from .files import atomic_path, cache_root, write_atomic
-from .models import offline_mode, offline_setting
+from .models import offline_mode, offline_setting, offline_variable
 
 __all__ = [
     "download_image", "DownloadError", "StandInWarning", "image_grid", "show_images",
@@ -105,9 +105,8 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
 
     try:
         if offline_mode():
-            setting = offline_setting()
-            raise DownloadError(url, f"offline mode is on ({setting}) and it is not cached",
-                                f"Unset {setting.split('=')[0]} and connect to the internet, or use "
+            raise DownloadError(url, f"offline mode is on ({offline_setting()}) and it is not cached",
+                                f"Unset {offline_variable()} and connect to the internet, or use "
                                 "a local file.", "offline")
         data = _fetch(url, timeout, max_bytes)
         image = _decode(url, data)

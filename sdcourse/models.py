@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from .files import cache_root
@@ -107,24 +108,44 @@ def offline_mode() -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def offline_variable() -> str:
+    """The name of the variable that asks for offline mode (``HF_HUB_OFFLINE`` unless only
+    ``TRANSFORMERS_OFFLINE`` is set), for messages that say what to unset."""
+    return "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+
+
 def offline_setting() -> str:
-    """The variable that asks for offline mode, as it is set (``HF_HUB_OFFLINE=1``), for
-    messages that say what to unset."""
-    name = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    """That variable as it is set (``HF_HUB_OFFLINE=1``), for messages."""
+    name = offline_variable()
     return f"{name}={os.environ.get(name, '')}"
 
 
+#: How long one answer of :func:`hub_reachable` is reused, in seconds: loading one pipeline
+#: asks several times (to choose the model, then how to load it), and where a firewall drops
+#: packets each probe waits its whole timeout.
+HUB_PROBE_TTL = 30.0
+_hub_probe: tuple[float, bool] | None = None  # (time.monotonic() of the probe, its answer)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether huggingface.co answers (False at once in offline mode, :func:`offline_mode`)."""
+    """Whether huggingface.co answers (False at once in offline mode, :func:`offline_mode`).
+
+    The answer of a network probe is reused for :data:`HUB_PROBE_TTL` seconds."""
+    global _hub_probe
     if offline_mode():
         return False
     import socket
 
+    now = time.monotonic()
+    if _hub_probe is not None and now - _hub_probe[0] < HUB_PROBE_TTL:
+        return _hub_probe[1]
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
+        reachable = True
     except OSError:
-        return False
+        reachable = False
+    _hub_probe = (now, reachable)
+    return reachable
 
 
 def hub_offline(source) -> bool:

@@ -123,6 +123,39 @@ def test_offline_env_means_hub_unreachable(monkeypatch):
     assert models.hub_reachable() is False
 
 
+def test_hub_probe_is_reused_for_a_while_then_asked_again(monkeypatch):
+    """One pipeline load asks hub_reachable several times; behind a firewall that drops
+    packets each probe would wait its whole timeout, so one answer serves for HUB_PROBE_TTL."""
+    import socket
+
+    probes, clock = [], [1000.0]
+    answer = {"up": False}
+
+    class Connection:
+        def close(self):
+            pass
+
+    def connect(address, timeout=None):
+        probes.append(address)
+        if not answer["up"]:
+            raise OSError("unreachable")
+        return Connection()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_probe", None)
+    monkeypatch.setattr(models.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert models.hub_reachable() is False
+    answer["up"] = True
+    clock[0] += models.HUB_PROBE_TTL - 1
+    assert models.hub_reachable() is False and len(probes) == 1  # the same answer, no new probe
+    clock[0] += 2
+    assert models.hub_reachable() is True and len(probes) == 2  # stale: asked again
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode wins over a remembered "reachable"
+    assert models.hub_reachable() is False and len(probes) == 2
+
+
 def test_mini_text2img_folder_is_a_diffusers_pipeline(monkeypatch):
     # the weights ship in sdcourse/mini: without them the package is broken, not "untrained"
     assert (models.MINI_DIR / "unet").is_dir(), f"no text2img UNet in {models.MINI_DIR}"
