@@ -11,7 +11,7 @@
 #   keeps the class intact.
 #
 # **What you need**: CPU with the mini model: 3 to 4 minutes, depending on the CPU (100 class
-# pictures, 15 to 30 seconds; a 450-step training run with prior preservation, one to two
+# pictures, 10 to 30 seconds; a 450-step training run with prior preservation, one to two
 # minutes; a 150-step run without it, under half a minute; then the measurements, under a
 # minute).
 # GPU with a real model (SD 2.1 at 512 px): 5 minutes on an H200 (100 class pictures in 41 s,
@@ -127,8 +127,8 @@ sdc.image_grid(class_images[:8], rows=1, size=thumb)
 
 # %% [markdown]
 # ## 4. Training
-# On the mini model, as in the original DreamBooth, we fine-tune every weight of the UNet,
-# and the text encoder too: "sks" starts as an embedding the mini encoder never learned, and letting it
+# On the mini model we fine-tune every weight of the UNet, as the original DreamBooth does,
+# and here the text encoder too: "sks" starts as an embedding the mini encoder never learned, and letting it
 # move is what carries the subject to backgrounds it was never shown on. We give it a
 # head start, as textual inversion does with its "initializer token": `token_init="white
 # black"` sets the embedding of "sks" to the mean of the embeddings of two words that

@@ -153,7 +153,7 @@ del unet_half, unet_full
 
 # %% [markdown]
 # The bytes halve everywhere; the time depends on the size of the work. The mini UNet's step is
-# a few milliseconds of small matrix products: too little work per kernel for bfloat16's
+# 15–30 ms of small matrix products: too little work per kernel for bfloat16's
 # faster arithmetic to pay on a CPU, so its time changes little (it can also grow). On the SD 2.1 UNet at 256 px, on a CPU
 # with bf16 units, the course's benchmark measured a bfloat16 step at 1.4 s against 2.2 s in
 # float32; on a CPU without them, 140 s against 5 s (`benchmarks/RESULTS.md`).
@@ -212,7 +212,7 @@ else:
 # when attention is what runs out of memory and SDPA is not available (old PyTorch, some
 # devices). On the whole pipeline: on the mini model attention over 8×8 latents is little
 # arithmetic, but the sliced processor works through it in a Python loop, slice by slice, and
-# on a model this small that loop shows (on a quiet 2-core CPU about 15% more time per
+# on a model this small that loop shows (on a quiet 2-core CPU 10–15% more time per
 # image; more when the machine is busy). On a real model at 512 px the cost is the
 # arithmetic's: the 39% of the H100 table at the end.
 
