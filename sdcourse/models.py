@@ -230,6 +230,9 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         online = hub_reachable() and _first_on_hub(task)
         return Choice(task, "real", online or REAL_MODELS[task][0], f"asked for by {origin}")
     if model is not None:  # a Hub id or a local folder
+        if os.path.isfile(model):  # e.g. a single-file .safetensors checkpoint
+            raise ModelChoiceError(f"{model} is a file, not a diffusers pipeline folder: give the "
+                                   "folder that holds model_index.json, or a Hub id")
         if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
             raise ModelChoiceError(f"{model} is a folder without model_index.json: "
                                    "give a diffusers pipeline folder or a Hub id")
@@ -258,7 +261,12 @@ def _same_checkpoints(task_a: str, task_b: str) -> bool:
 
 
 def _is_hub_id(text: str) -> bool:
+    """Whether ``text`` is spelled like a Hub id (``owner/name`` or ``name``) and is not a file
+    here: a path to a file is never meant as a Hub id."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.isfile(text):
+        return False
 
     try:
         validate_repo_id(text)

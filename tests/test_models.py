@@ -117,6 +117,22 @@ def test_explicit_id_or_path(tmp_path):
         models.choose_model("video")
 
 
+def test_a_file_given_as_the_model_is_named_a_file_not_a_hub_id(tmp_path, monkeypatch):
+    """A single-file checkpoint ("model.safetensors") once got 'not in the local Hugging Face
+    cache and offline mode is on': it was taken for a Hub id."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a pipeline")
+    assert models._is_hub_id("model.safetensors") is False
+    assert models._is_hub_id("other.safetensors") is True  # no such file here: spelled like an id
+    for given in ("model.safetensors", str(tmp_path / "model.safetensors")):
+        with pytest.raises(models.ModelChoiceError, match=r"is a file, not a diffusers pipeline "
+                           r"folder: give the folder that holds model_index.json"):
+            models.choose_model("text2img", model=given)
+    monkeypatch.setenv("SDCOURSE_MODEL", "model.safetensors")
+    with pytest.raises(models.ModelChoiceError, match="is a file"):
+        models.load_pipeline("text2img")
+
+
 def test_offline_env_means_hub_unreachable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert models.hub_reachable() is False
