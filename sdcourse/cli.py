@@ -52,6 +52,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"sdcourse: error: {message} (see `{self.prog} --help`)\n")
 
 
+def folder_arg(text: str) -> Path:
+    """An argparse type for output folders: an empty value (an unset ``$DIR`` in a script) would
+    otherwise mean the current folder and write there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty folder name: give the folder to write to")
+    return Path(text)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -65,7 +73,7 @@ def _add_run(sub) -> None:
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                    help="notebooks to run: paths, or names of the course's notebooks such as "
                    "00_setup (default: every notebooks/*.ipynb of the course)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+    p.add_argument("--out", type=folder_arg, default=DEFAULT_OUT, metavar="DIR",
                    help=f"where executed notebooks and HTML go (default: {DEFAULT_OUT})")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
                    help="limit for one cell, in seconds (default: 3600)")
@@ -147,22 +155,29 @@ def _check_readable(path: Path) -> None:
                          "download it again") from None
 
 
-def check_out(out: Path, option: str = "--out") -> None:
-    """Check, before any work, that the output folder can be made and written to: a run must
-    not compute for minutes and then fail to save what it computed. Leaves nothing behind
-    (a test file is created in the folder, or in its nearest existing parent, and removed)."""
+def _unwritable(out: Path) -> str | None:
+    """Why the folder ``out`` cannot be made and written to (None: it can). Leaves nothing
+    behind (a test file is created in the folder, or in its nearest existing parent, and
+    removed)."""
     import tempfile
 
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():
-        where = "" if existing == out.absolute() else f" ({existing} is)"
-        raise UsageError(f"{option} {out}: a file, not a folder{where}: choose another folder")
+        return "a file, not a folder" + ("" if existing == out.absolute() else f" ({existing} is)")
     try:
         with tempfile.NamedTemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise UsageError(f"{option} {out}: cannot write in {existing} "
-                         f"({error.strerror or error}): choose another folder") from None
+        return f"cannot write in {existing} ({error.strerror or error})"
+    return None
+
+
+def check_out(out: Path, option: str = "--out") -> None:
+    """Check, before any work, that the output folder can be made and written to: a run must
+    not compute for minutes and then fail to save what it computed."""
+    problem = _unwritable(out)
+    if problem:
+        raise UsageError(f"{option} {out}: {problem}: choose another folder")
 
 
 def _write_outputs(nb, source: Path, out: Path) -> None:
@@ -240,6 +255,20 @@ def check_device_setting() -> None:
         raise UsageError(str(error)) from None
 
 
+def check_cache_setting() -> None:
+    """A one-line UsageError unless the course's cache folder (SDCOURSE_CACHE, else
+    ~/.cache/sdcourse) can be made and written to: every notebook assembles the mini model's
+    folder there, so a bad value would fail each one after its kernel started."""
+    from .files import cache_root
+
+    root = cache_root()
+    problem = _unwritable(root)
+    if problem and os.environ.get("SDCOURSE_CACHE"):
+        raise UsageError(f"SDCOURSE_CACHE={root}: {problem}: point it at a writable folder or unset it")
+    if problem:
+        raise UsageError(f"the cache folder {root}: {problem}: set SDCOURSE_CACHE to a writable folder")
+
+
 def check_model_setting(model: str | None) -> str | None:
     """Check the model the kernels will load (``--model``, else SDCOURSE_MODEL) and return the
     value to give them as SDCOURSE_MODEL (None: leave the environment as it is).
@@ -279,7 +308,12 @@ def cmd_run(args) -> int:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     check_device_setting()
     model = check_model_setting(args.model)
+    sources = [path for path in notebooks if path.parent.resolve() == args.out.resolve()]
+    if sources:
+        raise UsageError(f"--out {args.out}: the folder of {sources[0].name}, which the executed "
+                         "copy would replace: choose another folder")
     check_out(args.out)
+    check_cache_setting()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -355,6 +389,13 @@ def cmd_doctor(args) -> int:
     except Exception as error:
         problem("models", error)
         return 1
+    try:  # where the mini model's folders go: every notebook needs it
+        check_cache_setting()
+        from .files import cache_root
+
+        print(f"cache         {cache_root()}")
+    except UsageError as error:
+        problem("cache", error)
     hub = None
     offline = models.offline_mode()  # not "unreachable" then: connecting would not help
     why = f"offline mode is on ({models.offline_setting()})" if offline else "the Hub is unreachable"
@@ -445,7 +486,8 @@ def _add_train(sub) -> None:
                        "--out every few hundred steps; running the same command again resumes.")
     p.add_argument("model", choices=TRAINERS, metavar="MODEL",
                    help=f"which part to train: {', '.join(TRAINERS)}")
-    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/MODEL)")
+    p.add_argument("--out", type=folder_arg, default=None, metavar="DIR",
+                   help="run folder (default runs/MODEL)")
     p.add_argument("--steps", type=int, default=None,
                    help="total optimisation steps (default: " + ", ".join(
                        f"{model} {steps}" for model, steps in DEFAULT_STEPS.items()) + ")")

@@ -198,6 +198,56 @@ def test_out_that_cannot_be_created_fails_before_any_kernel(tmp_path, capsys, no
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("argv", [["run", "good.ipynb"], ["train", "vae"]])
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(argv, value, tmp_path, capsys,
+                                                                  monkeypatch, no_kernel):
+    """`--out "$DIR"` with DIR unset once ran and wrote the executed copies into the current
+    folder (Path("") is "."); for train it silently used the default folder."""
+    monkeypatch.chdir(tmp_path)
+    write_notebook(tmp_path / "good.ipynb", "print(1)")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv + ["--out", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out: an empty folder name: give the folder to write to" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.ipynb"]
+
+
+def test_out_in_the_notebooks_own_folder_is_refused(tmp_path, capsys, monkeypatch, no_kernel):
+    """The executed copy has the notebook's name: written beside it, it would replace it."""
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    before = good.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for out in (str(tmp_path), ".", f"{tmp_path}/"):
+        assert cli.main(["run", str(good), "--out", out]) == 2
+        assert capsys.readouterr().err == (f"sdcourse: error: --out {Path(out)}: the folder of good.ipynb, "
+                                           "which the executed copy would replace: choose another folder\n")
+    assert good.read_bytes() == before and sorted(tmp_path.iterdir()) == [good]
+
+
+@pytest.mark.parametrize("under", ["file", "file/sub"])
+def test_a_cache_that_cannot_be_written_fails_run_before_any_kernel(under, tmp_path, capsys,
+                                                                    monkeypatch, no_kernel):
+    """SDCOURSE_CACHE naming a file: each notebook would fail assembling the mini model after
+    its kernel started and leave partial output; now one line first, and doctor says so."""
+    good = write_notebook(tmp_path / "good.ipynb", "print(1)")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path / under))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["run", str(good), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sdcourse: error: SDCOURSE_CACHE={tmp_path / under}: a file, not a folder")
+    assert err.endswith(": point it at a writable folder or unset it\n") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"cache         error (SDCOURSE_CACHE={tmp_path / under}: a file, not a folder" in out
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["doctor"]) == 0
+    assert f"cache         {tmp_path / 'cache'}\n" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_out_where_nothing_can_be_written_fails_before_any_kernel(tmp_path, capsys, no_kernel):
     """An --out whose folder takes no files (here /proc, even for root) is one line before
