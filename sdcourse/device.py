@@ -57,11 +57,9 @@ def check_device(device: str | torch.device, what: str | None = None, unknown: s
     an unknown name fails inside torch with a list of device types the course never uses.
     Raises ValueError (not a device) or RuntimeError (not on this machine), each one line.
     """
-    text = str(device).strip().lower()
+    text = _device_name(device, what, unknown)
     what = what or f"device {text!r}"
     kind, _, index = text.partition(":")
-    if kind not in PREFERENCE or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(f"{what} is not a device: use one of cpu, cuda, cuda:N, mps {unknown}".rstrip())
     if not _available(kind):
         raise RuntimeError(f"{what} but PyTorch sees no {kind} device on this machine: {absent}")
     if index and int(index) >= torch.cuda.device_count():
@@ -72,21 +70,44 @@ def check_device(device: str | torch.device, what: str | None = None, unknown: s
     return text
 
 
-def pick_dtype(device: str | torch.device) -> torch.dtype:
-    """float16 on a GPU (cuda, mps), float32 on a CPU.
+def _device_name(device: str | torch.device, what: str | None = None, unknown: str = "") -> str:
+    """``device`` as a lower-case string once it names a course device (present here or not).
+
+    The name half of :func:`check_device`, for questions about a device rather than moving
+    anything to it (:func:`is_gpu`): "gpu" gets one ValueError line instead of torch's list.
+    """
+    text = str(device).strip().lower()
+    kind, _, index = text.partition(":")
+    if kind not in PREFERENCE or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"{what or f'device {text!r}'} is not a device: use one of cpu, cuda, "
+                         f"cuda:N, mps {unknown}".rstrip())
+    return text
+
+
+def pick_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """float16 on a GPU (cuda, mps), float32 on a CPU; ``device`` None means :func:`pick_device`.
 
     Why: half precision halves the memory of weights and activations and is what GPUs run
     fastest; Stable Diffusion checkpoints ship an ``fp16`` variant for exactly this. On a CPU
     many half-precision kernels are slow or missing, so float32 is both faster and safer.
     bfloat16 is not used: the free Colab GPU (T4) has no bf16 support, and the published
     ``fp16`` variants load without conversion.
+
+    None is the picked device, as in :func:`make_generator`; a name that is not a device
+    ("gpu") is a one-line ValueError. Whether the machine has that device is not checked:
+    the answer is the dtype to use there.
     """
-    return torch.float16 if is_gpu(device) else torch.float32
+    gpu = is_gpu(device if device is not None else pick_device())
+    return torch.float16 if gpu else torch.float32
 
 
 def is_gpu(device: str | torch.device) -> bool:
-    """Whether ``device`` ("cuda", "cuda:1", "mps", a torch.device) is a GPU."""
-    return torch.device(device).type in ("cuda", "mps")
+    """Whether ``device`` ("cuda", "cuda:1", "mps", a torch.device) is a GPU.
+
+    An unknown name ("gpu") is the one-line ValueError of :func:`check_device`, not torch's
+    list of every device type; the device need not exist on this machine.
+    """
+    return _device_name(device).partition(":")[0] in ("cuda", "mps")
 
 
 def make_generator(seed: int, device: str | torch.device | None = None) -> torch.Generator:

@@ -105,6 +105,29 @@ def test_dtype(device, dtype):
     assert dev.pick_dtype(device) == dtype
 
 
+@pytest.mark.parametrize("cuda, dtype", [(True, torch.float16), (False, torch.float32)])
+def test_dtype_of_none_is_the_picked_devices(machine, cuda, dtype):
+    """None used to give torch's multi-line "invalid combination of arguments"."""
+    machine(cuda=cuda)
+    assert dev.pick_dtype(None) == dev.pick_dtype() == dtype
+
+
+def test_not_a_device_name_is_the_one_line_check(machine, monkeypatch):
+    """"gpu" gave torch's "Expected one of cpu, cuda, ipu, xpu, ... device type at start of
+    device string: gpu", also from choose_model, which asks is_gpu."""
+    from sdcourse import models
+
+    machine()
+    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    message = "^device 'gpu' is not a device: use one of cpu, cuda, cuda:N, mps$"
+    for ask in (dev.pick_dtype, dev.is_gpu, lambda d: models.choose_model("text2img", None, d)):
+        with pytest.raises(ValueError, match=message):
+            ask("gpu")
+    with pytest.raises(ValueError, match="^device 'cuda:x' is not a device"):
+        dev.pick_dtype("cuda:x")
+    assert dev.pick_dtype("cuda") == torch.float16  # naming a GPU this machine lacks is fine
+
+
 def test_same_seed_same_draws():
     a = torch.randn(4, 8, generator=dev.make_generator(42, "cpu"))
     b = torch.randn(4, 8, generator=dev.make_generator(42, "cpu"))
