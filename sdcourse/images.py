@@ -22,6 +22,7 @@ import numbers
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,10 @@ STAND_INS: dict[str, str] = {
 
 _NO_NETWORK = {"offline", "dns", "refused", "connection"}  # reasons that allow a stand-in
 
+#: Largest ``size`` (pixels per side) to resize to: SD pipelines use 512 to 1024, and a typo
+#: like ``size=10**6`` would otherwise allocate gigabytes (it got a notebook OOM-killed).
+MAX_SIZE = 4096
+
 
 class DownloadError(Exception):
     """A picture could not be downloaded. The message is one line: the URL, the cause, what to do.
@@ -77,7 +82,8 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
                    cache_dir=None) -> Image.Image:
     """Download a picture (or open a local file) and return it as an RGB PIL image.
 
-    - ``size``: resize the result, an int for a square (``512``) or a ``(width, height)`` pair.
+    - ``size``: resize the result, an int for a square (``512``) or a ``(width, height)`` pair,
+      at most :data:`MAX_SIZE` (4096) pixels per side: more than any SD pipeline uses.
     - ``timeout``: seconds to wait for the server to connect or to send more data.
     - ``max_bytes``: refuse bigger files (``None`` for no limit): a wrong link to a huge file
       should fail fast instead of filling the memory.
@@ -287,7 +293,7 @@ def _finish(image: Image.Image, size) -> Image.Image:
 
 
 def _as_wh(size) -> tuple[int, int]:
-    """``512`` -> ``(512, 512)``; ``(w, h)`` stays; anything else is a one-line ValueError."""
+    """``512`` -> ``(512, 512)``; ``(w, h)`` stays (each 1 to :data:`MAX_SIZE`); else ValueError."""
     try:
         width, height = (size, size) if isinstance(size, numbers.Integral) else size
         width, height = int(width), int(height)
@@ -296,6 +302,9 @@ def _as_wh(size) -> tuple[int, int]:
                          f"got {size!r}") from None
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
+    if width > MAX_SIZE or height > MAX_SIZE:
+        raise ValueError(f"size must be at most {MAX_SIZE} pixels per side (SD pipelines use "
+                         f"512 to 1024), got {size!r}")
     return width, height
 
 
@@ -330,11 +339,18 @@ def _read_cache(path: Path) -> Image.Image | None:
 
 def sample_image_path(name: str) -> Path:
     """Path of a bundled sample picture, e.g. ``sample_image_path("inpaint_image")``."""
+    if not isinstance(name, str):
+        raise TypeError(f"sample_image_path needs a sample name as text, got "
+                        f"{type(name).__name__} {name!r:.40}: choose one of {_sample_names()}.")
     path = SAMPLES_DIR / (name if name.endswith(".png") else f"{name}.png")
     if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in SAMPLES_DIR.glob("*.png")))
-        raise FileNotFoundError(f"No bundled sample {name!r}: choose one of {names}.")
+        raise FileNotFoundError(f"No bundled sample {name!r}: choose one of {_sample_names()}.")
     return path
+
+
+def _sample_names() -> str:
+    """The bundled samples' names, for error messages: "inpaint_image, inpaint_mask, ..."."""
+    return ", ".join(sorted(p.stem for p in SAMPLES_DIR.glob("*.png")))
 
 
 def make_samples(out_dir=SAMPLES_DIR, size: int = 512) -> list[Path]:
@@ -392,10 +408,10 @@ def image_grid(images, rows: int | None = None, cols: int | None = None, size=No
       diffusers wants exactly ``rows * cols`` pictures);
     - resizes every picture first with ``size`` (an int for squares, or ``(width, height)``),
       e.g. ``size=128`` to see 64x64 model outputs; enlarging uses NEAREST so pixels stay honest;
-    - accepts PIL images, arrays or tensors (see :func:`show_images`).
+    - accepts PIL images, arrays or tensors, in a list or any iterable (see :func:`show_images`).
     """
     wh = _as_wh(size) if size is not None else None  # bad arguments fail before diffusers' import
-    pictures = [_to_pil(x) for x in _as_list(images)]
+    pictures = [_to_pil(x, i) for i, x in enumerate(_as_list(images))]
     if not pictures:
         raise ValueError("image_grid needs at least one image: pass a PIL image, an "
                          "array or tensor, or a non-empty list of them")
@@ -412,23 +428,32 @@ def image_grid(images, rows: int | None = None, cols: int | None = None, size=No
 def show_images(images, titles=None, cols: int | None = None, size: float = 2.5):
     """Draw pictures side by side with matplotlib (``size`` inches each); returns the figure.
 
-    Accepts one picture or a list of them: PIL images, numpy arrays or torch tensors, channels
-    first (C, H, W) or last (H, W, C), floats in [0, 1] or [-1, 1] (the range the VAE uses), or
-    uint8. A 4-D batch (N, C, H, W) counts as N pictures. One-channel pictures are drawn in gray.
+    Accepts one picture or a list (or any iterable) of them: PIL images, numpy arrays or torch
+    tensors, channels first (C, H, W) or last (H, W, C), floats in [0, 1] or [-1, 1] (the range
+    the VAE uses), or uint8. A 4-D batch (N, C, H, W) counts as N pictures. One-channel
+    pictures are drawn in gray.
     When the shape allows both layouts, the one with RGB channels wins (3x4x4 is CHW, 4x5x3 is
     HWC); if that does not decide, a tensor is read channels first and a numpy array last.
+
+    ``titles``: None, a list or tuple with one title per picture (each drawn with ``str``), or a
+    string for a single picture. ``cols`` is checked as in :func:`image_grid`.
     """
+    _check_count("cols", cols)  # the same check as image_grid's: cols=0 is an error, not "choose"
+    _check_inches(size)
+    if isinstance(titles, str):
+        titles = [titles]
+    if titles is not None and not isinstance(titles, (list, tuple)):
+        raise TypeError(f"titles must be a list of strings, one per image (or None), got "
+                        f"{type(titles).__name__} {titles!r:.40}")
     import matplotlib.pyplot as plt
 
-    arrays = [_to_display_array(x) for x in _as_list(images)]
+    arrays = [_to_display_array(x, i) for i, x in enumerate(_as_list(images))]
     if not arrays:
         raise ValueError("show_images needs at least one image: pass a PIL image, an "
                          "array or tensor, or a non-empty list of them")
-    if isinstance(titles, str):
-        titles = [titles]
     if titles is not None and len(titles) != len(arrays):
         raise ValueError(f"got {len(arrays)} images but {len(titles)} titles")
-    rows, cols = _grid_shape(len(arrays), None, cols or min(len(arrays), 4))
+    rows, cols = _grid_shape(len(arrays), None, cols if cols is not None else min(len(arrays), 4))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -450,6 +475,7 @@ def plot_latent_channels(latents, title: str | None = None, size: float = 2.5):
     SD's latents have 4 channels of 64x64 for a 512x512 picture; they are not colours, so each
     channel gets its own map (bright = high). Returns the figure.
     """
+    _check_inches(size)
     import matplotlib.pyplot as plt
 
     array = _to_numpy(latents).astype(np.float32)
@@ -504,11 +530,14 @@ def _shown_once(fig):
 
 
 def _as_list(images) -> list:
-    """One picture, a list of them, or a 4-D batch -> list of single pictures."""
+    """One picture, a list (or other iterable) of them, or a 4-D batch -> list of pictures."""
     if isinstance(images, (list, tuple)):
         return list(images)
     if isinstance(images, Image.Image):
         return [images]
+    if (isinstance(images, Iterable) and not isinstance(images, (str, bytes, dict))
+            and not hasattr(images, "__array__") and not hasattr(images, "detach")):
+        return list(images)  # a generator, a set, ...: arrays and tensors are pictures or batches
     _refuse_non_picture(images, "a picture or a list of pictures (PIL images, arrays or tensors)")
     array = _to_numpy(images)
     return list(array) if array.ndim == 4 else [array]
@@ -541,12 +570,14 @@ def _channels_first(shape, x) -> bool:
     return hasattr(x, "detach")
 
 
-def _to_display_array(x) -> np.ndarray:
-    """A picture -> (H, W) or (H, W, 3|4) array, uint8 or floats in [0, 1]."""
+def _to_display_array(x, index: int = 0) -> np.ndarray:
+    """Picture number ``index`` -> (H, W) or (H, W, 3|4) array, uint8 or floats in [0, 1]."""
     if isinstance(x, Image.Image):
+        _refuse_empty(index, (x.height, x.width))
         return np.asarray(x if x.mode in ("L", "RGB", "RGBA") else x.convert("RGB"))
     _refuse_non_picture(x, "PIL images, arrays or tensors")
     array = _to_numpy(x)
+    _refuse_empty(index, array.shape)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and _channels_first(array.shape, x):
         array = array.transpose(1, 2, 0)  # channels first -> channels last
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -563,10 +594,18 @@ def _to_display_array(x) -> np.ndarray:
     return np.clip(array, 0, 1)
 
 
-def _to_pil(x) -> Image.Image:
+def _refuse_empty(index: int, shape) -> None:
+    """One line naming the picture, instead of numpy's "zero-size array to reduction operation"."""
+    if 0 in tuple(shape):
+        raise ValueError(f"image {index} has shape {tuple(shape)}, with no pixels: every picture "
+                         "needs a height and width of at least 1")
+
+
+def _to_pil(x, index: int = 0) -> Image.Image:
     if isinstance(x, Image.Image):
+        _refuse_empty(index, (x.height, x.width))
         return x.convert("RGB")
-    array = _to_display_array(x)
+    array = _to_display_array(x, index)
     if array.dtype != np.uint8:
         array = np.round(array * 255).astype(np.uint8)
     return Image.fromarray(array).convert("RGB")
@@ -585,6 +624,14 @@ def _check_count(name: str, value) -> None:
                               or value < 1):
         raise ValueError(f"{name} must be a whole number of 1 or more (or None to choose "
                          f"automatically), got {value!r}")
+
+
+def _check_inches(size) -> None:
+    """A figure's ``size`` per picture: a positive number of inches (0 made matplotlib fail
+    with "Singular matrix")."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Real) or not 0 < size < math.inf:
+        raise ValueError(f"size must be a positive number of inches per picture, e.g. 2.5, "
+                         f"got {size!r}")
 
 
 def _grid_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:

@@ -222,6 +222,8 @@ def test_corrupt_cache_entry_is_downloaded_again(server, cache):
     ({"size": (64, -1)}, "size must be positive"),
     ({"size": "big"}, "size must be an int"),
     ({"size": (1, 2, 3)}, "size must be an int"),
+    ({"size": 10**6}, "size must be at most 4096 pixels per side"),  # was OOM-killed (22 GB)
+    ({"size": (512, 4097)}, "size must be at most 4096 pixels per side"),
     ({"timeout": 0}, "timeout must be a positive number"),
     ({"max_bytes": -5}, "max_bytes must be a positive number"),
 ])
@@ -399,6 +401,14 @@ def test_unknown_sample_names_the_choices():
         images.sample_image_path("dog_on_bench")
 
 
+def test_sample_name_that_is_not_text_names_the_choices():
+    """None gave "'NoneType' object has no attribute 'endswith'"."""
+    with pytest.raises(TypeError, match=r"^sample_image_path needs a sample name as text, got "
+                                        r"NoneType None: choose one of inpaint_image, ") as info:
+        images.sample_image_path(None)
+    assert "\n" not in str(info.value)
+
+
 # -------------------------------------------------------------------------------------------
 # grids and figures
 
@@ -428,6 +438,7 @@ def test_image_grid_sizes():
     ({"cols": -2}, "cols must be a whole number of 1 or more"),
     ({"cols": 2.5}, "cols must be a whole number of 1 or more"),
     ({"size": 0}, "size must be positive"),
+    ({"size": 10**6}, "size must be at most 4096 pixels per side"),
 ])
 def test_image_grid_rejects_bad_rows_cols_and_size(kwargs, words):
     """A clear one-line ValueError, not a ZeroDivisionError or an odd grid."""
@@ -473,6 +484,66 @@ def test_array_of_wrong_shape_says_which_shapes_work(shape):
     words = r"shape \(1, 3, 8, 8\).*batch \(N, C, H, W\) goes on its own"
     with pytest.raises(ValueError, match=words):
         images.image_grid([np.zeros((1, 3, 8, 8), np.float32)])  # a batch inside a list
+
+
+@pytest.mark.parametrize("cols", [0, -2, 2.5, True])
+def test_show_images_checks_cols_like_image_grid(cols):
+    """cols=0 was taken as "choose" by show_images while image_grid refused it."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    for show in (images.image_grid, images.show_images):
+        with pytest.raises(ValueError, match=rf"^cols must be a whole number of 1 or more \(or None "
+                                             rf"to choose automatically\), got {cols!r}$"):
+            show([colored((0, 0, 0))], cols=cols)
+    assert plt.get_fignums() == before
+
+
+@pytest.mark.parametrize("size", [0, -1, "big", True, float("nan"), float("inf")])
+def test_figure_size_must_be_positive_inches(size):
+    """size=0 gave matplotlib's "LinAlgError: Singular matrix" after drawing."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    words = rf"^size must be a positive number of inches per picture, e.g. 2.5, got {re.escape(repr(size))}$"
+    with pytest.raises(ValueError, match=words):
+        images.show_images(colored((0, 0, 0)), size=size)
+    with pytest.raises(ValueError, match=words):
+        images.plot_latent_channels(np.zeros((4, 8, 8), np.float32), size=size)
+    assert plt.get_fignums() == before  # refused before any figure was made
+
+
+@pytest.mark.parametrize("titles, shown", [(5, "int 5"), ({"a": 1}, "dict {'a': 1}")])
+def test_titles_must_be_a_list(titles, shown):
+    """titles=5 gave "object of type 'int' has no len()"."""
+    with pytest.raises(TypeError, match=rf"^titles must be a list of strings, one per image \(or "
+                                        rf"None\), got {re.escape(shown)}$"):
+        images.show_images([colored((0, 0, 0))], titles=titles)
+
+
+def test_pictures_may_come_from_any_iterable():
+    """A generator gave "cannot show an array of shape ()"."""
+    import matplotlib.pyplot as plt
+
+    tiles = [colored((i * 40, 0, 0), 8) for i in range(3)]
+    grid = images.image_grid(t for t in tiles)
+    assert grid.size == (2 * 8, 2 * 8) and grid.getpixel((8, 0)) == (40, 0, 0)
+    fig = images.show_images((t for t in tiles), titles=("a", "b", "c"))
+    try:
+        assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("empty, shape", [(np.zeros((0, 0, 3)), (0, 0, 3)),
+                                          (np.zeros((3, 4, 0), np.float32), (3, 4, 0)),
+                                          (Image.new("RGB", (0, 5)), (5, 0))])
+def test_empty_picture_is_named(empty, shape):
+    """Not numpy's "zero-size array to reduction operation minimum which has no identity"."""
+    for show in (images.image_grid, images.show_images):
+        with pytest.raises(ValueError, match=rf"^image 1 has shape {re.escape(str(shape))}, with "
+                                             "no pixels: every picture needs a height and width"):
+            show([colored((0, 0, 0), 8), empty])
 
 
 @pytest.mark.parametrize("value", [None, 123, b"https://x"])
