@@ -259,6 +259,22 @@ def test_prompts_must_carry_the_token(tmp_path, monkeypatch, base):
     _expect_error(tmp_path, monkeypatch, images, "needs a class_prompt", base=base, class_prompt=None)
 
 
+@pytest.mark.parametrize("class_prompt, shown", [
+    ("", None), ("   ", "'   '"), (["a red circle", " \t"], "' \\t'"),
+])
+def test_an_empty_class_prompt_is_refused_before_any_picture_is_drawn(tmp_path, monkeypatch, base,
+                                                                      class_prompt, shown):
+    """Prior preservation draws its class pictures from the class prompt: an empty or blank
+    one would have the base model draw 100 pictures of nothing in particular."""
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3), "class_prompt",
+                            base=base, class_prompt=class_prompt)
+    if shown is None:  # "" reads as no class prompt at all
+        assert message.startswith("prior preservation needs a class_prompt")
+    else:
+        assert message == (f"class_prompt {shown} is empty: give the class of the subject "
+                           'without the rare token (e.g. "a dog"), or pass prior_preservation=False')
+
+
 @pytest.mark.parametrize("prompts, got", [
     (["a sks circle"] * 2, "got 2"),  # fewer than the 3 pictures
     (["a sks circle"] * 4, "got 4"),  # more
@@ -285,7 +301,8 @@ def test_counts_below_one_are_refused_before_any_model_loads(tmp_path, monkeypat
     with pytest.raises(db.DreamBoothError) as info:
         db.train_dreambooth(subject.make_instance_images(3), "a sks circle", "a red circle",
                             tmp_path / "run", base=base, **{setting: value})
-    assert str(info.value) == f"{setting} must be at least 1, got {value}"
+    name = "steps (--steps)" if setting == "steps" else setting  # its option, where it has one
+    assert str(info.value) == f"{name} must be at least 1, got {value}"
     assert not (tmp_path / "run").exists()
 
 
@@ -357,10 +374,10 @@ def test_the_unet_learns_what_its_checkpoint_predicts(tmp_path, monkeypatch, bas
 
 
 @pytest.mark.parametrize("setting, value, problem", [
-    ("lr", 0.0, "lr must be greater than 0"),
-    ("lr", -1e-4, "lr must be greater than 0"),
-    ("text_encoder_lr", 0.0, "text_encoder_lr must be greater than 0"),
-    ("lr", float("nan"), "lr must be greater than 0"),
+    ("lr", 0.0, r"^lr \(--lr\) must be greater than 0"),
+    ("lr", -1e-4, r"^lr \(--lr\) must be greater than 0"),
+    ("text_encoder_lr", 0.0, "^text_encoder_lr must be greater than 0"),
+    ("lr", float("nan"), r"^lr \(--lr\) must be greater than 0"),
     ("prior_loss_weight", -0.5, "prior_loss_weight must be at least 0"),
 ])
 def test_rates_and_weights_must_make_sense(tmp_path, monkeypatch, base, setting, value, problem):
@@ -726,6 +743,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     with pytest.raises(db.DreamBoothError, match=r"holds no finished DreamBooth run: train it first$"):
         db.load_dreambooth(out)
     monkeypatch.setattr(common, "save_checkpoint", real_save)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["kind"] == "dreambooth"
+    # the learning rate decays over all 4 steps: the run cannot go on on another schedule
+    before = _contents(out)
+    with pytest.raises(db.DreamBoothError) as info:
+        db.train_dreambooth(images, **(args | {"steps": 6}))
+    assert str(info.value).startswith(f"{out} holds a DreamBooth run stopped at step 2 of 4: "
+                                      "steps (--steps) was 4, now 6 (the learning rate decays")
+    assert _contents(out) == before
     capsys.readouterr()
 
     db.train_dreambooth(images, **args)  # the same call again
@@ -742,9 +767,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     assert resumed.keys() == whole.keys() and any("text_encoder" in k for k in whole)
     differ = [k for k in whole if not torch.allclose(resumed[k], whole[k], atol=1e-6)]
     assert not differ, f"{len(differ)} of {len(whole)} LoRA tensors differ, e.g. {differ[:2]}"
-    # another setting is another run: it is not mixed into this one
-    with pytest.raises(db.DreamBoothError, match="other settings"):
-        db.train_dreambooth(images, **(args | {"rank": 4}))
+    # another setting is another run: it is not mixed into this one, and the message says
+    # which settings differ and how
+    with pytest.raises(db.DreamBoothError) as info:
+        db.train_dreambooth(images, **(args | {"rank": 4, "seed": 2}))
+    assert str(info.value) == (
+        f"{out} holds a DreamBooth run with other settings: rank was 16, now 4; seed (--seed) was "
+        "0, now 2: to resume it, give the settings it was trained with; for a new run, give "
+        "another out folder (--out), or delete this one to start over")
 
 
 def _checkpointing(model) -> bool:
@@ -815,6 +845,22 @@ def test_a_damaged_run_record_is_one_line(tmp_path, monkeypatch, base, record):
     with pytest.raises(db.DreamBoothError, match="dreambooth.json is damaged"):
         db.load_dreambooth(out)
     assert (out / "dreambooth.json").read_text() == record
+
+
+@pytest.mark.parametrize("recorded", [{"step": 1, "kind": "vae"}, {"step": 1}])
+def test_a_folder_of_another_trainer_is_refused_before_any_model_loads(tmp_path, monkeypatch, base,
+                                                                       recorded):
+    """A VAE's run folder given as ``out``: one line saying whose run it is, before any model
+    loads (not a missing trained.safetensors after it) and without writing dreambooth.json
+    into the other run. A checkpoint from before the kind was recorded is known by its
+    contents (a ``vae`` folder)."""
+    out = tmp_path / "run"
+    (out / "checkpoint" / "vae").mkdir(parents=True)
+    (out / "checkpoint" / "state.json").write_text(json.dumps(recorded))
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            "holds a vae training run", base=base, prior_preservation=False)
+    assert message == (f"{out} holds a vae training run, not dreambooth: choose another out folder "
+                       "(--out) for dreambooth (training vae there resumes that run)")
 
 
 def test_loading_a_folder_without_a_run_is_one_line(tmp_path):
@@ -975,6 +1021,32 @@ def test_cli_reports_bad_inputs_in_one_line(tmp_path, capsys):
     assert "needs --instance-dir" in capsys.readouterr().err
     assert main(["train", "vae", "--instance-dir", str(tmp_path)]) == 2
     assert "only for `sdcourse train dreambooth`" in capsys.readouterr().err
+
+
+def test_cli_messages_name_the_options_typed(tmp_path, monkeypatch, capsys, instance_dir):
+    """Messages name the settings as both callers know them: a command-line user reads the
+    option (--lr, --full), not only the Python argument."""
+    from sdcourse.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(db, "load_components", no_model)
+    start = ["train", "dreambooth", "--instance-dir", str(instance_dir), "--instance-prompt",
+             "a sks circle", "--out", str(tmp_path / "run")]
+    cases = [
+        (["--no-prior", "--lr", "-1"], "lr (--lr) must be greater than 0, got -1.0: give a "
+         "learning rate such as 1e-4 (or leave it out for the default)"),
+        (["--no-prior", "--token-init", "white black"], "--token-init changes the text encoder's "
+         "embedding of the rare token, which a LoRA file does not carry: use it with a full "
+         "fine-tune (lora=False in Python, --full on the command line)"),
+        (["--class-prompt", " "], "--class-prompt ' ' is empty: give the class of the subject "
+         'without the rare token (e.g. "a dog"), or pass --no-prior'),
+    ]
+    for extra, message in cases:
+        assert main(start + extra) == 2
+        assert capsys.readouterr().err == f"sdcourse: error: {message}\n"
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_passes_the_class_dir_on(tmp_path, monkeypatch):

@@ -110,11 +110,15 @@ def test_unet_trainer_resumes_and_builds_inpaint_and_depth_unets(tmp_path, monke
         te_after = CLIPTextModel.from_pretrained(out / "checkpoint" / "text_encoder")
         assert all(torch.equal(a, b) for a, b in zip(te_before.parameters(), te_after.parameters()))
 
-    # a checkpoint from before the task was recorded resumes as it did
+    # a checkpoint from before the task (and the settings) were recorded resumes as it did:
+    # its UNet's 5 input channels say it is a depth run; from now on it records both
     state = tmp_path / "depth" / "checkpoint" / "state.json"
     state.write_text(json.dumps({"step": 1}))
     text2img.train(tmp_path / "depth", steps=2, task="depth", **common_args)
-    assert json.loads(state.read_text()) == {"step": 2, "task": "depth"}
+    recorded = json.loads(state.read_text())
+    assert {k: recorded[k] for k in ("step", "task", "kind")} == {"step": 2, "task": "depth",
+                                                                  "kind": "depth"}
+    assert recorded["settings"]["steps"] == 2 and recorded["settings"]["n_images"] == 16
     # a training set left by another task's run (killed before its first checkpoint): one line
     # before any step, not a KeyError mid-training
     (tmp_path / "mixed").mkdir()
@@ -147,8 +151,9 @@ def test_unet_trainer_checks_task_init_and_the_run_folder_before_any_work(tmp_pa
     (ckpt / "state.json").write_text(json.dumps({"step": 3, "task": "text2img"}))
     with pytest.raises(common.CheckpointError) as info:
         text2img.train(tmp_path / "t2i", task="inpaint", init=tmp_path / "init", **args)
-    assert str(info.value) == (f"the checkpoint {ckpt} was made by task text2img, not inpaint: give "
-                               "another --out for inpaint, or train text2img to resume it")
+    assert str(info.value) == (f"{tmp_path / 't2i'} holds a text2img training run, not inpaint: "
+                               "choose another --out for inpaint (training text2img there "
+                               "resumes that run)")
     assert sorted(p.name for p in (tmp_path / "t2i").iterdir()) == ["checkpoint"]
 
 
@@ -416,3 +421,142 @@ def test_a_truncated_training_set_file_is_one_line(tmp_path):
     with pytest.raises(common.CheckpointError, match=rf"^{path} cannot be read \(\w+\): delete it "
                        "to encode the training set again$"):
         text2img.cached_dataset(path, vae=None, n=2, seed=0, task="text2img")
+
+
+# ------------------------------------------------------------ resume: same run, same settings
+
+
+def _contents(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes (a refused run must change none of them)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(tmp_path, vae_steps):
+    """The checkpoint records the run's settings: a resume under others (another seed, rate,
+    batch size...) is another run, refused in one line that names each change and what to
+    do, before any step and without touching the run. Same settings: resumed as before."""
+    out = tmp_path / "vae"
+    args = dict(steps=2, batch_size=2, freeze_encoder_at=None, save_every=1, eval_every=100)
+    vae.train(out, stop_at=1, **args)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["kind"] == "vae" and state["settings"] == {
+        "steps": 2, "batch_size": 2, "lr": 5e-4, "seed": 0, "freeze_encoder_at": None,
+        "kl_weight": 1e-6}
+    before = _contents(out)
+    vae_steps.clear()
+    again = ": to resume it, give the settings it was trained with; for a new run, choose another --out"
+    with pytest.raises(common.CheckpointError) as info:
+        vae.train(out, seed=5, **args)
+    assert str(info.value) == f"{out} holds a vae run with other settings: seed (--seed) was 0, now 5{again}"
+    with pytest.raises(common.CheckpointError) as info:
+        vae.train(out, **(args | {"lr": 1e-3, "batch_size": 4}))
+    assert str(info.value) == (f"{out} holds a vae run with other settings: batch_size was 2, "
+                               f"now 4; lr was 0.0005, now 0.001{again}")
+    # the learning rate follows a schedule over all its steps: not changed part-way
+    with pytest.raises(common.CheckpointError) as info:
+        vae.train(out, **(args | {"steps": 4}))
+    assert str(info.value) == (
+        f"{out} holds a vae run with other settings: steps (--steps) was 2, now 4 (the learning "
+        "rate follows a schedule over all 2 steps, which cannot change before the run finishes: "
+        f"it is at step 1; --stop-at is what ends a run early on its schedule){again}")
+    assert vae_steps == [] and _contents(out) == before
+
+    vae.train(out, **args)  # the same settings resume it
+    assert vae_steps == [1, 1]
+    vae_steps.clear()
+    # a finished run may go on with more steps (as the shipped inpainting UNet did)...
+    vae.train(out, **(args | {"steps": 3}))
+    assert vae_steps == [2, 2] and common.checkpoint_step(common.find_checkpoint(out)) == 3
+    # ...but fewer steps cannot undo it, where before the call returned without a word
+    before = _contents(out)
+    with pytest.raises(common.CheckpointError, match=r"steps \(--steps\) was 3, now 2 \(the run "
+                       r"has finished its 3 steps: a larger --steps extends it, a smaller one "
+                       r"cannot undo them\): to resume it"):
+        vae.train(out, **args)
+    assert _contents(out) == before
+
+
+def test_checkpoints_from_before_the_settings_were_recorded_still_resume(tmp_path, vae_steps):
+    """A checkpoint without ``kind`` and ``settings`` (an older run) is known as a VAE's by
+    its contents and resumes as it did; its next checkpoint records both."""
+    out = tmp_path / "vae"
+    args = dict(steps=2, batch_size=2, freeze_encoder_at=None, save_every=1, eval_every=100)
+    vae.train(out, stop_at=1, **args)
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({"step": state["step"], "rng": state["rng"]}))
+    assert common.run_kind(out) == "vae"
+    vae_steps.clear()
+    vae.train(out, **args)
+    assert vae_steps == [1, 1]
+    assert json.loads(path.read_text())["settings"]["steps"] == 2
+
+
+def test_a_folder_of_another_trainer_is_refused_before_anything_loads(tmp_path, capsys):
+    """Every trainer records its kind: a run folder of another one (a VAE's given to the UNet
+    trainer, a DreamBooth run to the VAE's) is one line saying whose it is, before any model
+    loads, instead of a library's error about a file the other run does not have (or "delete
+    it", which would destroy the other run). Older checkpoints are known by their contents."""
+    from sdcourse import cli
+    from sdcourse.train import depth_estimator, text2img
+
+    out = tmp_path / "t1"
+    vae.train(out, steps=1, batch_size=2, save_every=1, eval_every=100)
+    before = _contents(out)
+    expected = (f"{out} holds a vae training run, not text2img: choose another --out for "
+                "text2img (training vae there resumes that run)")
+    for old in (False, True):
+        if old:  # as written before the kind was recorded
+            state = json.loads((out / "checkpoint" / "state.json").read_text())
+            (out / "checkpoint" / "state.json").write_text(json.dumps({"step": 1, "rng": state["rng"]}))
+            before = _contents(out)
+        with pytest.raises(common.CheckpointError) as info:  # no VAE there: nothing loads
+            text2img.train(out, vae_path=tmp_path / "no_vae", tokenizer_path=tmp_path / "no_tok")
+        assert str(info.value) == expected
+        with pytest.raises(common.CheckpointError, match="holds a vae training run, not depth-estimator"):
+            depth_estimator.train(out, steps=1)
+        assert _contents(out) == before
+    assert cli.main(["train", "text2img", "--out", str(out), "--steps", "1"]) == 1
+    assert capsys.readouterr().err == f"sdcourse: error: {expected}\n"
+    assert _contents(out) == before
+
+    # a DreamBooth run (dreambooth.json, its checkpoint of trained weights only)
+    dreambooth_run = tmp_path / "d6"
+    (dreambooth_run / "checkpoint" / "unet").mkdir(parents=True)
+    (dreambooth_run / "checkpoint" / "state.json").write_text(json.dumps({"step": 1, "kind": "dreambooth"}))
+    (dreambooth_run / "dreambooth.json").write_text("{}")
+    before = _contents(dreambooth_run)
+    with pytest.raises(common.CheckpointError) as info:
+        vae.train(dreambooth_run, steps=1)
+    assert str(info.value) == (f"{dreambooth_run} holds a dreambooth training run, not vae: choose "
+                               "another --out for vae (training dreambooth there resumes that run)")
+    assert _contents(dreambooth_run) == before
+
+
+def test_a_text2img_fine_tune_resumed_without_init_keeps_its_text_encoder_frozen(tmp_path):
+    """``init`` only says where a new run starts; the checkpoint records it, so a fine-tune
+    resumed without it (as `sdcourse train text2img` resumes) still trains the UNet alone."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdcourse.models import MINI_DIR
+    from sdcourse.train import text2img
+
+    vae_dir, init = tmp_path / "vae", tmp_path / "init"
+    AutoencoderKL(**vae.VAE_CONFIG).save_pretrained(vae_dir)
+    torch.manual_seed(0)
+    UNet2DConditionModel(**text2img.UNET_CONFIG).save_pretrained(init / "unet")
+    CLIPTextModel(CLIPTextConfig(**text2img.TEXT_ENCODER_CONFIG)).save_pretrained(init / "text_encoder")
+    args = dict(vae_path=vae_dir, tokenizer_path=MINI_DIR / "tokenizer", steps=2, batch_size=4,
+                n_images=16, save_every=1, eval_every=0)
+    out = tmp_path / "tuned"
+    text2img.train(out, init=init, stop_at=1, **args)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["init"] == str(init)
+    text2img.train(out, **args)  # resumed without init
+    before = CLIPTextModel.from_pretrained(init / "text_encoder")
+    after = CLIPTextModel.from_pretrained(out / "checkpoint" / "text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+    # and a setting changed on resume is refused by the UNet trainer too
+    with pytest.raises(common.CheckpointError, match=r"holds a text2img run with other settings: "
+                       r"caption_noise \(--caption-noise\) was 0.0, now 0.35: to resume it"):
+        text2img.train(out, caption_noise=0.35, **args)

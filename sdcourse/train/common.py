@@ -107,6 +107,142 @@ def checkpoint_step(checkpoint: Path) -> int:
     return checkpoint_state(checkpoint)["step"]
 
 
+# ------------------------------------------------------------------ whose run, which settings
+#
+# Each checkpoint records the trainer that wrote it (``"kind"``: vae, text2img, inpaint, depth,
+# depth-estimator, dreambooth) and the settings its result depends on (``"settings"``). A run
+# resumes only as the same kind and with the same settings: anything else is another run, and
+# mixing the two would give a model that neither command describes.
+
+#: The command-line options of the mini trainers' settings, named beside them in messages.
+MINI_OPTIONS = {"steps": "--steps", "seed": "--seed", "caption_noise": "--caption-noise"}
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def run_kind(out: Path) -> str | None:
+    """Which trainer wrote the run folder ``out`` (None: no run there yet).
+
+    A DreamBooth run is known by its ``dreambooth.json``; a checkpoint by its ``"kind"`` (or
+    the UNet trainer's ``"task"``). Checkpoints written before either was recorded are known
+    by what they hold: a ``vae``, a ``depth_estimator``, DreamBooth's trained weights, or a
+    UNet with its EMA, whose input channels tell text2img (4), depth (5) and inpaint (9)."""
+    out = Path(out)
+    if (out / "dreambooth.json").exists():
+        return "dreambooth"
+    checkpoint = find_checkpoint(out)
+    if checkpoint is None:
+        return None
+    state = checkpoint_state(checkpoint)
+    for key in ("kind", "task"):
+        if isinstance(state.get(key), str):
+            return state[key]
+    if (checkpoint / "vae").is_dir():
+        return "vae"
+    if (checkpoint / "depth_estimator").is_dir():
+        return "depth-estimator"
+    if (checkpoint / "unet" / "trained.safetensors").exists():
+        return "dreambooth"
+    try:
+        channels = json.loads((checkpoint / "unet" / "config.json").read_text())["in_channels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unknown: loading it will say what is wrong
+    return {4: "text2img", 5: "depth", 9: "inpaint"}.get(channels)
+
+
+def check_kind(out: Path, kind: str, option: str = "--out") -> None:
+    """Refuse, with one :class:`CheckpointError`, a run folder that another trainer wrote:
+    before anything loads or is written, and without touching that other run."""
+    found = run_kind(out)
+    if found is not None and found != kind:
+        raise CheckpointError(
+            f"{out} holds {_article(found)} {found} training run, not {kind}: choose another "
+            f"{option} for {kind} (training {found} there resumes that run)")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def describe_changes(old: dict, new: dict, labels: dict | None = None,
+                     notes: dict | None = None, hidden=()) -> str:
+    """The settings that differ between ``old`` and ``new`` (keys of both), in one line:
+    ``seed (--seed) was 0, now 5; lr was 0.0005, now 0.001``. ``labels``: how to name a
+    setting (default: its name); ``notes``: a remark to add after a setting's change;
+    ``hidden``: settings whose values are not shown (``the instance pictures changed``)."""
+    labels, notes = labels or {}, notes or {}
+    parts = []
+    for name in new:
+        if name in old and old[name] != new[name]:
+            label = labels.get(name, name)
+            change = (f"{label} changed" if name in hidden else
+                      f"{label} was {_shown(old[name])}, now {_shown(new[name])}")
+            parts.append(change + notes.get(name, ""))
+    return "; ".join(parts)
+
+
+def plain(settings: dict) -> dict:
+    """``settings`` as they read back from JSON (tuples as lists, paths as text)."""
+    return json.loads(json.dumps(settings, default=str))
+
+
+def check_settings(checkpoint: Path, kind: str, settings: dict,
+                   options: dict | None = None) -> None:
+    """Refuse to resume ``checkpoint`` under settings other than those it recorded, with one
+    :class:`CheckpointError` naming each difference and what to do.
+
+    ``steps`` is the length of the learning-rate schedule: it may grow once the run has
+    finished (a longer run that goes on from the finished one, as the shipped inpainting
+    UNet did: its rate rises again on the longer schedule), but not before, when the rate
+    would jump to another schedule part-way (``stop_at`` is what ends a run early on its
+    schedule). A checkpoint without settings (written before they were recorded) resumes as
+    it did; a setting it does not record is not compared."""
+    options = MINI_OPTIONS if options is None else options
+    state = checkpoint_state(checkpoint)
+    recorded = state.get("settings")
+    if not isinstance(recorded, dict):
+        return
+    settings, step, notes = plain(settings), state["step"], {}
+    if "steps" in recorded and recorded["steps"] != settings.get("steps", recorded["steps"]):
+        old, new = recorded["steps"], settings["steps"]
+        if step >= old and new > old:
+            settings["steps"] = old  # a finished run extended: allowed
+        elif step >= old:
+            notes["steps"] = (f" (the run has finished its {old} steps: a larger --steps "
+                              "extends it, a smaller one cannot undo them)")
+        else:
+            notes["steps"] = (f" (the learning rate follows a schedule over all {old} steps, "
+                              f"which cannot change before the run finishes: it is at step "
+                              f"{step}; --stop-at is what ends a run early on its schedule)")
+    labels = {name: f"{name} ({option})" for name, option in options.items()}
+    differences = describe_changes(recorded, settings, labels, notes)
+    if differences:
+        raise CheckpointError(
+            f"{Path(checkpoint).parent} holds {_article(kind)} {kind} run with other settings: "
+            f"{differences}: to resume it, give the settings it was trained with; for a new "
+            "run, choose another --out")
+
+
+def resume_point(out: Path, kind: str, settings: dict, options: dict | None = None) -> Path | None:
+    """The checkpoint a ``kind`` run with these ``settings`` resumes from in ``out`` (None: it
+    starts from scratch), after :func:`check_kind` and :func:`check_settings`: before any
+    model loads and before ``out`` is made."""
+    check_kind(out, kind)
+    checkpoint = find_checkpoint(out)
+    if checkpoint is not None:
+        check_settings(checkpoint, kind, settings, options)
+    return checkpoint
+
+
+def run_record(kind: str, settings: dict, **more) -> dict:
+    """What a trainer keeps beside the step in each checkpoint (``extra`` of
+    :func:`save_checkpoint`): its kind and settings, for :func:`resume_point`."""
+    return {"kind": kind, "settings": plain(settings), **more}
+
+
 def save_tensors(path: Path, tensors: dict, **metadata) -> None:
     """Tensors by name in one safetensors file, with ``metadata`` (plain values: numbers,
     strings, lists, dicts) as JSON in the file's header: what the trainers keep beside their

@@ -54,12 +54,18 @@ def depth_correlation(model, processor, n: int = 128, seed: int = 77) -> float:
 
 def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
           save_every: int = 250) -> DPTForDepthEstimation:
+    """Train (or resume) the depth estimator in ``out``: a warm-up over 100 steps, then a
+    cosine decay over ``steps``. The checkpoint records the run's settings (all but
+    ``save_every``): resuming with others, or in a folder another trainer wrote, stops at
+    once with one line (:func:`common.resume_point`); a finished run may go on with more
+    ``steps``."""
     out = Path(out)
+    settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    ckpt = common.resume_point(out, "depth-estimator", settings)  # before out is made
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     processor = image_processor()
-    ckpt = common.find_checkpoint(out)
     with common.resuming(ckpt):
         model = (DPTForDepthEstimation.from_pretrained(ckpt / "depth_estimator") if ckpt
                  else DPTForDepthEstimation(DPTConfig(**DPT_CONFIG)))
@@ -89,7 +95,7 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
             model.train()
             common.append_log(out, done, loss=loss.item(), depth_corr=corr)
             common.save_checkpoint(out, done, {"depth_estimator": accelerator.unwrap_model(model)},
-                                   optimizer)
+                                   optimizer, common.run_record("depth-estimator", settings))
     return accelerator.unwrap_model(model).eval()
 
 

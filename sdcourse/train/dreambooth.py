@@ -207,7 +207,7 @@ def check_token_init(words: list[str], token: str, tokenizer, lora: bool) -> Non
     if lora:
         raise DreamBoothError("token_init changes the text encoder's embedding of the rare token, "
                               "which a LoRA file does not carry: use it with a full fine-tune "
-                              "(lora=False, --full)")
+                              "(lora=False in Python, --full on the command line)")
     for word in words:
         if word.lower() == token.lower():
             raise DreamBoothError(f"token_init {word!r} is the rare token itself: give words that "
@@ -233,9 +233,10 @@ def set_token_embedding(text_encoder, tokenizer, token: str, words: list[str]) -
 
 @dataclass
 class Settings:
-    """Everything a run's result depends on (except ``steps``: a longer run continues a shorter
-    one), and how it trains (``gradient_checkpointing``). Kept in ``<out>/dreambooth.json``; a
-    checkpoint only resumes under the same settings."""
+    """Everything a run's result depends on (except ``steps``: a longer run continues a finished
+    shorter one, :func:`check_same_schedule`), and how it trains (``gradient_checkpointing``).
+    Kept in ``<out>/dreambooth.json``; a checkpoint only resumes under the same settings
+    (:func:`check_same_run`)."""
 
     instance_prompts: list[str]
     class_prompts: list[str]
@@ -295,6 +296,49 @@ def read_record(out: Path) -> dict | None:
         raise DreamBoothError(f"{path} is damaged ({first_line(error, limit=100)}): delete "
                               f"{out} to start over, or give another out folder") from None
     return record
+
+
+#: How the messages name each setting: its argument, with the option where the command has
+#: one. (Names the command line rewrites itself, such as ``token_init``, stay bare: it turns
+#: them into ``--token-init``.)
+SETTING_NAMES = {
+    "instance_prompts": "the instance prompts (instance_prompt)",
+    "class_prompts": "the class prompts (class_prompt)", "token": "token (--token)",
+    "base": "base (--base)", "lora": "lora (False with --full)",
+    "train_text_encoder": "train_text_encoder (--train-text-encoder)",
+    "prior_preservation": "prior_preservation (False with --no-prior)", "lr": "lr (--lr)",
+    "seed": "seed (--seed)", "images_digest": "the instance pictures (instance, --instance-dir)",
+    "gradient_checkpointing": "gradient_checkpointing (--gradient-checkpointing)",
+}
+_AGAIN = ("to resume it, give the settings it was trained with; for a new run, give another out "
+          "folder (--out), or delete this one to start over")
+
+
+def check_same_run(out: Path, record: dict, settings: Settings) -> None:
+    """A run resumes only under the settings it started with: anything else is another run,
+    refused in one line that names each setting changed, its old and new value."""
+    differences = common.describe_changes(Settings.stored(record), settings.to_json(),
+                                          SETTING_NAMES, hidden={"images_digest"})
+    if differences:
+        raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: {differences}: "
+                              f"{_AGAIN}")
+
+
+def check_same_schedule(out: Path, record: dict, steps: int) -> None:
+    """``steps`` may grow once a run has finished (a longer run continues a shorter one), not
+    part-way: the learning rate decays over all of a run's steps, and a run resumed on another
+    schedule would be neither run. Only a run with a checkpoint past its last finish has
+    trained part of its schedule."""
+    planned = record.get("steps")  # (runs recorded before it was kept: not checked)
+    if planned is None or planned == steps:
+        return
+    checkpoint = common.find_checkpoint(out)
+    done = common.checkpoint_step(checkpoint) if checkpoint is not None else 0
+    if done > record.get("done_step", 0):
+        raise DreamBoothError(
+            f"{out} holds a DreamBooth run stopped at step {done} of {planned}: steps "
+            f"(--steps) was {planned}, now {steps} (the learning rate decays over all of a run's "
+            f"steps, which cannot change before it finishes): {_AGAIN}")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -812,14 +856,26 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                                   "subject without the rare token (e.g. \"a dog\"), or pass "
                                   "prior_preservation=False")
         cycle = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
+        odd = [p for p in cycle if not isinstance(p, str)]
+        if odd:
+            raise DreamBoothError(f"class_prompt must be a string or a list of strings, got "
+                                  f"{type(odd[0]).__name__}: give the class of the subject "
+                                  "without the rare token (e.g. \"a dog\")")
+        blank = [p for p in cycle if not p.strip()]
+        if blank:  # the base model would draw its class pictures from no prompt at all
+            raise DreamBoothError(f"class_prompt {blank[0]!r} is empty: give the class of the "
+                                  "subject without the rare token (e.g. \"a dog\"), or pass "
+                                  "prior_preservation=False")
         class_prompts = [cycle[i % len(cycle)] for i in range(num_class_images)]
     else:
         class_prompts = []
-    for name, value, least in (("steps", steps, 1), ("batch_size", batch_size, 1), ("rank", rank, 1),
+    # named as both callers know them: the argument, and its option where the command has one
+    for name, value, least in (("steps (--steps)", steps, 1), ("batch_size", batch_size, 1),
+                               ("rank", rank, 1),
                                ("num_class_images", num_class_images, 1 if prior_preservation else 0)):
         if value < least:
             raise DreamBoothError(f"{name} must be at least {least}, got {value}")
-    for name, value in (("lr", lr), ("text_encoder_lr", text_encoder_lr)):
+    for name, value in (("lr (--lr)", lr), ("text_encoder_lr", text_encoder_lr)):
         if value is not None and not value > 0:  # also NaN
             raise DreamBoothError(f"{name} must be greater than 0, got {value}: give a learning "
                                   "rate such as 1e-4 (or leave it out for the default)")
@@ -831,6 +887,10 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     if out.exists() and not out.is_dir():
         raise DreamBoothError(f"out folder {out} is a file: give a folder for the run (a new "
                               "one, or the one an earlier call trained in)")
+    try:  # another trainer's run (a VAE's, a UNet's) is left alone, before anything is written
+        common.check_kind(out, "dreambooth", option="out folder (--out)")
+    except common.CheckpointError as error:
+        raise DreamBoothError(str(error)) from None
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed)
@@ -851,11 +911,12 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                         text_encoder_lr if train_text_encoder else None, init_words,
                         gradient_checkpointing)
     record = read_record(out)
-    if record is not None and Settings.stored(record) != settings.to_json():
-        raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: give another "
-                              "out folder, or delete this one to start over")
+    if record is not None:
+        check_same_run(out, record, settings)
     if record is not None and record.get("done_step", 0) >= steps:
         return out if lora else out / "pipeline"  # already trained
+    if record is not None:
+        check_same_schedule(out, record, steps)
     # the base model's files (a Hub checkpoint's are downloaded now): fp16 ones on a GPU,
     # where the frozen parts run in float16 (frozen_dtype); all there before out is made
     fp16_files = torch.cuda.is_available()
@@ -863,7 +924,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     check_base_folder(files, fp16_files=fp16_files)
     check_prediction_type(files)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json()})
+    _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json(),
+                                          "steps": steps})
     try:
         return _train(out, files, images, settings, tokenizer, steps, save_every, validate_every,
                       validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir)
@@ -1016,7 +1078,7 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
                 models = {"unet": TrainedWeights(accelerator.unwrap_model(unet))}
                 if s.train_text_encoder:
                     models["text_encoder"] = TrainedWeights(accelerator.unwrap_model(text_encoder))
-                common.save_checkpoint(out, done, models, optimizer)
+                common.save_checkpoint(out, done, models, optimizer, {"kind": "dreambooth"})
         accelerator.wait_for_everyone()
     bar.close()
 
@@ -1028,7 +1090,7 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
         record = _read_json(out / "dreambooth.json")
         seconds = record.get("train_seconds", 0.0) + time.perf_counter() - started
         cpu = record.get("train_cpu_seconds", 0.0) + time.process_time() - cpu_started
-        _write_json(out / "dreambooth.json", {"settings": s.to_json(), "done_step": steps,
+        _write_json(out / "dreambooth.json", {"settings": s.to_json(), "done_step": steps, "steps": steps,
                                               "train_seconds": round(seconds, 2),
                                               "train_cpu_seconds": round(cpu, 2)})
     accelerator.wait_for_everyone()

@@ -176,17 +176,6 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
-def check_task(checkpoint: Path, task: str) -> None:
-    """Refuse to resume a checkpoint of another task with one :class:`common.CheckpointError`
-    (the command line prints it in one line); older checkpoints, without the record, are taken
-    as they are."""
-    recorded = common.checkpoint_state(checkpoint).get("task", task)
-    if recorded != task:
-        raise common.CheckpointError(
-            f"the checkpoint {checkpoint} was made by task {recorded}, not {task}: give another "
-            f"--out for {task}, or train {recorded} to resume it")
-
-
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
           batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int | None = None,
           caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999,
@@ -204,7 +193,8 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
 
     The learning rate warms up over 500 steps, then decays along a cosine to 10% at ``steps``;
     ``stop_at`` ends early at that step of the schedule. Running again resumes from the last
-    checkpoint, on the schedule of the ``steps`` given then. The shipped UNets (see
+    checkpoint on the same schedule; once a run has finished, a larger ``steps`` goes on from
+    it on that longer schedule (the rate rises again). The shipped UNets (see
     "Reproducing it" in the README for the exact commands): text2img is step 5000 of 7000 (batch
     32, lr 6e-4, 20000 images), fine-tuned 1500 steps with ``caption_noise=0.35`` and then 800
     with 0.2; inpaint and depth start from the text2img UNet of step 2000 and train on 10000
@@ -214,19 +204,28 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     with the UNet of that step in ``<out>/at_text_encoder_freeze`` — the starting point of the
     inpaint and depth UNets, which can train from then on beside this one.
 
-    The task is recorded in each checkpoint: resuming ``out`` as another task (its dataset and
-    UNet are another task's) stops at once with one line."""
+    The task and the run's settings (all but ``save_every``, ``eval_every``, ``stop_at`` and
+    the paths) are recorded in each checkpoint: resuming ``out`` as another task (its dataset
+    and UNet are another task's), in a folder another trainer wrote, or with other settings
+    stops at once with one line (:func:`common.resume_point`); a finished run may go on with
+    more ``steps``. ``init`` only says where a new run starts: a resumed one goes on from its
+    checkpoint, and a text2img fine-tune keeps its text encoder frozen whether or not
+    ``init`` is given again."""
     out = Path(out)
     if task not in EXTRA_CHANNELS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(EXTRA_CHANNELS)}")
     extra = EXTRA_CHANNELS[task]
-    ckpt = common.find_checkpoint(out)
-    if ckpt is not None:
-        check_task(ckpt, task)
-    elif extra and init is None:
-        raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
-    out.mkdir(parents=True, exist_ok=True)
     n_images = n_images or N_IMAGES[task]
+    settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_images=n_images,
+                    caption_dropout=caption_dropout, caption_noise=caption_noise,
+                    ema_decay=ema_decay, freeze_text_encoder_at=freeze_text_encoder_at)
+    ckpt = common.resume_point(out, task, settings)  # before out is made or anything loads
+    if ckpt is None and extra and init is None:
+        raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
+    state = common.checkpoint_state(ckpt) if ckpt is not None else {}
+    # where the run started (checkpoints from before it was recorded: the init given now)
+    started_from = state["init"] if "init" in state else (str(init) if init is not None else None)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     vae = AutoencoderKL.from_pretrained(vae_path).eval()
@@ -250,7 +249,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     ema.requires_grad_(False)
     start = common.checkpoint_step(ckpt) if ckpt is not None else 0
     # the text encoder is shared by all three UNets: it learns only with text2img, until frozen
-    frozen = (bool(extra) or init is not None
+    frozen = (bool(extra) or started_from is not None
               or (freeze_text_encoder_at is not None and start > freeze_text_encoder_at))
     if frozen:
         text_encoder.requires_grad_(False)
@@ -325,7 +324,8 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         if done % save_every == 0 or done == end:
             common.save_checkpoint(out, done, {
                 "unet": accelerator.unwrap_model(unet), "unet_ema": ema,
-                "text_encoder": accelerator.unwrap_model(text_encoder)}, optimizer, {"task": task})
+                "text_encoder": accelerator.unwrap_model(text_encoder)}, optimizer,
+                common.run_record(task, settings, task=task, init=started_from))
 
 
 @torch.no_grad()

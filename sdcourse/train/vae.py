@@ -94,12 +94,18 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     ``steps``. ``stop_at``: end early, at this step of that schedule (the shipped VAE is step
     2000 of the default 4000: PSNR 30.6 dB on fresh images, already past the 28 dB target);
     running again with a later ``stop_at`` continues the same schedule, exactly: the
-    checkpoint keeps the RNG state too, so stopped and resumed is the uninterrupted run."""
+    checkpoint keeps the RNG state too, so stopped and resumed is the uninterrupted run.
+
+    The checkpoint records the run's settings (all but ``save_every``, ``eval_every`` and
+    ``stop_at``): resuming with others, or in a folder another trainer wrote, stops at once
+    with one line (:func:`common.resume_point`); a finished run may go on with more ``steps``."""
     out = Path(out)
+    settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                    freeze_encoder_at=freeze_encoder_at, kl_weight=kl_weight)
+    ckpt = common.resume_point(out, "vae", settings)  # before out is made or anything loads
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    ckpt = common.find_checkpoint(out)
     with common.resuming(ckpt):
         vae = AutoencoderKL.from_pretrained(ckpt / "vae") if ckpt else AutoencoderKL(**VAE_CONFIG)
     start = common.checkpoint_step(ckpt) if ckpt else 0
@@ -157,7 +163,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
             common.append_log(out, done, **values)
         if done % save_every == 0 or done == end:
             common.save_checkpoint(out, done, {"vae": accelerator.unwrap_model(vae)}, optimizer,
-                                   {"rng": rng_state()})
+                                   common.run_record("vae", settings, rng=rng_state()))
     vae = accelerator.unwrap_model(vae).eval()
     return vae
 
