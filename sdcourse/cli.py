@@ -666,7 +666,18 @@ def _train_mini(args, out: Path) -> int:
         if args.publish:
             text2img.publish(out / "checkpoint", MINI_DIR, task=task)
             print(f"published the {task} UNet into {MINI_DIR}")
+    _report_checkpoint(args.model, out)
     return 0
+
+
+def _report_checkpoint(model: str, out: Path) -> None:
+    """One closing line: where the run stands. A finished run given the same command again
+    trains nothing, and without it showed only a full progress bar."""
+    from .train.common import checkpoint_step, find_checkpoint
+
+    checkpoint = find_checkpoint(out)
+    if checkpoint is not None:
+        print(f"sdcourse train {model}: step {checkpoint_step(checkpoint)}, checkpoint in {checkpoint}")
 
 
 def _add_evaluate(sub) -> None:

@@ -296,6 +296,19 @@ def test_a_damaged_checkpoint_is_one_line_before_training(tmp_path, damage, reas
         assert (text is None) != (out / "checkpoint" / name).exists()
 
 
+def test_the_command_line_says_where_a_run_stands(tmp_path, capsys, vae_steps):
+    """A finished run given the same command again trains nothing: the closing line says
+    which step its checkpoint holds, as after training."""
+    from sdcourse import cli
+
+    for trains in (True, False):
+        vae_steps.clear()
+        assert cli.main(["train", "vae", "--out", str(tmp_path), "--steps", "1"]) == 0
+        assert bool(vae_steps) is trains  # training pictures drawn the first time only
+        assert capsys.readouterr().out.endswith(
+            f"sdcourse train vae: step 1, checkpoint in {tmp_path / 'checkpoint'}\n")
+
+
 def test_the_command_line_reports_a_damaged_checkpoint_in_one_line(tmp_path, capsys):
     from sdcourse import cli
 
