@@ -130,6 +130,24 @@ def test_run_writes_notebook_and_html(tmp_path, capsys):
     assert "1 notebook(s) ran" in capsys.readouterr().out
 
 
+def test_the_kernel_runs_in_the_notebooks_folder(tmp_path, monkeypatch):
+    """Notebooks open and write files by relative paths (07 does): the kernel's working folder
+    is the notebook's, wherever `sdcourse run` was started."""
+    folder = tmp_path / "course"
+    folder.mkdir()
+    nb = write_notebook(folder / "where.ipynb",
+                        "import os\nprint(os.getcwd())\nopen('made.txt', 'w').close()")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(nb), "--out", str(out), "--model", "mini", "--timeout", "120"]) == 0
+    executed = nbformat.read(out / "where.ipynb", as_version=4)
+    printed = executed.cells[0].outputs[0]["text"]
+    assert Path(printed.strip()).resolve() == folder.resolve(), printed
+    assert (folder / "made.txt").is_file() and not (elsewhere / "made.txt").exists()
+
+
 def test_run_stops_at_failing_cell(tmp_path, capsys):
     bad = write_notebook(tmp_path / "a_bad.ipynb", "print('before')", "# text", "1 / 0", "print('after')")
     never = write_notebook(tmp_path / "b_next.ipynb", "print('not reached')")
@@ -263,13 +281,29 @@ def test_cell_past_the_timeout_fails_naming_notebook_and_cell(tmp_path, capfd, m
     """A cell that runs past --timeout stops the run: status 1, one line naming the notebook
     and the cell, the notebooks after it not run. capfd, not capsys: the kernel process writes
     to the same stderr, and its log (a traceback as it is shut down mid-cell) must not show."""
+    import nbclient
+
     monkeypatch.setenv("TQDM_DISABLE", "1")  # the progress bar would add lines to stderr
-    # cell 1 has 5 s to print (ample on a busy machine); cell 2 would need 60
+    timeouts = []
+
+    class Patient(nbclient.NotebookClient):
+        """The client run_notebook makes, except that the cells without a sleep get 120 s
+        whatever --timeout says: on a loaded machine cell 1 might take more than 5 s to print,
+        and the test would fail at the wrong cell. The sleeping cell gets --timeout as given."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            timeouts.append(self.timeout)
+            self.timeout_func = lambda cell: self.timeout if "sleep" in cell.source else 120
+
+    monkeypatch.setattr(nbclient, "NotebookClient", Patient)
+    # cell 2 would need 600 s: the run ends when its 5 s are up
     slow = write_notebook(tmp_path / "a_slow.ipynb", "print('cell 1 ran')",
-                          "import time\ntime.sleep(60)", "x = 2")
+                          "import time\ntime.sleep(600)", "x = 2")
     never = write_notebook(tmp_path / "b_next.ipynb", "print('not reached')")
     out = tmp_path / "out"
     assert cli.main(["run", str(slow), str(never), "--out", str(out), "--timeout", "5"]) == 1
+    assert timeouts == [5]  # one client, given --timeout; b_next never started
     err = capfd.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"sdcourse run: FAILED {slow}: cell 2: CellTimeoutError: ")
@@ -490,6 +524,21 @@ def test_doctor_prints_versions_and_device(capsys, offline):
     assert "diffusers" in out and "transformers" in out and sys.version.split()[0] in out
     assert f"device        {sdcourse.pick_device()}" in out
     assert "torch threads" in out
+
+
+def test_doctor_prints_the_dtype_the_device_gets(capsys, offline, monkeypatch):
+    """float32 on a CPU, float16 on a GPU (here a faked one): what pick_dtype says, not one
+    dtype for every machine."""
+    import torch
+
+    monkeypatch.delenv("SDCOURSE_DEVICE", raising=False)
+    if sdcourse.pick_device() != "cpu":
+        pytest.skip("this machine has a GPU: the CPU's line cannot be seen here")
+    assert cli.main(["doctor"]) == 0
+    assert "device        cpu (dtype float32)" in capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cli.main(["doctor"])  # the task lines may now name real checkpoints not downloaded here
+    assert "device        cuda (dtype float16)" in capsys.readouterr().out.splitlines()
 
 
 def test_doctor_survives_missing_models(monkeypatch, capsys):
@@ -759,6 +808,122 @@ def test_evaluate_passes_the_training_seed_to_dreambooth(capsys, monkeypatch):
     assert cli.main(["evaluate", "dreambooth", "--train-seed", "3", "--json"]) == 0
     assert calls == [{"train_seed": 3, "seed": 1234}]
     assert capsys.readouterr().out.strip() == '{"ok": 1}'
+
+
+def test_evaluate_passes_n_and_prints_a_table(capsys, monkeypatch):
+    """`evaluate vae --n 2`: the suite measures 2 cases; without --json each number is a line,
+    its name right-aligned in 24 columns, a colon, the value."""
+    from sdcourse import evaluate
+
+    calls = []
+    monkeypatch.setattr(evaluate, "evaluate_vae",
+                        lambda **kw: calls.append(kw) or {"psnr": 31.25, "n": 2})
+    assert cli.main(["evaluate", "vae", "--n", "2"]) == 0
+    assert calls == [{"n": 2, "seed": 1234}]
+    assert capsys.readouterr().out == " " * 20 + "psnr: 31.25\n" + " " * 23 + "n: 2\n"
+
+
+@pytest.fixture
+def trainers(monkeypatch, tmp_path):
+    """The mini model's trainers and publish functions, faked: each call is recorded as
+    (name, args, kwargs) in ``.calls``. models.MINI_DIR is ``.mini`` (tmp_path/mini), with the
+    vae and unet the UNet trainers start from, so nothing could be published into the package."""
+    from sdcourse.train import depth_estimator, text2img, vae
+
+    mini = tmp_path / "mini"
+    for part in ("vae", "unet"):
+        (mini / part).mkdir(parents=True)
+    monkeypatch.setattr(models, "MINI_DIR", mini)
+    calls = []
+
+    def fake(name, result=None):
+        return lambda *args, **kwargs: calls.append((name, args, kwargs)) or result
+
+    for module, name, result in [(vae, "train", "trained vae"), (vae, "publish", 0.18215),
+                                 (depth_estimator, "train", "trained estimator"),
+                                 (depth_estimator, "publish", None), (text2img, "train", None),
+                                 (text2img, "publish", None)]:
+        short = module.__name__.rsplit(".", 1)[1]  # vae, text2img, depth_estimator
+        monkeypatch.setattr(module, name, fake(f"{short}.{name}", result))
+    return types.SimpleNamespace(calls=calls, mini=mini)
+
+
+def test_train_vae_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
+    out, mini = tmp_path / "run", trainers.mini
+    assert cli.main(["train", "vae", "--out", str(out), "--steps", "50", "--stop-at", "20",
+                     "--seed", "7", "--publish"]) == 0
+    assert trainers.calls == [("vae.train", (out,), {"seed": 7, "steps": 50, "stop_at": 20}),
+                              ("vae.publish", ("trained vae", mini / "vae"), {})]
+    assert f"published {mini / 'vae'} (scaling_factor 0.18215)" in capsys.readouterr().out
+    trainers.calls.clear()
+    assert cli.main(["train", "vae", "--out", str(out)]) == 0  # defaults: seed 0, no publish
+    assert trainers.calls == [("vae.train", (out,), {"seed": 0})]
+
+
+def test_train_depth_estimator_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
+    out, mini = tmp_path / "run", trainers.mini
+    assert cli.main(["train", "depth-estimator", "--out", str(out), "--steps", "10", "--seed", "3",
+                     "--publish"]) == 0
+    assert trainers.calls == [("depth_estimator.train", (out,), {"seed": 3, "steps": 10}),
+                              ("depth_estimator.publish", ("trained estimator", mini), {})]
+    assert f"published depth_estimator and depth_processor into {mini}" in capsys.readouterr().out
+
+
+def test_train_text2img_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
+    out, mini, init = tmp_path / "run", trainers.mini, tmp_path / "init"
+    for part in ("unet", "text_encoder"):
+        (init / part).mkdir(parents=True)
+        (init / part / "config.json").write_text("{}")
+    assert cli.main(["train", "text2img", "--out", str(out), "--init", str(init), "--caption-noise",
+                     "0.25", "--seed", "5", "--steps", "40", "--stop-at", "4", "--publish"]) == 0
+    paths = {"vae_path": mini / "vae", "tokenizer_path": mini / "tokenizer"}
+    assert trainers.calls == [
+        ("text2img.train", (out,), {**paths, "init": init, "caption_noise": 0.25, "seed": 5,
+                                    "steps": 40, "stop_at": 4}),
+        ("text2img.publish", (out / "checkpoint", mini), {"task": "text2img"})]
+    assert f"published the text2img UNet into {mini}" in capsys.readouterr().out
+    trainers.calls.clear()
+    assert cli.main(["train", "text2img", "--out", str(out)]) == 0  # from scratch, captions as written
+    assert trainers.calls == [("text2img.train", (out,), {**paths, "seed": 0})]
+
+
+@pytest.mark.parametrize("task", ["inpaint", "depth"])
+def test_train_inpaint_and_depth_start_from_the_mini_model_or_init(task, trainers, tmp_path, capsys):
+    """Without --init the UNet starts from the shipped text2img one (MINI_DIR); --init names
+    another folder. --seed, --stop-at and --publish reach the trainer and publish."""
+    out, mini, init = tmp_path / "run", trainers.mini, tmp_path / "init"
+    paths = {"vae_path": mini / "vae", "tokenizer_path": mini / "tokenizer"}
+    assert cli.main(["train", task, "--out", str(out), "--seed", "11", "--stop-at", "3",
+                     "--publish"]) == 0
+    assert trainers.calls == [
+        ("text2img.train", (out,), {**paths, "task": task, "init": mini, "seed": 11, "stop_at": 3}),
+        ("text2img.publish", (out / "checkpoint", mini), {"task": task})]
+    assert f"published the {task} UNet into {mini}" in capsys.readouterr().out
+    for part in ("unet", "text_encoder"):
+        (init / part).mkdir(parents=True)
+        (init / part / "config.json").write_text("{}")
+    trainers.calls.clear()
+    assert cli.main(["train", task, "--out", str(out), "--init", str(init)]) == 0
+    assert trainers.calls == [("text2img.train", (out,),
+                               {**paths, "task": task, "init": init, "seed": 0})]
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], {"lora": True, "train_text_encoder": False, "seed": 0}),
+    (["--full", "--train-text-encoder", "--seed", "9"],
+     {"lora": False, "train_text_encoder": True, "seed": 9}),
+])
+def test_train_dreambooth_passes_full_text_encoder_and_seed_on(options, expected, tmp_path,
+                                                               monkeypatch, capsys):
+    from sdcourse.train import dreambooth
+
+    seen = []
+    monkeypatch.setattr(dreambooth, "train_dreambooth",
+                        lambda *args, **kwargs: seen.append(kwargs) or "trained")
+    assert cli.main(["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
+                     "a sks dog", "--class-prompt", "a dog", "--out", str(tmp_path / "run"),
+                     *options]) == 0
+    assert len(seen) == 1 and {name: seen[0][name] for name in expected} == expected
 
 
 def test_readme_cli_reference_covers_every_command_and_option():

@@ -84,6 +84,16 @@ def test_check_device_refuses_in_one_line(machine, device, error, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
+def test_check_device_takes_the_last_cuda_index_and_refuses_the_next(machine):
+    """Two GPUs are cuda:0 and cuda:1: cuda:2 is one past the end, refused in one line."""
+    machine(cuda=True, cuda_count=2)
+    assert dev.check_device("cuda:1") == "cuda:1"
+    with pytest.raises(RuntimeError) as info:
+        dev.check_device("cuda:2")
+    assert str(info.value) == ("device 'cuda:2' but this machine has 2 CUDA device(s): "
+                               "use cuda:0 .. cuda:1")
+
+
 def test_load_pipeline_checks_an_explicit_device_before_loading(machine, monkeypatch):
     """Without a GPU, device="cuda" used to load the whole pipeline (or download a real
     checkpoint) and only then fail in torch."""
@@ -168,6 +178,23 @@ def test_generator_refuses_seeds_that_are_not_whole_numbers(seed, error, message
     with pytest.raises(error) as info:
         dev.make_generator(seed, "cpu")
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("seed", [-1, -2**63, 2**64 - 1])
+def test_generator_takes_every_seed_torch_takes(seed):
+    """torch's manual_seed takes -2**63 .. 2**64 - 1 (a negative seed wraps around to an
+    unsigned one): the ends of that range, and -1, are seeds like any other."""
+    assert dev.make_generator(seed, "cpu").initial_seed() == seed % 2**64
+    assert torch.equal(torch.randn(3, generator=dev.make_generator(seed, "cpu")),
+                       torch.randn(3, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_generator_refuses_a_seed_below_torchs_range():
+    """One below -2**63: the package's one line, not torch's "Overflow when unpacking long long"."""
+    with pytest.raises(ValueError) as info:
+        dev.make_generator(-2**63 - 1, "cpu")
+    assert str(info.value) == (f"seed {-2**63 - 1} is out of range: pass a whole number from "
+                               "-2**63 to 2**64 - 1")
 
 
 @pytest.mark.parametrize("device, error, message", [

@@ -646,13 +646,21 @@ def test_plot_latent_channels():
     import matplotlib.pyplot as plt
     import torch
 
+    latents = torch.randn(1, 4, 8, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fig = images.plot_latent_channels(torch.randn(1, 4, 8, 8), title="latents")
+        fig = images.plot_latent_channels(latents, title="latents")
         assert len(fig.axes) == 4 and fig.axes[3].get_title() == "channel 3"
+        for i, ax in enumerate(fig.axes):  # panel i draws channel i, not the first one each time
+            assert len(ax.images) == 1
+            np.testing.assert_array_equal(ax.images[0].get_array(), latents[0, i].numpy())
+        assert fig.get_suptitle() == "latents"
         plt.close(fig)
-        fig = images.plot_latent_channels(np.random.randn(3, 8, 8).astype(np.float16))
-        assert len(fig.axes) == 3
+        array = np.random.randn(3, 8, 8).astype(np.float16)
+        fig = images.plot_latent_channels(array)
+        assert len(fig.axes) == 3 and fig.get_suptitle() == ""  # no title asked for, none drawn
+        for i, ax in enumerate(fig.axes):
+            np.testing.assert_array_equal(ax.images[0].get_array(), array[i].astype(np.float32))
         plt.close(fig)
     with pytest.raises(ValueError, match="latents\\[0\\]"):
         images.plot_latent_channels(torch.randn(2, 4, 8, 8))
