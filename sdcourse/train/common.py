@@ -189,8 +189,7 @@ def plain(settings: dict) -> dict:
     return json.loads(json.dumps(settings, default=str))
 
 
-def check_settings(checkpoint: Path, kind: str, settings: dict,
-                   options: dict | None = None) -> None:
+def check_settings(checkpoint: Path, kind: str, settings: dict) -> None:
     """Refuse to resume ``checkpoint`` under settings other than those it recorded, with one
     :class:`CheckpointError` naming each difference and what to do.
 
@@ -200,7 +199,6 @@ def check_settings(checkpoint: Path, kind: str, settings: dict,
     would jump to another schedule part-way (``stop_at`` is what ends a run early on its
     schedule). A checkpoint without settings (written before they were recorded) resumes as
     it did; a setting it does not record is not compared."""
-    options = MINI_OPTIONS if options is None else options
     state = checkpoint_state(checkpoint)
     recorded = state.get("settings")
     if not isinstance(recorded, dict):
@@ -217,7 +215,7 @@ def check_settings(checkpoint: Path, kind: str, settings: dict,
             notes["steps"] = (f" (the learning rate follows a schedule over all {old} steps, "
                               f"which cannot change before the run finishes: it is at step "
                               f"{step}; --stop-at is what ends a run early on its schedule)")
-    labels = {name: f"{name} ({option})" for name, option in options.items()}
+    labels = {name: f"{name} ({option})" for name, option in MINI_OPTIONS.items()}
     differences = describe_changes(recorded, settings, labels, notes)
     if differences:
         raise CheckpointError(
@@ -226,14 +224,14 @@ def check_settings(checkpoint: Path, kind: str, settings: dict,
             "run, choose another --out")
 
 
-def resume_point(out: Path, kind: str, settings: dict, options: dict | None = None) -> Path | None:
+def resume_point(out: Path, kind: str, settings: dict) -> Path | None:
     """The checkpoint a ``kind`` run with these ``settings`` resumes from in ``out`` (None: it
     starts from scratch), after :func:`check_kind` and :func:`check_settings`: before any
     model loads and before ``out`` is made."""
     check_kind(out, kind)
     checkpoint = find_checkpoint(out)
     if checkpoint is not None:
-        check_settings(checkpoint, kind, settings, options)
+        check_settings(checkpoint, kind, settings)
     return checkpoint
 
 
