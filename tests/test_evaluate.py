@@ -189,6 +189,45 @@ def test_text2img_suite_scores_each_guidance_and_times_the_pipeline(monkeypatch)
     assert asked == [s.caption for s in evaluate.random_scenes(N, SEED)]
 
 
+class SeedRecorder(FakePipe):
+    """A FakePipe that notes the seed of each call's generator (the noise that batch gets)."""
+
+    def __init__(self, draw, **attributes):
+        super().__init__(draw, **attributes)
+        self.seeds = []
+
+    def __call__(self, prompt, generator=None, **kwargs):
+        self.seeds.append(generator.initial_seed())
+        return super().__call__(prompt, generator=generator, **kwargs)
+
+
+def _batch_seeds(monkeypatch, suite: str, task: str, draw, seed: int) -> list[int]:
+    """The generator seeds the suite's batched calls got: n=N in batches of 3 (two batches)."""
+    pipe = SeedRecorder(draw)
+    _use(monkeypatch, task, pipe)
+    getattr(evaluate, f"evaluate_{suite}")(n=N, seed=seed, steps=2, batch=3)
+    return pipe.seeds
+
+
+def _plain_scene(prompt, **kwargs):
+    color, shape, background = _parse(prompt)
+    return world.render(world.Scene(color, shape, background, 32.0, 32.0, 24.0)).image
+
+
+@pytest.mark.parametrize("suite, task, draw", [("text2img", "text2img", _plain_scene),
+                                               ("img2img", "img2img", _identity)])
+def test_each_batch_gets_its_own_noise_reproducible_from_the_seed(monkeypatch, suite, task, draw):
+    """Every batch draws its noise from a seed of its own (one fixed seed would give each batch
+    the same noise: the cases of batch 2 would repeat batch 1's starting points), derived from
+    the run's seed: the same seed gives the same sequence, another seed another one."""
+    seeds = _batch_seeds(monkeypatch, suite, task, draw, SEED)
+    batched = seeds[:4]  # two batches at each guidance (text2img) or strength (img2img)
+    assert batched[0] != batched[1] and batched[2] != batched[3], seeds
+    assert _batch_seeds(monkeypatch, suite, task, draw, SEED) == seeds  # reproducible
+    other = _batch_seeds(monkeypatch, suite, task, draw, SEED + 100)
+    assert other[:4] != batched and not set(other[:2]) & set(batched[:2]), (other, seeds)
+
+
 def test_img2img_suite_scores_a_perfect_and_an_identity_pipeline(monkeypatch):
     layouts = _layouts()
     perfect = _perfect(layouts)

@@ -664,3 +664,58 @@ def test_plot_latent_channels():
         plt.close(fig)
     with pytest.raises(ValueError, match="latents\\[0\\]"):
         images.plot_latent_channels(torch.randn(2, 4, 8, 8))
+
+
+@pytest.fixture
+def jupyter(monkeypatch):
+    """A Jupyter kernel as _shown_once sees one: an IPython shell (in cell 5) and the inline
+    backend; IPython's display() records what it is given instead of drawing it."""
+    import types
+
+    import IPython
+    import IPython.display
+    import matplotlib.pyplot as plt
+
+    plt.close(plt.figure())  # pyplot settles its backend first, outside the fake kernel
+    shell = types.SimpleNamespace(execution_count=5, displayed=[])
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kwargs: shell.displayed.append(obj))
+    monkeypatch.setattr(matplotlib, "get_backend",
+                        lambda *args, **kwargs: "module://matplotlib_inline.backend_inline")
+    return shell
+
+
+@pytest.mark.parametrize("draw", [lambda: images.show_images([colored((255, 0, 0), 8)] * 2),
+                                  lambda: images.plot_latent_channels(np.zeros((4, 8, 8), np.float32))],
+                         ids=["show_images", "plot_latent_channels"])
+def test_in_jupyter_a_figure_is_drawn_exactly_once(jupyter, draw):
+    """The inline backend draws every open figure when the cell ends, and the cell's value is
+    drawn too: the figure is displayed once now and closed (so the backend skips it); asked
+    for again in the same cell nothing more is drawn, in a later cell it shows as usual."""
+    import matplotlib.pyplot as plt
+
+    fig = draw()
+    try:
+        assert jupyter.displayed == [fig]
+        assert not plt.fignum_exists(fig.number)  # the backend will not draw it a second time
+        fig._ipython_display_()  # the cell's value, in the cell that drew it: already shown
+        assert jupyter.displayed == [fig]
+        jupyter.execution_count = 6  # `fig` alone in a later cell
+        fig._ipython_display_()
+        assert jupyter.displayed == [fig, fig]
+    finally:
+        plt.close(fig)
+
+
+def test_outside_the_inline_backend_a_figure_is_left_alone(jupyter, monkeypatch):
+    """An IPython shell with another backend (a terminal, a script under ipython): the figure
+    stays open for plt.show() and nothing is displayed."""
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(matplotlib, "get_backend", lambda *args, **kwargs: "agg")
+    fig = images.show_images(colored((0, 255, 0), 8))
+    try:
+        assert jupyter.displayed == [] and plt.fignum_exists(fig.number)
+        assert not hasattr(fig, "_ipython_display_")
+    finally:
+        plt.close(fig)

@@ -142,3 +142,28 @@ def test_a_write_failing_part_way_leaves_no_temporary_folder(mini, tmp_path, mon
     assert list((cache / "mini").iterdir()) == []  # no .tmp folder left behind
     path = models.mini_model_path("text2img")
     assert sorted(p.name for p in (cache / "mini").iterdir()) == [path.name]
+
+
+def test_without_symbolic_links_the_parts_are_real_copies(mini, tmp_path, monkeypatch):
+    """Where no link can be made (Windows without developer mode, some network or FAT file
+    systems: symlink_to raises OSError), each part is a copy of its shipped component, so the
+    folder still loads; nothing in it points into the package."""
+    def no_links(self, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "symlink_to", no_links)
+    path = models.mini_model_path("inpaint", cache_dir=tmp_path)
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == models.PIPELINES["inpaint"]
+    for name, component in models._MINI_COMPONENTS["inpaint"].items():
+        part, shipped = path / name, mini / component
+        assert part.is_dir() and not part.is_symlink(), name
+        files = sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
+        assert files and sorted(p.relative_to(part) for p in part.rglob("*") if p.is_file()) == files
+        for relative in files:
+            copy = part / relative
+            assert copy.is_file() and not copy.is_symlink(), copy
+            assert copy.resolve() != (shipped / relative).resolve()
+            assert copy.read_bytes() == (shipped / relative).read_bytes(), copy
+    assert (path / "unet" / "config.json").is_file()  # what from_pretrained reads first
+    assert sorted(p.name for p in (tmp_path / "mini").iterdir()) == [path.name]  # no .tmp left

@@ -493,3 +493,15 @@ def test_a_checkpoint_naming_a_processor_class_transformers_removed_still_loads(
                   generator=torch.Generator().manual_seed(0), output_type="np").images
              for pipe in pipes]
     assert np.array_equal(drawn[0], drawn[1])
+
+
+def test_under_tqdm_disable_the_loaded_pipeline_has_its_progress_bar_off(monkeypatch):
+    """Under `sdcourse run` and the tests (TQDM_DISABLE set) the pipeline's own progress bar is
+    switched off, so no bar lands in an executed notebook's outputs; otherwise load_pipeline
+    leaves the pipeline's bar as diffusers makes it, for the learner to watch."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    pipe = models.load_pipeline("text2img", model="mini", device="cpu", verbose=False)
+    assert getattr(pipe, "_progress_bar_config", {}).get("disable") is not True
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    pipe = models.load_pipeline("text2img", model="mini", device="cpu", verbose=False)
+    assert pipe._progress_bar_config.get("disable") is True
