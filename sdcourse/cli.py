@@ -115,7 +115,7 @@ def resolve_notebooks(paths: list[str]) -> list[Path]:
                 path = _course_notebook(raw)
             if path.suffix != ".ipynb":
                 raise UsageError(f"{raw}: not a notebook (expected a .ipynb file)")
-            if path not in found:
+            if all(path.resolve() != seen.resolve() for seen in found):  # one file, however named
                 found.append(path)
         found.sort(key=lambda p: (p.name, str(p)))
     for path in found:

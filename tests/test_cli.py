@@ -489,6 +489,27 @@ def test_run_takes_the_course_notebooks_by_name(tmp_path, monkeypatch, capsys):
                                            f"course's in {folder}: 00_a, 01_b)\n")
 
 
+def test_a_notebook_named_twice_runs_once(tmp_path, monkeypatch, capsys):
+    """The same notebook given twice (the same path twice; its name with and without .ipynb;
+    its name and its path, absolute or relative) runs once, in its place in name order, and is counted once."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "course"
+    folder.mkdir()
+    a, b = (write_notebook(folder / f"{name}.ipynb", "pass") for name in ("00_a", "01_b"))
+    monkeypatch.setattr(cli, "default_notebooks_dir", lambda: folder)
+    ran = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: ran.append(path))
+    out = str(tmp_path / "o")
+    for argv in ([str(b), str(a), str(b), str(a)], ["01_b", "00_a", "01_b.ipynb", "00_a.ipynb"],
+                 ["01_b", str(a), str(b), "00_a"],
+                 ["01_b", "course/01_b.ipynb", "00_a", "course/../course/00_a.ipynb"]):
+        ran.clear()
+        assert cli.main(["run", *argv, "--out", out]) == 0, argv
+        assert ran == [a, b], argv
+        assert "sdcourse run: 2 notebook(s) ran" in capsys.readouterr().out
+    assert cli.resolve_notebooks([str(a), str(a)]) == [a]
+
+
 def test_a_name_without_a_course_folder_asks_for_a_path(tmp_path, monkeypatch, capsys, no_kernel):
     """Installed without the checkout (no notebooks/ anywhere): a name finds nothing, and the
     line says why and to give a path instead."""
