@@ -31,7 +31,6 @@ The course's targets (checked on a quiet machine, printed at the end): time to f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import gc
@@ -48,6 +47,7 @@ from typing import Callable
 
 import torch
 
+from .cli import Parser
 from .files import write_atomic
 from .sizes import check_size
 
@@ -796,16 +796,20 @@ def run(quick: bool = False, device: str | None = None) -> Report:
     return report
 
 
-def _output_problem(option: str, path: Path) -> str | None:
+def _output_problem(option: str, path: str | Path) -> str | None:
     """Why ``path`` (the value of ``option``) could not be written after the run, or None.
 
     Checked before any measurement, so a typo costs seconds, not a whole benchmark run. A
     missing folder is fine (it is created when the results are written), as long as the
-    nearest existing one above it is a writable folder.
+    nearest existing one above it is a writable folder. A name ending in a separator
+    ("out/", as typed: a Path drops it) means a folder, which would be written as a file.
     """
+    example = "bench.json" if option == "--json" else "bench.md"
+    if isinstance(path, str) and path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        return f"{option} {path} ends with {path[-1]}, so names a folder: give a file name, e.g. {path}{example}"
+    path = Path(path)
     if path.is_dir():
-        example = path / ("bench.json" if option == "--json" else "bench.md")
-        return f"{option} {path} is a folder: give a file name, e.g. {example}"
+        return f"{option} {path} is a folder: give a file name, e.g. {path / example}"
     if path.exists() and not os.access(path, os.W_OK):
         return f"{option} {path} exists and is not writable: choose another path or fix its permissions"
     folder = path.parent
@@ -819,20 +823,24 @@ def _output_problem(option: str, path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdcourse.bench", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m sdcourse.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few repetitions: checks every code path in under a minute")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="where the real architecture runs (default: cuda when present)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write a Markdown table")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write a Markdown table")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but PyTorch sees no CUDA GPU")
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        problem = path and _output_problem(option, path)
+        problem = path is not None and _output_problem(option, path)
         if problem:
             parser.error(problem)
+    if args.json is not None and args.markdown is not None and \
+            Path(args.json).resolve() == Path(args.markdown).resolve():
+        parser.error(f"--json {args.json} and --markdown {args.markdown} are the same file: the "
+                     f"Markdown would overwrite the JSON; give two different paths")
     os.environ.setdefault("TQDM_DISABLE", "1")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

@@ -253,6 +253,35 @@ def test_unwritable_output_paths_fail_before_any_measurement(tmp_path, monkeypat
             bench.main([option, str(path)])
         assert exit_info.value.code == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
-        assert error.startswith("python -m sdcourse.bench: error: ") and words in error, error
+        assert error.startswith("sdcourse: error: ") and words in error, error
         assert f"{option} {path}" in error
     assert bench._output_problem(option, tmp_path / "new" / "folder" / "bench.out") is None
+
+
+def test_output_paths_that_would_clash_or_name_a_folder_fail_in_one_line(tmp_path, monkeypatch, capsys):
+    """The same file for --json and --markdown (the Markdown overwrote the JSON at the end) and a
+    path ending in a separator (meant as a folder, written as a file) stop the CLI before any
+    measurement, in the one-line style of `sdcourse`, as argparse's own errors do."""
+    def no_run(**kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "run", no_run)
+    monkeypatch.chdir(tmp_path)
+    same = tmp_path / "out.txt"
+    folder = f"results{os.sep}"
+    for argv, message in (
+        (["--json", str(same), "--markdown", "out.txt"],
+         f"--json {same} and --markdown out.txt are the same file: the Markdown would overwrite the "
+         f"JSON; give two different paths"),
+        (["--json", folder], f"--json {folder} ends with {os.sep}, so names a folder: give a file name, "
+                             f"e.g. {folder}bench.json"),
+        (["--markdown", folder], f"--markdown {folder} ends with {os.sep}, so names a folder: give a "
+                                 f"file name, e.g. {folder}bench.md"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == (f"sdcourse: error: {message} "
+                                           f"(see `python -m sdcourse.bench --help`)\n")
+    assert not (tmp_path / "results").exists()
