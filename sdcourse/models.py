@@ -336,11 +336,17 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
 
     Real checkpoints load their fp16 weights (``variant="fp16"``) in half precision on a GPU,
     safetensors only. The mini model loads in float32 on CPU (half precision is slow there).
+
+    ``dtype`` is None (chosen as above), a ``torch.dtype``, or one of the names "float16"
+    ("fp16", "half"), "bfloat16" ("bf16"), "float32" ("fp32", "float"), converted to it. Anything
+    else is a one-line ValueError before anything loads: diffusers would only warn and load
+    float32, silently doubling the memory of a half-precision pipeline.
     """
     check_task(task)  # bad input fails here, before diffusers' slow import (seconds)
     with _gc_paused():  # the libraries' imports and the mini model's load: see _gc_paused
         import torch
 
+        dtype = _check_dtype(dtype)
         from .device import check_device, pick_device, pick_dtype
 
         device = check_device(device) if device is not None else pick_device()
@@ -355,7 +361,7 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
 
         import diffusers
 
-        dtype = dtype or (pick_dtype(device) if choice.kind == "real" else
+        dtype = dtype if dtype is not None else (pick_dtype(device) if choice.kind == "real" else
                           (torch.float16 if torch.device(device).type == "cuda" else torch.float32))
         cls = getattr(diffusers, PIPELINES[task])
         quiet = bool(os.environ.get("TQDM_DISABLE"))  # under test / `sdcourse run`: no bars at all
@@ -374,6 +380,25 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
     if quiet:
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+#: The dtype names :func:`load_pipeline` accepts, and the torch dtype each stands for.
+DTYPE_NAMES = {"float16": "float16", "fp16": "float16", "half": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def _check_dtype(dtype):
+    """``dtype`` as a ``torch.dtype`` (None stays None), a name in :data:`DTYPE_NAMES` converted."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = DTYPE_NAMES.get(dtype.strip().lower()) if isinstance(dtype, str) else None
+    if name is None:
+        raise ValueError(f"dtype {dtype!r} is not a dtype: pass torch.float16, torch.bfloat16 or "
+                         f"torch.float32 (or a name: 'fp16', 'bf16', 'fp32'), or None to choose")
+    return getattr(torch, name)
 
 
 @contextlib.contextmanager

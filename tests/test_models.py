@@ -505,3 +505,22 @@ def test_under_tqdm_disable_the_loaded_pipeline_has_its_progress_bar_off(monkeyp
     monkeypatch.setenv("TQDM_DISABLE", "1")
     pipe = models.load_pipeline("text2img", model="mini", device="cpu", verbose=False)
     assert pipe._progress_bar_config.get("disable") is True
+
+
+def test_a_dtype_name_is_converted_and_anything_else_refused_before_loading(monkeypatch, fake_pipeline):
+    """diffusers took dtype="fp16" with a warning only and loaded float32: twice the memory of
+    the half-precision pipeline asked for. Names are converted; other values fail in one line."""
+    import torch
+
+    for name, dtype in (("fp16", torch.float16), ("float16", torch.float16), ("half", torch.float16),
+                        ("bf16", torch.bfloat16), ("FP32", torch.float32), (torch.float16, torch.float16)):
+        models.load_pipeline("inpaint", model="mini", device="cpu", dtype=name, verbose=False)
+        assert fake_pipeline.loaded[-1][1]["dtype"] == dtype, name
+    fake_pipeline.loaded.clear()
+    monkeypatch.setattr(models, "choose_model", lambda *a, **k: pytest.fail("went on to choose"))
+    for bad in (16, "int8", "float64"):
+        with pytest.raises(ValueError) as info:
+            models.load_pipeline("inpaint", model="mini", device="cpu", dtype=bad, verbose=False)
+        assert str(info.value) == (f"dtype {bad!r} is not a dtype: pass torch.float16, torch.bfloat16 "
+                                   f"or torch.float32 (or a name: 'fp16', 'bf16', 'fp32'), or None to choose")
+    assert fake_pipeline.loaded == []
