@@ -27,18 +27,19 @@ def self_check(check: Callable[[], str], exercise: str) -> bool:
     Returns True when it passed, False when the exercise is not done yet (``check`` raised
     ``NotImplementedError``, or :class:`NotDoneYet` saying what is missing and where) or could
     not be checked here (``CheckSkipped``); an ``AssertionError`` (a wrong answer) propagates
-    with its hint.
+    with its hint. A :class:`NotDoneYet` without a message says "complete it in the cell
+    above", like the stub; a check that returns nothing (None or "") prints "✓ <exercise> passed".
     """
     try:
         message = check()
-    except NotDoneYet as missing:
-        print(f"○ {exercise} is not done yet: {missing}, then run this cell again")
-        return False
-    except NotImplementedError:  # the exercise's stub, untouched
-        print(f"○ {exercise} is not done yet: complete it in the cell above, then run this cell again")
+    except NotImplementedError as missing:  # NotDoneYet, or the exercise's stub untouched
+        what = str(missing).strip() if isinstance(missing, NotDoneYet) else ""
+        print(f"○ {exercise} is not done yet: {what or 'complete it in the cell above'}, "
+              f"then run this cell again")
         return False
     except CheckSkipped as reason:
         print(f"– {exercise} not checked: {reason}")
         return False
-    print(f"✓ {message}")
+    text = "" if message is None else str(message)
+    print(f"✓ {text if text.strip() else f'{exercise} passed'}")
     return True

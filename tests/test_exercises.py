@@ -49,3 +49,17 @@ def test_a_check_can_say_what_is_still_missing_and_where(capsys):
     assert sdc.self_check(check, "exercise 1") is False
     assert capsys.readouterr().out == ("○ exercise 1 is not done yet: generate still gives one latent "
                                        "for two prompts: change it in section 1, then run this cell again\n")
+
+
+def test_empty_messages_still_read_as_sentences(capsys):
+    """A NotDoneYet without a message points at the cell above, as an untouched stub does; a
+    check that returns nothing prints that the exercise passed, not "✓ None"."""
+    def not_done():
+        raise sdc.NotDoneYet()
+
+    assert sdc.self_check(not_done, "exercise 1") is False
+    assert capsys.readouterr().out == ("○ exercise 1 is not done yet: complete it in the cell above, "
+                                       "then run this cell again\n")
+    for returned in (None, ""):
+        assert sdc.self_check(lambda: returned, "exercise 2") is True
+        assert capsys.readouterr().out == "✓ exercise 2 passed\n"
