@@ -62,7 +62,7 @@ def check_device(device: str | torch.device, what: str | None = None, unknown: s
     kind, _, index = text.partition(":")
     if not _available(kind):
         raise RuntimeError(f"{what} but PyTorch sees no {kind} device on this machine: {absent}")
-    if index and int(index) >= torch.cuda.device_count():
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
         raise RuntimeError(
             f"{what} but this machine has {torch.cuda.device_count()} CUDA "
             f"device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
@@ -75,10 +75,12 @@ def _device_name(device: str | torch.device, what: str | None = None, unknown: s
 
     The name half of :func:`check_device`, for questions about a device rather than moving
     anything to it (:func:`is_gpu`): "gpu" gets one ValueError line instead of torch's list.
+    "cpu:0" is the CPU, as in torch; there is no other CPU index.
     """
     text = str(device).strip().lower()
     kind, _, index = text.partition(":")
-    if kind not in PREFERENCE or (index and (kind != "cuda" or not index.isdigit())):
+    if kind not in PREFERENCE or (index and not (kind == "cuda" and index.isdigit()
+                                                 or kind == "cpu" and index == "0")):
         raise ValueError(f"{what or f'device {text!r}'} is not a device: use one of cpu, cuda, "
                          f"cuda:N, mps {unknown}".rstrip())
     return text

@@ -228,3 +228,18 @@ def test_public_names():
     assert sdcourse.pick_device is dev.pick_device
     assert sdcourse.pick_dtype is dev.pick_dtype
     assert sdcourse.make_generator is dev.make_generator
+
+
+def test_cpu_0_is_the_cpu_as_in_torch(machine):
+    """"cpu:0" is how torch names the CPU (tensor.device of some code paths): it was refused
+    as "not a device". There is one CPU, so cpu:1 still is."""
+    machine(cuda=False)
+    assert dev.check_device("cpu:0") == "cpu:0"
+    assert dev.check_device(torch.device("cpu", 0)) == "cpu:0"
+    assert dev.is_gpu("cpu:0") is False and dev.pick_dtype("cpu:0") == torch.float32
+    assert dev.make_generator(0, "cpu:0").device.type == "cpu"
+    assert torch.equal(torch.rand(3, generator=dev.make_generator(0, "cpu:0")),
+                       torch.rand(3, generator=dev.make_generator(0, "cpu")))
+    with pytest.raises(ValueError) as info:
+        dev.check_device("cpu:1")
+    assert str(info.value) == "device 'cpu:1' is not a device: use one of cpu, cuda, cuda:N, mps"
