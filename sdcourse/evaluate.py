@@ -10,6 +10,7 @@ which is how every lesson ends with a number.
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,9 +79,23 @@ def shape_from_mask(mask: np.ndarray) -> str | None:
 
 
 def to_array(image) -> np.ndarray:
-    """PIL image or uint8 array -> float32 (H, W, 3) in 0..255."""
+    """PIL image (any mode), image file path or uint8 (H, W, 3|4) array -> float32 (H, W, 3)
+    in 0..255; anything else is a one-line ValueError (None, a grayscale or empty array, or
+    a float array, whose 0..1 values would all read as black)."""
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
     if isinstance(image, Image.Image):
         image = image.convert("RGB")
+    elif not isinstance(image, np.ndarray):
+        raise ValueError(f"{type(image).__name__} is not a picture: pass a PIL image, an image "
+                         f"file path or an (H, W, 3) uint8 array")
+    elif image.dtype != np.uint8:
+        raise ValueError(f"a {image.dtype} array is not a picture: pass uint8 values 0..255, e.g. "
+                         f"pipe.numpy_to_pil(array)[0] for a pipeline's 0..1 floats")
+    elif image.ndim != 3 or image.shape[2] not in (3, 4) or not image.size:
+        raise ValueError(f"an array of shape {image.shape} is not a picture: pass an (H, W, 3) "
+                         f"uint8 array with H and W at least 1")
     return np.asarray(image, dtype=np.float32)[..., :3]
 
 
@@ -102,6 +117,10 @@ def read_image(image) -> Reading:
 
 def score(images, scenes: list[Scene]) -> dict[str, float]:
     """Share of images whose object colour, shape and background match their scene."""
+    images, scenes = list(images), list(scenes)
+    if len(images) != len(scenes) or not scenes:
+        raise ValueError(f"score got {len(images)} images and {len(scenes)} scenes: pass one "
+                         f"scene per image, at least one of each")
     readings = [read_image(im) for im in images]
     n = len(scenes)
     return {
@@ -122,9 +141,14 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 # Evaluation suites behind `sdcourse evaluate ...`: fresh cases from a seed, one flat dict each.
 
 
+MAX_CASES = 10_000  # n above this: hours on a CPU (and 10**9 scenes fill the memory)
+MAX_SEED = 2**32 - 1  # the CLI's --seed range (cli.seed_value); seed + i stays a torch seed
+
+
 def check_counts(seeds: dict, **counts) -> None:
     """Raise a one-line ValueError unless each count (``n=``, ``steps=``, ``batch=``) is a whole
-    number of at least 1 and each of ``seeds`` (name -> value) one of at least 0.
+    number of at least 1 (``n`` at most :data:`MAX_CASES`) and each of ``seeds`` (name -> value)
+    one from 0 to :data:`MAX_SEED`.
 
     Why: every suite loads a pipeline first, so ``n=0`` used to fail only after loading (a
     ZeroDivisionError) and ``batch=0`` inside ``range()``; the suites call this before any work.
@@ -134,6 +158,21 @@ def check_counts(seeds: dict, **counts) -> None:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
                 raise ValueError(f"{name}={value!r} is not a whole number of at least {at_least}: "
                                  f"pass {name}={at_least} or more")
+    for name, value in seeds.items():
+        if value > MAX_SEED:
+            raise ValueError(f"{name}={value} is too large for a seed: pass {name}=0 to {MAX_SEED}")
+    if counts.get("n", 0) > MAX_CASES:
+        raise ValueError(f"n={counts['n']} cases would take hours on a CPU: pass n={MAX_CASES} "
+                         f"or fewer (--n on the command line)")
+
+
+def check_steps(steps: int, strength: float) -> None:
+    """One-line ValueError unless ``steps`` leaves a denoising step at ``strength``: diffusers
+    runs ``int(steps * strength)`` of them, and with none it fails deep inside the pipeline."""
+    if int(steps * strength) < 1:
+        least = next(s for s in range(1, 1000) if int(s * strength) >= 1)
+        raise ValueError(f"steps={steps} leaves no denoising step at strength {strength} "
+                         f"(int(steps * strength) = 0): pass steps={least} or more")
 
 
 def random_scenes(n: int, seed: int) -> list[Scene]:
@@ -229,6 +268,7 @@ def _in_batches(pipe, n: int, batch: int, seed: int, **per_case) -> list:
 def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """Recolouring a picture with img2img: colour adoption at strength 0.8, layout kept at 0.3."""
     check_counts({"seed": seed}, n=n, steps=steps, batch=batch)
+    check_steps(steps, 0.3)  # the smaller of its two strengths
     import random
 
     from .models import load_pipeline
@@ -292,6 +332,7 @@ def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
 def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
     """New colours from the prompt, layout from the estimated depth; and the estimator itself."""
     check_counts({"seed": seed}, n=n, steps=steps, batch=batch)
+    check_steps(steps, 0.8)  # the depth pipeline's default strength, which it runs at
     import random
 
     from .models import load_pipeline

@@ -30,6 +30,42 @@ def test_empty_picture_has_no_object():
     assert reading.background == "green" and reading.color is None and reading.shape is None
 
 
+def test_read_image_takes_a_path_or_any_pil_mode(tmp_path):
+    s = world.sample(5)
+    want = evaluate.read_image(s.image)
+    s.image.save(tmp_path / "five.png")
+    for image in (str(tmp_path / "five.png"), tmp_path / "five.png", s.image.convert("RGBA"),
+                  s.image.convert("P")):
+        got = evaluate.read_image(image)
+        assert (got.color, got.shape, got.background) == (want.color, want.shape, want.background)
+
+
+@pytest.mark.parametrize("image, message", [
+    (None, "NoneType is not a picture: pass a PIL image, an image file path or an (H, W, 3) uint8 array"),
+    (np.zeros((64, 64), np.uint8), "an array of shape (64, 64) is not a picture: pass an (H, W, 3) "
+                                   "uint8 array with H and W at least 1"),
+    (np.zeros((0, 0, 3), np.uint8), "an array of shape (0, 0, 3) is not a picture: pass an (H, W, 3) "
+                                    "uint8 array with H and W at least 1"),
+    (np.ones((64, 64, 3), np.float32), "a float32 array is not a picture: pass uint8 values 0..255, "
+                                       "e.g. pipe.numpy_to_pil(array)[0] for a pipeline's 0..1 floats"),
+])
+def test_read_image_refuses_what_is_not_a_picture_in_one_line(image, message):
+    """None was an IndexError, a grayscale array a reshape error, an empty one a made-up reading."""
+    with pytest.raises(ValueError) as info:
+        evaluate.read_image(image)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("n_images, n_scenes", [(2, 3), (0, 0)])
+def test_score_refuses_unmatched_or_no_images(n_images, n_scenes):
+    """Different lengths were silently cut to the shorter; none divided by zero."""
+    samples = world.dataset(3)
+    with pytest.raises(ValueError) as info:
+        evaluate.score([s.image for s in samples[:n_images]], [s.scene for s in samples[:n_scenes]])
+    assert str(info.value) == (f"score got {n_images} images and {n_scenes} scenes: pass one scene "
+                               f"per image, at least one of each")
+
+
 def test_object_mask_matches_truth_and_iou():
     s = world.sample(5)
     reading = evaluate.read_image(s.image)
@@ -117,6 +153,12 @@ BAD_NUMBERS = [
     ({"batch": 0}, "batch=0 is not a whole number of at least 1: pass batch=1 or more"),
     ({"steps": -3}, "steps=-3 is not a whole number of at least 1: pass steps=1 or more"),
     ({"train_seed": "7"}, "train_seed='7' is not a whole number of at least 0: pass train_seed=0 or more"),
+    # 10**9 cases used to fill the memory with scenes (text2img: after loading its pipeline)
+    ({"n": 10**9}, "n=1000000000 cases would take hours on a CPU: pass n=10000 or fewer "
+                   "(--n on the command line)"),
+    # torch's manual_seed overflowed on seed + i, after the pipeline had loaded
+    ({"seed": 2**64}, "seed=18446744073709551616 is too large for a seed: pass seed=0 to 4294967295"),
+    ({"train_seed": 2**32}, "train_seed=4294967296 is too large for a seed: pass train_seed=0 to 4294967295"),
 ]
 
 
@@ -136,6 +178,26 @@ def test_suites_refuse_bad_numbers_before_loading_anything(monkeypatch, suite, k
     with pytest.raises(ValueError) as info:
         getattr(evaluate, f"evaluate_{suite}")(**kwargs)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("suite, kwargs, message", [
+    # strength 0.3 x 3 steps = 0 denoising steps: a RuntimeError inside diffusers, after loading
+    ("img2img", {"n": 4, "steps": 3, "batch": 2},
+     "steps=3 leaves no denoising step at strength 0.3 (int(steps * strength) = 0): pass steps=4 or more"),
+    ("depth2img", {"n": 1, "steps": 1},
+     "steps=1 leaves no denoising step at strength 0.8 (int(steps * strength) = 0): pass steps=2 or more"),
+])
+def test_suites_refuse_steps_that_leave_no_denoising_step(monkeypatch, suite, kwargs, message):
+    never = lambda *a, **k: pytest.fail("loaded before checking its arguments")  # noqa: E731
+    monkeypatch.setattr(models, "load_pipeline", never)
+    with pytest.raises(ValueError) as info:
+        getattr(evaluate, f"evaluate_{suite}")(**kwargs)
+    assert str(info.value) == message
+
+
+def test_largest_seed_and_the_seeds_derived_from_it_are_valid():
+    evaluate.check_counts({"seed": evaluate.MAX_SEED}, n=evaluate.MAX_CASES)
+    torch.Generator().manual_seed(evaluate.MAX_SEED + evaluate.MAX_CASES - 1)  # seed + i
 
 
 class _FakeVAE:
@@ -205,7 +267,7 @@ def _batch_seeds(monkeypatch, suite: str, task: str, draw, seed: int) -> list[in
     """The generator seeds the suite's batched calls got: n=N in batches of 3 (two batches)."""
     pipe = SeedRecorder(draw)
     _use(monkeypatch, task, pipe)
-    getattr(evaluate, f"evaluate_{suite}")(n=N, seed=seed, steps=2, batch=3)
+    getattr(evaluate, f"evaluate_{suite}")(n=N, seed=seed, steps=4, batch=3)
     return pipe.seeds
 
 
@@ -235,8 +297,8 @@ def test_img2img_suite_scores_a_perfect_and_an_identity_pipeline(monkeypatch):
     by_strength = FakePipe(lambda p, image, strength, **kw:
                            perfect(p, image) if strength == 0.8 else _identity(p, image))
     _use(monkeypatch, "img2img", by_strength)
-    result = evaluate.evaluate_img2img(n=N, seed=SEED, steps=3, batch=3)
-    assert (result["n"], result["steps"]) == (N, 3)
+    result = evaluate.evaluate_img2img(n=N, seed=SEED, steps=4, batch=3)
+    assert (result["n"], result["steps"]) == (N, 4)
     assert (result["color_adopt_s08"], result["color_adopt_s03"]) == (1.0, 0.0)
     assert result["layout_iou_s08"] >= 0.95 and result["layout_iou_s03"] >= 0.95
     assert [(len(p), f["strength"]) for p, f in by_strength.calls] == [(3, 0.8), (1, 0.8), (3, 0.3), (1, 0.3)]
