@@ -13,6 +13,7 @@ follows its prompt.
 """
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import dataclass
 
@@ -147,13 +148,24 @@ def render(scene: Scene) -> Sample:
     return Sample(scene, image, mask, depth.astype(np.float32))
 
 
+def _whole(name: str, value) -> int:
+    """``value`` as an int, or a one-line TypeError unless it is a whole number (bools are not;
+    as make_generator's check: None drew a new picture each call, 1.5 a picture of its own)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} {value!r} is not a whole number: pass an int, e.g. {name}=0")
+    return int(value)
+
+
 def sample(seed: int, **fixed) -> Sample:
     """The sample for one seed (same seed, same picture); ``fixed`` pins colour/shape/background."""
-    return render(random_scene(random.Random(seed), **fixed))
+    return render(random_scene(random.Random(_whole("seed", seed)), **fixed))
 
 
 def dataset(n: int, seed: int = 0) -> list[Sample]:
     """``n`` samples; sample ``i`` comes from seed ``seed * 1_000_003 + i``."""
+    n, seed = _whole("n", n), _whole("seed", seed)
+    if n < 0:
+        raise ValueError(f"n={n} is not a number of samples: pass n=0 or more")
     return [sample(seed * 1_000_003 + i) for i in range(n)]
 
 

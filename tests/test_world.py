@@ -86,6 +86,29 @@ def test_unknown_names_are_refused_where_the_scene_is_made():
     assert world.render(world.Scene("red", "circle", "blue")).caption == "a red circle on a blue background"
 
 
+@pytest.mark.parametrize("call, error, message", [
+    # None drew a new picture each call; 1.5 and "abc" were seeds of their own
+    (lambda: world.sample(None), TypeError, "seed None is not a whole number: pass an int, e.g. seed=0"),
+    (lambda: world.sample(1.5), TypeError, "seed 1.5 is not a whole number: pass an int, e.g. seed=0"),
+    (lambda: world.sample("abc"), TypeError, "seed 'abc' is not a whole number: pass an int, e.g. seed=0"),
+    (lambda: world.sample(True), TypeError, "seed True is not a whole number: pass an int, e.g. seed=0"),
+    (lambda: world.dataset(2, seed=None), TypeError, "seed None is not a whole number: pass an int, e.g. seed=0"),
+    # -1 gave [] and True one sample
+    (lambda: world.dataset(-1), ValueError, "n=-1 is not a number of samples: pass n=0 or more"),
+    (lambda: world.dataset(True), TypeError, "n True is not a whole number: pass an int, e.g. n=0"),
+    (lambda: world.dataset(2.0), TypeError, "n 2.0 is not a whole number: pass an int, e.g. n=0"),
+])
+def test_seeds_and_counts_must_be_whole_numbers(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_numpy_integer_seeds_give_the_int_seeds_picture():
+    assert world.sample(np.int64(7)).image.tobytes() == world.sample(7).image.tobytes()
+    assert world.dataset(0) == []
+
+
 def test_captions_use_an_before_a_vowel():
     assert world.caption("orange", "circle", "blue") == "an orange circle on a blue background"
     assert world.caption("red", "square", "orange") == "a red square on an orange background"
