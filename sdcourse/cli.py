@@ -702,6 +702,9 @@ def cmd_evaluate(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
+    if args.n is not None and args.n > evaluate.MAX_CASES:
+        raise UsageError(f"--n {args.n}: that many cases would take hours on a CPU: give "
+                         f"--n {evaluate.MAX_CASES} or fewer")
     extra = {} if args.n is None else {"n": args.n}
     if args.train_seed is not None:
         if args.model != "dreambooth":

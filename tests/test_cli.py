@@ -844,6 +844,21 @@ def test_evaluate_passes_n_and_prints_a_table(capsys, monkeypatch):
     assert capsys.readouterr().out == " " * 20 + "psnr: 31.25\n" + " " * 23 + "n: 2\n"
 
 
+def test_evaluate_refuses_more_cases_than_a_cpu_can_do_in_one_line(capsys, monkeypatch):
+    """--n 1000000000 built a list of 10**9 scenes until memory ran out; the suite's own check
+    raised a traceback. Now one line, before the suite is called."""
+    from sdcourse import evaluate
+
+    calls = []
+    monkeypatch.setattr(evaluate, "evaluate_vae", lambda **kw: calls.append(kw) or {})
+    too_many = evaluate.MAX_CASES + 1
+    assert cli.main(["evaluate", "vae", "--n", str(too_many)]) == 2
+    assert capsys.readouterr().err == (
+        f"sdcourse: error: --n {too_many}: that many cases would take hours on a CPU: give "
+        f"--n {evaluate.MAX_CASES} or fewer\n")
+    assert calls == []
+
+
 @pytest.fixture
 def trainers(monkeypatch, tmp_path):
     """The mini model's trainers and publish functions, faked: each call is recorded as
