@@ -457,15 +457,20 @@ def cmd_models_path(args) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 
+#: The largest seed the commands take: numpy's generators stop at 2**32 - 1, and the code
+#: derives others from it (seed + i); the evaluation API takes the same range.
+MAX_SEED = 2**32 - 1
+
+
 def seed_value(text: str) -> int:
     """An argparse type: a seed that every generator takes (the code derives others from it)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value < 2**32:
+    if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed: use a whole number from 0 "
-                                         f"to {2**32 - 1}")
+                                         f"to {MAX_SEED}")
     return value
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .cli import MAX_SEED  # the CLI's --seed range: seed + i stays a torch seed
 from .world import COLORS, Scene
 
 _NAMES = list(COLORS)
@@ -142,7 +143,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 MAX_CASES = 10_000  # n above this: hours on a CPU (and 10**9 scenes fill the memory)
-MAX_SEED = 2**32 - 1  # the CLI's --seed range (cli.seed_value); seed + i stays a torch seed
 
 
 def check_counts(seeds: dict, **counts) -> None:
