@@ -101,6 +101,12 @@ for i in range(24):
     new = rng.choice([c for c in sdc.world.COLORS if c not in (scene.color, scene.background)])
     cases.append((render(scene), new, caption(new, scene.shape, scene.background)))
 
+
+def layout_iou(readings):
+    """Mean IoU of the object masks read from the outputs with their inputs' true masks."""
+    return np.mean([mask_iou(r.mask, x.mask > 0.5) for r, (x, _, _) in zip(readings, cases)])
+
+
 curve = {}  # strength -> (layout IoU, share of new colour)
 if on_mini:  # the pixel reader knows the mini world only
     for s in (0.2, 0.4, 0.6, 0.8, 1.0):
@@ -109,8 +115,7 @@ if on_mini:  # the pixel reader knows the mini world only
         readings = [read_image(o) for o in outs]
         if s == 1.0:
             readings_at_1 = readings  # for the baseline below
-        curve[s] = (np.mean([mask_iou(r.mask, x.mask > 0.5) for r, (x, _, _) in zip(readings, cases)]),
-                    np.mean([r.color == new for r, (_, new, _) in zip(readings, cases)]))
+        curve[s] = (layout_iou(readings), np.mean([r.color == new for r, (_, new, _) in zip(readings, cases)]))
         print(f"strength {s:.1f}: layout IoU {curve[s][0]:.2f}   new colour adopted {curve[s][1]:.2f}")
     # the baseline: the same outputs at strength 1.0 against the *next* case's input mask
     unrelated = np.mean([mask_iou(r.mask, cases[(k + 1) % len(cases)][0].mask > 0.5)
@@ -165,19 +170,14 @@ def vae_round_trip(image):
         return pipe.image_processor.postprocess(pipe.vae.decode(latents).sample)[0]
 
 
-def layout_iou(outputs):
-    """Mean IoU of the object's mask read from each output with its input's true mask."""
-    return np.mean([mask_iou(read_image(o).mask, x.mask > 0.5) for o, (x, _, _) in zip(outputs, cases)])
-
-
 if on_mini:
     own_prompts = [caption(x.scene.color, x.scene.shape, x.scene.background) for x, _, _ in cases]
     own_colour = pipe(own_prompts, image=[x.image for x, _, _ in cases], strength=0.2,
                       num_inference_steps=25, guidance_scale=7.5, generator=sdc.make_generator(1)).images
     controls = {
-        "the reader on the inputs": layout_iou([x.image for x, _, _ in cases]),
-        "VAE round trip, no noise": layout_iou([vae_round_trip(x.image) for x, _, _ in cases]),
-        "strength 0.2, own colour": layout_iou(own_colour),
+        "the reader on the inputs": layout_iou([read_image(x.image) for x, _, _ in cases]),
+        "VAE round trip, no noise": layout_iou([read_image(vae_round_trip(x.image)) for x, _, _ in cases]),
+        "strength 0.2, own colour": layout_iou([read_image(o) for o in own_colour]),
         "strength 0.2, new colour": curve[0.2][0],
     }
     for name, value in controls.items():
