@@ -192,7 +192,7 @@ else:
 # 0.85, hardly more than with a new colour (0.84). At 0.2 the latents are noised to step
 # 161 (the input's weight √ᾱ is 0.90, the noise's 0.43) and the UNet redraws the object's
 # outline from that 8×8 latent, rounding corners and notching edges. A real model's latent
-# of a 512 px picture is 64×64, and low strengths keep its outlines far better.
+# of a 512 px picture is 64×64: 64 times as many positions to hold an outline.
 
 # %%
 # NBVAL_CHECK_OUTPUT
