@@ -913,9 +913,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     record = read_record(out)
     if record is not None:
         check_same_run(out, record, settings)
-    if record is not None and record.get("done_step", 0) >= steps:
-        return out if lora else out / "pipeline"  # already trained
-    if record is not None:
+        if record.get("done_step", 0) >= steps:
+            return out if lora else out / "pipeline"  # already trained
         check_same_schedule(out, record, steps)
     # the base model's files (a Hub checkpoint's are downloaded now): fp16 ones on a GPU,
     # where the frozen parts run in float16 (frozen_dtype); all there before out is made
