@@ -64,9 +64,11 @@ SD21_UNET_CONFIG = dict(
                       "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 )
-#: VAE (AutoencoderKL) of Stable Diffusion 2.1-base, as in its published ``vae/config.json``.
+#: VAE (AutoencoderKL) of Stable Diffusion 2.1-base, as in its published ``vae/config.json``
+#: (whose ``sample_size``, the default tile of ``enable_tiling``, is 768 although the model
+#: draws at 512 px).
 SD21_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
     block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu",
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
 )
@@ -311,7 +313,7 @@ def vae_decode(vae, latent_size: int, batch: int = 2, device="cpu") -> Callable:
 
 
 def set_vae_tile(vae, tile_px: int) -> None:
-    """Use tiles of ``tile_px`` pixels (the default is the VAE's ``sample_size``, 512)."""
+    """Use tiles of ``tile_px`` pixels (the default is the VAE's ``sample_size``: 768 for SD 2.1)."""
     vae.tile_sample_min_size = tile_px
     vae.tile_latent_min_size = tile_px // 2 ** (len(vae.config.block_out_channels) - 1)
 
