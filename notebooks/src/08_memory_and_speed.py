@@ -217,10 +217,12 @@ else:
 # arithmetic's: the 39% of the H100 table at the end.
 
 # %%
+# the default again, just before: a CPU's speed drifts, so compare neighbouring measurements
+t_default, _ = measure("one image, default attention (again)", image)
 pipe.enable_attention_slicing()
 t_sliced, _ = measure("one image, enable_attention_slicing()", image)
 pipe.disable_attention_slicing()
-print(f"attention slicing: x{t_sliced / t_image:.2f} the time of the default")
+print(f"attention slicing: x{t_sliced / t_default:.2f} the time of the default")
 
 # %% [markdown]
 # ## 4. The VAE: slicing for batches, tiling for big pictures
@@ -310,9 +312,12 @@ for px in (256, 512, 768):
 # 512 px the FLOPs dominate and time follows them:
 
 # %%
+# both sizes timed here, one after the other: on a shared CPU a step's time drifts from
+# minute to minute, so a ratio is only fair between neighbouring measurements
+t_single, _ = measure(f"UNet step at {size} px", unet_step(pipe.unet, latent, device=device))
 t_double, _ = measure(f"UNet step at {2 * size} px", unet_step(pipe.unet, 2 * latent, device=device))
 flops_ratio = unet_flops(dict(pipe.unet.config), 2 * latent) / unet_flops(dict(pipe.unet.config), latent)
-print(f"{2 * size} px vs {size} px: x{flops_ratio:.1f} the FLOPs, x{t_double / t_step:.1f} the time")
+print(f"{2 * size} px vs {size} px: x{flops_ratio:.1f} the FLOPs, x{t_double / t_single:.1f} the time")
 
 # %% [markdown]
 # Any size works if it is a multiple of 8: the VAE halves the picture three times
@@ -342,7 +347,7 @@ for width, height in ((size, size), (3 * size // 2, size), (size, 2 * size)):
 print(f"{'option':<46} {'time':>12}   extra peak memory")
 for option, (seconds, peak) in results.items():
     print(f"{option:<46} {seconds * 1000:9.1f} ms   +{mib(peak)}")
-print(f"\none image here: {t_image:.2f} s; with attention slicing x{t_sliced / t_image:.2f}; "
+print(f"\none image here: {t_image:.2f} s; with attention slicing x{t_sliced / t_default:.2f}; "
       f"half precision x{t_half / t_full:.2f} per UNet step")
 
 # %% [markdown]
