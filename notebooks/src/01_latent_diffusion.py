@@ -252,8 +252,10 @@ def check_exercise_2() -> str:
 passed = [sdc.self_check(check, f"exercise {i}") for i, check in ((1, check_exercise_1), (2, check_exercise_2))]
 
 # %% [markdown]
-# **Solutions** (try them yourself first). The colour is not one channel's job: the change
-# spreads over several of them, as the maps of the difference show.
+# **Solutions** (try them yourself first). The colour is not one channel's job: the check's
+# line counts the channels that change by more than half the largest change, and the maps
+# below show where in each channel the change sits (each map has its own colour scale:
+# compare where, not how bright).
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -243,6 +243,11 @@ print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
 #   up the prompt *up to that word*:
 #   "on" and "a", after "red circle", also carry "red circle". A token's map shows where its
 #   position is read, not only where its own word matters.
+# - One picture can disagree with the average. In section 3's picture (a blue background)
+#   "blue" lit up the object and "background" the border around it; on these white
+#   backgrounds the object reads "background" more than the white does (1.42). The later
+#   words' vectors all carry the prompt so far, and where they are read changes from prompt
+#   to prompt: that is why we average over pictures, and rest the lesson on the colour word.
 # - The start token is the same vector for every prompt — it knows nothing of the picture —
 #   and sits at 1: the baseline to compare with. The padding is below 1, but that is no
 #   separate finding: each position's attention adds up to 1 over the 77 tokens, so positions
@@ -262,11 +267,18 @@ print("in at least 80% of the pictures, both:", min(above_one, above_start) >= 0
 
 # %% [markdown]
 # ## Exercises
-# 1. Where in the picture do the image's positions attend to the shape word ("circle")?
-#    Plot that token's heatmap for a triangle and for a square. (No self-check: the plots are
-#    the answer.)
+# 1. Where in the picture do the image's positions attend to the shape word? Draw "a red
+#    triangle on a blue background" and "a red square on a blue background" and plot the
+#    heatmap of the token "triangle" (and "square") for each, as in section 3. (No
+#    self-check: the plots are the answer.)
 # 2. Write a prompt of your own, count how many tokens it takes (with the tokenizer, start and
 #    end tokens included, before padding) and check that it fits in 77.
+
+# %%
+# exercise 1, your code: capture_cross_attention(True), maps.clear(), pipe(...), then
+# token_heatmaps(maps, side=picture.size[0]) and the shape word's position in
+# tokenizer(prompt).input_ids
+
 
 # %%
 my_prompt = "a small orange triangle on a white background, flat colours, centred"  # or yours

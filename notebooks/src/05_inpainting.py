@@ -7,8 +7,9 @@
 #   gains over the trick of blending a plain text-to-image model (measured side by side);
 # - how to measure an inpainting: the requested object inside the mask, the rest unchanged.
 #
-# **What you need**: CPU with the mini model: about a minute. Colab GPU with a real inpainting
-# checkpoint: about 2 minutes (download included).
+# **What you need**: CPU with the mini model: about a minute. Colab GPU with real checkpoints
+# (an inpainting one, and for section 2's comparison the text-to-image one of the same
+# family, about 2.6 GB each): about 4 minutes, most of it the two downloads.
 
 # %% [colab]
 
@@ -200,6 +201,7 @@ if on_mini:
           f"within two standard errors, not established by these {len(cases)} cases")
     from IPython.display import display
 
+    print("the first 8 cases: the inpainting UNet on top, blended text2img below")
     display(sdc.image_grid(ours[:8] + naive[:8], rows=2, size=64))
 else:
     print("SKIPPED: the pixel evaluator reads the mini model's world only")
@@ -232,6 +234,8 @@ if on_mini:
     print("measured on", len(cases), "cases")
     print("the inpainting UNet puts the requested object in the mask in at least 70% of them:", hit_unet >= 0.7)
     print("and keeps the outside above 25 dB:", psnr_unet > 25)
+else:
+    print("Skipped: the pixel reader knows the mini model's world only.")
 
 # %% [markdown]
 # ## Exercises
