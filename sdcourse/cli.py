@@ -603,11 +603,14 @@ def cmd_train(args) -> int:
         raise UsageError("--caption-noise: only for `sdcourse train text2img`")
     if args.caption_noise is not None and not 0 <= args.caption_noise < 1:
         raise UsageError(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
-    missing = [f"{part}/config.json" for part in ("unet", "text_encoder")
-               if args.init and not (args.init / part / "config.json").is_file()]
+    # weights load from safetensors only: a folder of pickled .bin files is refused here
+    missing = [f"{part}/{name}" for part, weights in (("unet", "diffusion_pytorch_model"),
+                                                      ("text_encoder", "model"))
+               for name in ("config.json", f"{weights}.safetensors")
+               if args.init and not (args.init / part / name).is_file()]
     if missing:
-        raise UsageError(f"--init {args.init}: no {' or '.join(missing)} there (give a folder "
-                         "holding the text2img unet and text_encoder, e.g. "
+        raise UsageError(f"--init {args.init}: no {', '.join(missing)} there (give a folder "
+                         "holding the text2img unet and text_encoder as safetensors, e.g. "
                          "runs/text2img/at_text_encoder_freeze)")
     out = Path(args.out or f"runs/{args.model}")
     if args.model != "dreambooth":

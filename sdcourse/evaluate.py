@@ -195,7 +195,8 @@ def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:
     from .train.vae import tensor_psnr
     from .world import images_to_tensor, render
 
-    vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=torch.float32,
+                                        use_safetensors=True).eval()
     x = images_to_tensor([render(s).image for s in random_scenes(n, seed)])
     with torch.no_grad():
         recon = torch.cat([vae(x[i:i + 64], sample_posterior=False).sample for i in range(0, n, 64)])

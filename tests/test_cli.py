@@ -553,8 +553,8 @@ def test_doctor_prints_the_dtype_the_device_gets(capsys, offline, monkeypatch):
     import torch
 
     monkeypatch.delenv("SDCOURSE_DEVICE", raising=False)
-    if sdcourse.pick_device() != "cpu":
-        pytest.skip("this machine has a GPU: the CPU's line cannot be seen here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, also
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # on one with a GPU
     assert cli.main(["doctor"]) == 0
     assert "device        cpu (dtype float32)" in capsys.readouterr().out.splitlines()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -691,10 +691,12 @@ def test_a_seed_outside_what_generators_take_is_a_usage_error(argv, seed, capsys
     (["train", "vae", "--stop-at", "0"], "--stop-at must be at least 1, got 0"),
     (["train", "depth-estimator", "--stop-at", "10"], "--stop-at: not for `sdcourse train depth-estimator`"),
     (["train", "vae", "--init", "runs"], "--init: only for `sdcourse train text2img|inpaint|depth`"),
-    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json or text_encoder/config.json there"),
+    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json, unet/diffusion_pytorch_model.safetensors, "
+     "text_encoder/config.json, text_encoder/model.safetensors there"),
     (["train", "inpaint", "--caption-noise", "0.3"], "--caption-noise: only for `sdcourse train text2img`"),
     (["train", "text2img", "--caption-noise", "1.5"], "--caption-noise must be in [0, 1), got 1.5"),
-    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json or text_encoder/config.json there"),
+    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json, unet/diffusion_pytorch_model.safetensors, "
+     "text_encoder/config.json, text_encoder/model.safetensors there"),
     (["train", "vae", "--token", "foo"], "--token: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--prior-loss-weight", "2"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--prior-loss-weight", "0"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
@@ -905,11 +907,28 @@ def test_train_depth_estimator_passes_its_options_on_and_publishes(trainers, tmp
     assert f"published depth_estimator and depth_processor into {mini}" in capsys.readouterr().out
 
 
-def test_train_text2img_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
-    out, mini, init = tmp_path / "run", trainers.mini, tmp_path / "init"
-    for part in ("unet", "text_encoder"):
+def _fake_init(init: Path, weights: str = "safetensors") -> None:
+    """A folder shaped like a text2img checkpoint (the trainers are fakes: empty files do)."""
+    for part, name in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
         (init / part).mkdir(parents=True)
         (init / part / "config.json").write_text("{}")
+        (init / part / f"{name}.{weights}").write_bytes(b"")
+
+
+def test_train_init_takes_safetensors_only(trainers, tmp_path, capsys):
+    """An --init folder of pickled .bin weights is refused in one line before any work: the
+    course loads weights from safetensors only."""
+    init = tmp_path / "init"
+    _fake_init(init, weights="bin")
+    assert cli.main(["train", "text2img", "--out", str(tmp_path / "run"), "--init", str(init)]) == 2
+    assert (f"--init {init}: no unet/diffusion_pytorch_model.safetensors, "
+            "text_encoder/model.safetensors there") in capsys.readouterr().err
+    assert trainers.calls == [] and not (tmp_path / "run").exists()
+
+
+def test_train_text2img_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
+    out, mini, init = tmp_path / "run", trainers.mini, tmp_path / "init"
+    _fake_init(init)
     assert cli.main(["train", "text2img", "--out", str(out), "--init", str(init), "--caption-noise",
                      "0.25", "--seed", "5", "--steps", "40", "--stop-at", "4", "--publish"]) == 0
     paths = {"vae_path": mini / "vae", "tokenizer_path": mini / "tokenizer"}
@@ -935,9 +954,7 @@ def test_train_inpaint_and_depth_start_from_the_mini_model_or_init(task, trainer
         ("text2img.train", (out,), {**paths, "task": task, "init": mini, "seed": 11, "stop_at": 3}),
         ("text2img.publish", (out / "checkpoint", mini), {"task": task})]
     assert f"published the {task} UNet into {mini}" in capsys.readouterr().out
-    for part in ("unet", "text_encoder"):
-        (init / part).mkdir(parents=True)
-        (init / part / "config.json").write_text("{}")
+    _fake_init(init)
     trainers.calls.clear()
     assert cli.main(["train", task, "--out", str(out), "--init", str(init)]) == 0
     assert trainers.calls == [("text2img.train", (out,),

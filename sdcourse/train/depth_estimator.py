@@ -67,8 +67,8 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     processor = image_processor()
     with common.resuming(ckpt):
-        model = (DPTForDepthEstimation.from_pretrained(ckpt / "depth_estimator") if ckpt
-                 else DPTForDepthEstimation(DPTConfig(**DPT_CONFIG)))
+        model = (DPTForDepthEstimation.from_pretrained(ckpt / "depth_estimator", use_safetensors=True)
+                 if ckpt else DPTForDepthEstimation(DPTConfig(**DPT_CONFIG)))
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         start = common.load_optimizer(optimizer, ckpt) if ckpt else 0
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -782,7 +782,7 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
         if not settings["train_text_encoder"]:  # "no LoRA for the text encoder": as intended
             logging.set_verbosity_error()
         try:
-            pipe.load_lora_weights(out)
+            pipe.load_lora_weights(out, weight_name=LORA_FILE)  # the safetensors file, never a .bin
         finally:
             logging.set_verbosity(level)
     else:

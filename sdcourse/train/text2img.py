@@ -228,18 +228,18 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    vae = AutoencoderKL.from_pretrained(vae_path).eval()
+    vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
     if ckpt is not None:
         with common.resuming(ckpt):
-            unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
-            ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema")
-            text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder")
+            unet = UNet2DConditionModel.from_pretrained(ckpt / "unet", use_safetensors=True)
+            ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema", use_safetensors=True)
+            text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder", use_safetensors=True)
     elif init is not None:  # inpaint/depth: widened; text2img: fine-tuned as it is
-        unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet")
+        unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet", use_safetensors=True)
         if extra:
             unet = widen_conv_in(unet, extra)
-        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder", use_safetensors=True)
         ema = copy.deepcopy(unet)
     else:
         unet = UNet2DConditionModel(**UNET_CONFIG)
@@ -362,9 +362,9 @@ def publish(checkpoint: Path, mini_dir: Path, task: str = "text2img", weights: s
     shipped runs the plain weights measured as well or better (text2img shape accuracy 0.98
     vs 0.95 over 100 prompts), so they are the default."""
     checkpoint, mini_dir = Path(checkpoint), Path(mini_dir)
-    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / weights),
+    common.publish(UNet2DConditionModel.from_pretrained(checkpoint / weights, use_safetensors=True),
                    mini_dir / UNET_FOLDER[task])
     if task == "text2img":
-        common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder"),
+        common.publish(CLIPTextModel.from_pretrained(checkpoint / "text_encoder", use_safetensors=True),
                        mini_dir / "text_encoder")
         common.save_folder(sampling_scheduler(), mini_dir / "scheduler")

@@ -107,7 +107,8 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     with common.resuming(ckpt):
-        vae = AutoencoderKL.from_pretrained(ckpt / "vae") if ckpt else AutoencoderKL(**VAE_CONFIG)
+        vae = (AutoencoderKL.from_pretrained(ckpt / "vae", use_safetensors=True) if ckpt
+               else AutoencoderKL(**VAE_CONFIG))
     start = common.checkpoint_step(ckpt) if ckpt else 0
     # a checkpoint taken at exactly freeze_encoder_at still trains every parameter: the loop
     # freezes (and saves frozen_encoder_vae) at that step, after its optimizer state is loaded
