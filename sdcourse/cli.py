@@ -621,6 +621,10 @@ def cmd_train(args) -> int:
         if args.stop_at and args.steps and args.stop_at > args.steps:
             raise UsageError(f"--stop-at {args.stop_at}: beyond --steps {args.steps}")
     check_out(out)
+    if args.publish:  # it writes into the installed package: find out now, not after training
+        from .models import MINI_DIR
+
+        check_out(MINI_DIR, "--publish into")
     from .models import ModelChoiceError
     from .train.common import CheckpointError
 

@@ -926,6 +926,19 @@ def test_train_init_takes_safetensors_only(trainers, tmp_path, capsys):
     assert trainers.calls == [] and not (tmp_path / "run").exists()
 
 
+def test_train_publish_into_a_package_that_cannot_be_written_is_refused_first(
+        trainers, tmp_path, capsys, monkeypatch):
+    """--publish writes into the installed package: a read-only install is found out before
+    hours of training, not after."""
+    from sdcourse import models
+
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setattr(models, "MINI_DIR", tmp_path / "a file" / "mini")
+    assert cli.main(["train", "vae", "--out", str(tmp_path / "run"), "--publish"]) == 2
+    assert f"--publish into {tmp_path / 'a file' / 'mini'}: " in capsys.readouterr().err
+    assert trainers.calls == []
+
+
 def test_train_text2img_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
     out, mini, init = tmp_path / "run", trainers.mini, tmp_path / "init"
     _fake_init(init)
