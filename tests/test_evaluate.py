@@ -445,3 +445,31 @@ def test_psnr_over_all_pixels_or_a_mask():
     assert evaluate.psnr(Image.fromarray(a), Image.fromarray(b), top) == pytest.approx(PSNR_OFF_BY_10)
     assert evaluate.psnr(a, b, ~top) > 100  # identical there: only the 1e-10 floor
     assert evaluate.psnr(a, b) == pytest.approx(20 * np.log10(255 / np.sqrt(50)))  # mean error 50
+
+
+# the depth pipeline's float32 autocast notice, which sdcourse filters at import (pytest
+# resets the filters for each test)
+@pytest.mark.filterwarnings("ignore:In CPU autocast, but the target dtype is not supported")
+@pytest.mark.parametrize("suite, kwargs, shares", [
+    ("vae", dict(n=2), set()),
+    ("text2img", dict(n=2, steps=2, batch=2), {"color_acc", "shape_acc", "background_acc", "color_acc_g1"}),
+    ("img2img", dict(n=2, steps=4, batch=2), {"color_adopt_s08", "layout_iou_s03"}),
+    ("inpaint", dict(n=2, steps=2, batch=2), {"object_in_mask"}),
+    ("depth2img", dict(n=2, steps=2, batch=2), {"layout_iou", "color_acc", "background_acc"}),
+])
+def test_every_suite_runs_on_the_shipped_mini_model(suite, kwargs, shares):
+    """The fakes above take any keyword: here each suite calls the real diffusers pipelines on
+    the shipped checkpoints (a handful of pictures, a few steps), so an argument a pipeline no
+    longer accepts fails here. Shares lie in [0, 1]; the VAE and the depth estimator, which
+    need no sampling, are far above what random weights give (about 10 dB and 0)."""
+    result = getattr(evaluate, f"evaluate_{suite}")(**kwargs)
+    assert result["n"] == 2 and shares <= result.keys()
+    assert all(0 <= result[key] <= 1 for key in shares), result
+    if suite == "vae":
+        assert result["psnr"] > 20 and result["compression"] == 48.0
+    if suite == "text2img":
+        assert result["seconds_per_image"] > 0 and result["seconds_per_single_image"] > 0
+    if suite == "inpaint":
+        assert result["psnr_outside"] > 0  # dB; with 2 steps the picture is still noisy
+    if suite == "depth2img":
+        assert result["depth_corr"] > 0.5

@@ -482,9 +482,11 @@ def test_a_checkpoint_naming_a_processor_class_transformers_removed_still_loads(
     config_file.write_text(json.dumps(config | {"feature_extractor_type": "DPTFeatureExtractor"}))
     cls = diffusers.StableDiffusionDepth2ImgPipeline
     # diffusers alone: 0.42 says "has no class `DPTFeatureExtractor`", 0.41 lets transformers'
-    # AttributeError through
-    with pytest.raises((ValueError, AttributeError), match="DPTFeatureExtractor"):
+    # AttributeError through (a later diffusers that loads it itself leaves ours to check)
+    try:
         cls.from_pretrained(old)
+    except (ValueError, AttributeError) as error:
+        assert "DPTFeatureExtractor" in str(error)
 
     pipes = [models.from_pretrained(cls, str(folder), torch.float32) for folder in (old, new)]
     assert type(pipes[0].feature_extractor) is type(pipes[1].feature_extractor)

@@ -89,7 +89,14 @@ def test_torchvision_is_not_a_dependency(pyproject):
 
 
 def test_console_script(pyproject):
+    """pyproject names cli.main, and the installed `sdcourse` command is that function."""
+    from importlib.metadata import entry_points
+
+    from sdcourse import cli
+
     assert pyproject["project"]["scripts"]["sdcourse"] == "sdcourse.cli:main"
+    (script,) = entry_points(group="console_scripts", name="sdcourse")
+    assert script.load() is cli.main
 
 
 def _data_files() -> list[Path]:

@@ -1,4 +1,5 @@
 """The trainers' mechanics on a few steps: freezing, checkpoints, resume (no quality here)."""
+import inspect
 import json
 from pathlib import Path
 
@@ -452,9 +453,10 @@ def test_resuming_with_other_settings_is_refused_naming_them(tmp_path, vae_steps
     args = dict(steps=2, batch_size=2, freeze_encoder_at=None, save_every=1, eval_every=100)
     vae.train(out, stop_at=1, **args)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
+    defaults = {k: v.default for k, v in inspect.signature(vae.train).parameters.items()}
     assert state["kind"] == "vae" and state["settings"] == {
-        "steps": 2, "batch_size": 2, "lr": 5e-4, "seed": 0, "freeze_encoder_at": None,
-        "kl_weight": 1e-6}
+        "steps": 2, "batch_size": 2, "lr": defaults["lr"], "seed": 0, "freeze_encoder_at": None,
+        "kl_weight": defaults["kl_weight"]}
     before = _contents(out)
     vae_steps.clear()
     again = ": to resume it, give the settings it was trained with; for a new run, choose another --out"
@@ -464,7 +466,7 @@ def test_resuming_with_other_settings_is_refused_naming_them(tmp_path, vae_steps
     with pytest.raises(common.CheckpointError) as info:
         vae.train(out, **(args | {"lr": 1e-3, "batch_size": 4}))
     assert str(info.value) == (f"{out} holds a vae run with other settings: batch_size was 2, "
-                               f"now 4; lr was 0.0005, now 0.001{again}")
+                               f"now 4; lr was {defaults['lr']}, now 0.001{again}")
     # the learning rate follows a schedule over all its steps: not changed part-way
     with pytest.raises(common.CheckpointError) as info:
         vae.train(out, **(args | {"steps": 4}))
