@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import os
 import re
 import time
@@ -872,9 +873,18 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     # named as both callers know them: the argument, and its option where the command has one
     for name, value, least in (("steps (--steps)", steps, 1), ("batch_size", batch_size, 1),
                                ("rank", rank, 1),
-                               ("num_class_images", num_class_images, 1 if prior_preservation else 0)):
+                               ("num_class_images", num_class_images, 1 if prior_preservation else 0),
+                               ("save_every", save_every, 1), ("validate_every", validate_every, 0),
+                               ("seed (--seed)", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # 400.0, "400"
+            raise DreamBoothError(f"{name} must be a whole number, got {value!r}")
         if value < least:
             raise DreamBoothError(f"{name} must be at least {least}, got {value}")
+    for name, value, optional in (("lr (--lr)", lr, True), ("text_encoder_lr", text_encoder_lr, True),
+                                  ("prior_loss_weight", prior_loss_weight, False)):
+        if (value is not None or not optional) and (isinstance(value, bool)
+                                                     or not isinstance(value, numbers.Real)):
+            raise DreamBoothError(f"{name} must be a number, got {value!r}")
     for name, value in (("lr (--lr)", lr), ("text_encoder_lr", text_encoder_lr)):
         if value is not None and not value > 0:  # also NaN
             raise DreamBoothError(f"{name} must be greater than 0, got {value}: give a learning "
