@@ -177,13 +177,12 @@ def train_subject(out, *, prior: bool = True, token: str = TOKEN, class_dir=None
     """Teach the subject to the mini model: its instance pictures and prompts, ordinary circles
     as the class, :data:`EVAL_SETTINGS` updated with ``overrides``; returns what
     :func:`sdcourse.train.dreambooth.load_dreambooth` loads (a finished run returns at once)."""
-    from .models import mini_model_path
     from .train.dreambooth import train_dreambooth
 
     settings = EVAL_SETTINGS | overrides
     return train_dreambooth(make_instance_images(), instance_prompts(token=token),
                             class_prompts(settings["num_class_images"]), out,
-                            base=mini_model_path("text2img"), token=token,
+                            token=token,
                             prior_preservation=prior, class_dir=class_dir, **settings)
 
 

@@ -599,6 +599,48 @@ def test_pictures_are_encoded_in_batches_that_fit_the_picture_size(base):
 # --------------------------------------------------------------------------- training runs
 
 
+def test_a_run_on_the_default_mini_model_survives_a_reinstall(tmp_path, monkeypatch, base,
+                                                              instance_dir):
+    """A run on the course's own model (base left out) records it as "sdcourse:mini", not as
+    the folder assembled from the package, whose name follows the package files' timestamps:
+    after a reinstall (new timestamps, a new folder, the old one cleaned away) the finished
+    run is the same run, returned without training, and its LoRA still loads."""
+    import os
+
+    from sdcourse import models
+
+    package = tmp_path / "package" / "mini"  # the random-weight base stands in for the package
+    shutil.copytree(base, package)
+    monkeypatch.setattr(models, "MINI_DIR", package)
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path / "cache"))
+    out, args = tmp_path / "run", (instance_dir, subject.instance_prompts(4), None)
+    settings = FAST | {"prior_preservation": False, "lr": 1e-2}
+    assert db.train_dreambooth(*args, out, **settings) == out
+    assert db.read_record(out)["settings"]["base"] == db.MINI_BASE == "sdcourse:mini"
+    first = models.mini_model_path("text2img")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished run was trained again")
+
+    # a run recorded by the folder's path (before "sdcourse:mini"), on the same package: the same
+    record = json.loads((out / "dreambooth.json").read_text())
+    record["settings"]["base"] = str(first)
+    (out / "dreambooth.json").write_text(json.dumps(record))
+    with monkeypatch.context() as patch:
+        patch.setattr(db, "_train", no_training)
+        assert db.train_dreambooth(*args, out, **settings) == out
+    record["settings"]["base"] = db.MINI_BASE
+    (out / "dreambooth.json").write_text(json.dumps(record))
+    for f in package.rglob("*"):  # a reinstall: the same files, newer timestamps
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    shutil.rmtree(first)
+    assert models.mini_model_path("text2img") != first
+    monkeypatch.setattr(db, "_train", no_training)
+    assert db.train_dreambooth(*args, out, **settings) == out
+    pipe = db.load_dreambooth(out)
+    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+
 def test_lora_run_loads_into_a_pipeline_and_changes_the_unet(tmp_path, base, instance_dir):
     from diffusers import StableDiffusionPipeline
 

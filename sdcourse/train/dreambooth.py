@@ -54,6 +54,9 @@ from . import common
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_IMAGES = 3
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what pipe.load_lora_weights(folder) looks for
+#: How a run records the course's own mini model as its base: the assembled folder's path
+#: changes with the package's files' timestamps (a reinstall), the model does not.
+MINI_BASE = "sdcourse:mini"
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -765,6 +768,10 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     settings = record["settings"]
     if settings["lora"]:
         base = settings["base"]
+        if base == MINI_BASE:
+            from ..models import mini_model_path
+
+            base = str(mini_model_path("text2img"))
         if not os.path.isdir(base) and (os.path.isabs(base) or not _is_hub_id(base)):
             raise DreamBoothError(f"the LoRA in {out} was trained on base model {base}, a folder "
                                   "that no longer exists: put the base model back there, or "
@@ -904,6 +911,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed)
+    recorded_base = MINI_BASE if base is None else str(base)
     if base is None:
         from ..models import mini_model_path
 
@@ -914,7 +922,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     init_words = token_init.split() if isinstance(token_init, str) else list(token_init or [])
     check_token_init(init_words, token, tokenizer, lora)
 
-    settings = Settings(instance_prompts, class_prompts, token, str(base), lora, rank,
+    settings = Settings(instance_prompts, class_prompts, token, recorded_base, lora, rank,
                         train_text_encoder, prior_preservation, prior_loss_weight,
                         num_class_images if prior_preservation else 0, batch_size,
                         lr if lr is not None else (3e-3 if lora else 3e-4), seed, _digest(images),
@@ -922,6 +930,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                         gradient_checkpointing)
     record = read_record(out)
     if record is not None:
+        if recorded_base == MINI_BASE and record["settings"].get("base") == str(base):
+            record["settings"]["base"] = MINI_BASE  # recorded by its folder, before MINI_BASE
         check_same_run(out, record, settings)
         if record.get("done_step", 0) >= steps:
             return out if lora else out / "pipeline"  # already trained
