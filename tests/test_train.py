@@ -437,6 +437,22 @@ def test_a_truncated_training_set_file_is_one_line(tmp_path):
         text2img.cached_dataset(path, vae=None, n=2, seed=0, task="text2img")
 
 
+def test_a_training_set_of_another_seed_is_refused_not_trained_on(tmp_path):
+    """A run killed before its first checkpoint (no settings recorded yet) and started again
+    with another seed would have trained on the first seed's pictures: the set keeps its seed."""
+    from sdcourse.train import text2img
+
+    path = tmp_path / "dataset.safetensors"
+    data = {"mean": torch.zeros(2, 4, 8, 8), "captions": ["a", "b"]}
+    text2img.save_dataset(data, path, seed=1000)
+    assert text2img.cached_dataset(path, vae=None, n=2, seed=1000, task="text2img")["captions"] == ["a", "b"]
+    with pytest.raises(common.CheckpointError, match=rf"^{path} holds a training set drawn with "
+                       r"another seed \(--seed\) than this run's: delete it or give another --out$"):
+        text2img.cached_dataset(path, vae=None, n=2, seed=1005, task="text2img")
+    text2img.save_dataset(data, path)  # a set saved before the seed was kept: taken as it is
+    assert text2img.cached_dataset(path, vae=None, n=2, seed=1005, task="text2img")["captions"] == ["a", "b"]
+
+
 # ------------------------------------------------------------ resume: same run, same settings
 
 

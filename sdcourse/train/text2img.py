@@ -113,8 +113,9 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
 def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str) -> dict:
     """:func:`encode_dataset` once per run folder: saved (atomically) and reloaded on resume.
 
-    A saved one that does not fit (another task's, another size: a run killed before its first
-    checkpoint, then started again differently) stops with one line, not mid-training."""
+    A saved one that does not fit (another task's, another size, another seed: a run killed
+    before its first checkpoint, then started again differently) stops with one line, not
+    mid-training."""
     if path.exists():
         try:
             data = read_dataset(path)
@@ -127,25 +128,31 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
                 f"{path} holds another run's training set ({found[0]} pictures, {found[1]} extra "
                 f"channels; {task} needs {n} and {EXTRA_CHANNELS[task]}): delete it or give "
                 "another --out")
+        saved_seed = data.pop("seed", None)  # (sets saved before the seed was kept: not checked)
+        if saved_seed is not None and saved_seed != seed:
+            raise common.CheckpointError(
+                f"{path} holds a training set drawn with another seed (--seed) than this "
+                "run's: delete it or give another --out")
         return data
     data, scenes = encode_dataset(vae, n, seed=seed, task=task)
     data["captions"] = [s.caption for s in scenes]
     with atomic_path(path) as tmp:
-        save_dataset(data, tmp)
+        save_dataset(data, tmp, seed=seed)
     return data
 
 
-def save_dataset(data: dict, path: Path) -> None:
+def save_dataset(data: dict, path: Path, seed: int | None = None) -> None:
     """The encoded training set (:func:`common.save_tensors`): its tensors by name, the
-    captions in the metadata."""
+    captions and the seed that drew it in the metadata."""
     common.save_tensors(path, {k: v for k, v in data.items() if k != "captions"},
-                        captions=data["captions"])
+                        captions=data["captions"], **({"seed": seed} if seed is not None else {}))
 
 
 def read_dataset(path: Path) -> dict:
-    """What :func:`save_dataset` wrote."""
+    """What :func:`save_dataset` wrote (with "seed" where it was saved)."""
     tensors, metadata = common.read_tensors(path)
-    return {**tensors, "captions": metadata["captions"]}
+    return {**tensors, "captions": metadata["captions"],
+            **({"seed": metadata["seed"]} if "seed" in metadata else {})}
 
 
 def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
