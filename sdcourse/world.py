@@ -92,7 +92,10 @@ def random_scene(rng: random.Random, color: str | None = None, shape: str | None
                  background: str | None = None) -> Scene:
     """Draw a scene; any of colour, shape, background may be fixed by the caller."""
     _check_names(color or None, shape or None, background)
-    color = color or rng.choice(list(COLORS))
+    if not color:
+        color = rng.choice(list(COLORS))
+        if color == background:  # a fixed background: the object takes one of the other colours
+            color = rng.choice([c for c in COLORS if c != background])
     shape = shape or rng.choice(SHAPES)
     if background is None:
         background = rng.choice([c for c in COLORS if c != color])

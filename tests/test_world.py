@@ -36,6 +36,20 @@ def test_world_covers_all_colours_shapes_and_varies_layout():
     assert max(s.size for s in scenes) - min(s.size for s in scenes) > 10
 
 
+def test_a_fixed_background_gets_an_object_of_another_colour():
+    """Only the background pinned: every seed draws, the object never in the background's
+    colour (it used to raise for about one seed in nine), and seeds that drew another colour
+    before draw the same scene as before (the redraw only replaces the clash)."""
+    import random
+
+    scenes = [world.sample(seed, background="red").scene for seed in range(200)]
+    assert all(s.background == "red" and s.color != "red" for s in scenes)
+    assert len({s.color for s in scenes}) == len(world.COLORS) - 1
+    first = random.Random(7).choice(list(world.COLORS))  # seed 7's object colour, drawn freely
+    pinned = "blue" if first != "blue" else "green"
+    assert world.sample(7, background=pinned).scene.color == first
+
+
 def test_bad_requests_are_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="both 'red'"):
         world.sample(0, color="red", background="red")
