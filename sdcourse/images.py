@@ -135,9 +135,12 @@ def _check_download_args(size, timeout, max_bytes) -> None:
     """One-line ValueError for a bad ``size``, ``timeout`` or ``max_bytes``, before any work."""
     if size is not None:
         _as_wh(size)
-    if not isinstance(timeout, tuple) and (  # requests also takes (connect, read) pairs
-            isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout <= 0):
-        raise ValueError(f"timeout must be a positive number of seconds, e.g. 10, got {timeout!r}")
+    # requests also takes a (connect, read) pair; each must be a positive, finite number
+    parts = timeout if isinstance(timeout, tuple) and len(timeout) == 2 else (timeout,)
+    if any(isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t < math.inf
+           for t in parts):
+        raise ValueError(f"timeout must be a positive number of seconds, e.g. 10 (or a "
+                         f"(connect, read) pair of them), got {timeout!r}")
     if max_bytes is not None and (isinstance(max_bytes, bool) or
                                   not isinstance(max_bytes, numbers.Real) or max_bytes <= 0):
         raise ValueError(f"max_bytes must be a positive number of bytes, e.g. 20_000_000, "
@@ -294,12 +297,15 @@ def _finish(image: Image.Image, size) -> Image.Image:
 
 def _as_wh(size) -> tuple[int, int]:
     """``512`` -> ``(512, 512)``; ``(w, h)`` stays (each 1 to :data:`MAX_SIZE`); else ValueError."""
-    try:
-        width, height = (size, size) if isinstance(size, numbers.Integral) else size
-        width, height = int(width), int(height)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be an int for a square (512) or a (width, height) pair, "
-                         f"got {size!r}") from None
+    whole = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool))
+    pair = size if isinstance(size, (tuple, list)) else None  # not a string: "12" is no (1, 2)
+    if whole(size):
+        width = height = int(size)
+    elif pair is not None and len(pair) == 2 and all(whole(v) for v in pair):
+        width, height = int(pair[0]), int(pair[1])
+    else:
+        raise ValueError(f"size must be an int for a square (512) or a (width, height) pair of "
+                         f"ints, got {size!r}")
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
     if width > MAX_SIZE or height > MAX_SIZE:

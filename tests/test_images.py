@@ -194,6 +194,11 @@ def test_size_resizes(server):
     assert download_image(f"{server.url}/valid.png?s=2", size=(40, 20)).size == (40, 20)
 
 
+def test_a_connect_and_read_timeout_pair_is_passed_on(server):
+    """requests takes (connect, read) seconds; the argument check lets a good pair through."""
+    assert download_image(f"{server.url}/valid.png?t=pair", timeout=(5, 10)).size == (8, 6)
+
+
 def test_rgba_and_gray_become_rgb(server):
     rgba = download_image(f"{server.url}/rgba.png")
     assert rgba.mode == "RGB"
@@ -224,7 +229,12 @@ def test_corrupt_cache_entry_is_downloaded_again(server, cache):
     ({"size": (1, 2, 3)}, "size must be an int"),
     ({"size": 10**6}, "size must be at most 4096 pixels per side"),  # was OOM-killed (22 GB)
     ({"size": (512, 4097)}, "size must be at most 4096 pixels per side"),
+    ({"size": "12"}, "size must be an int"),  # was read as the pair (1, 2)
+    ({"size": (512.9, 300.2)}, "size must be an int"),  # was cut to (512, 300) without a word
+    ({"size": True}, "size must be an int"),
     ({"timeout": 0}, "timeout must be a positive number"),
+    ({"timeout": float("nan")}, "timeout must be a positive number"),
+    ({"timeout": (0, -1)}, "timeout must be a positive number"),  # was requests' own traceback
     ({"max_bytes": -5}, "max_bytes must be a positive number"),
 ])
 def test_bad_arguments_fail_before_any_request(server, cache, tmp_path, kwargs, words):
