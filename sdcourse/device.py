@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 
 import torch
 
@@ -78,9 +79,8 @@ def _device_name(device: str | torch.device, what: str | None = None, unknown: s
     "cpu:0" is the CPU, as in torch; there is no other CPU index.
     """
     text = str(device).strip().lower()
-    kind, _, index = text.partition(":")
-    if kind not in PREFERENCE or (index and not (kind == "cuda" and index.isdigit()
-                                                 or kind == "cpu" and index == "0")):
+    # as torch spells them: no empty index ("cuda:"), no leading zero ("cuda:01")
+    if not re.fullmatch(r"cpu(:0)?|cuda(:(0|[1-9][0-9]*))?|mps", text):
         raise ValueError(f"{what or f'device {text!r}'} is not a device: use one of cpu, cuda, "
                          f"cuda:N, mps {unknown}".rstrip())
     return text

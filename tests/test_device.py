@@ -243,3 +243,14 @@ def test_cpu_0_is_the_cpu_as_in_torch(machine):
     with pytest.raises(ValueError) as info:
         dev.check_device("cpu:1")
     assert str(info.value) == "device 'cpu:1' is not a device: use one of cpu, cuda, cuda:N, mps"
+
+
+@pytest.mark.parametrize("name", ["cpu:", "cuda:", "cuda:01", "cuda:-1", "mps:", " cuda : 0"])
+def test_names_torch_would_refuse_are_refused_in_one_line(machine, name):
+    """An empty index or a leading zero passed the name check and failed inside torch
+    ("Invalid device string") once something moved there."""
+    machine(cuda=True)
+    with pytest.raises(ValueError) as info:
+        dev.check_device(name)
+    assert str(info.value) == (f"device {name.strip().lower()!r} is not a device: use one of cpu, "
+                               "cuda, cuda:N, mps")
