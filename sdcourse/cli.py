@@ -323,6 +323,8 @@ def cmd_run(args) -> int:
     env = dict(os.environ, TQDM_DISABLE="1", SDCOURSE_HEADLESS="1")
     if model:
         env["SDCOURSE_MODEL"] = model
+    if os.environ.get("SDCOURSE_CACHE"):  # checked from here; each kernel runs in its notebook's folder
+        env["SDCOURSE_CACHE"] = os.path.abspath(os.environ["SDCOURSE_CACHE"])
     for path in notebooks:
         failure = run_notebook(path, args.out, args.timeout, env)
         if failure:

@@ -390,6 +390,21 @@ def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path
     assert seen[-1] == model_dir
 
 
+def test_a_relative_cache_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch):
+    """SDCOURSE_CACHE=cache is checked (and would be created) here, but each kernel runs in its
+    notebook's folder and would have used another "cache" there: it gets the absolute path."""
+    (tmp_path / "nbs").mkdir()
+    nb = write_notebook(tmp_path / "nbs" / "00.ipynb", "pass")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("SDCOURSE_CACHE", "cache")
+    seen = []
+    monkeypatch.setattr(cli, "run_notebook",
+                        lambda path, out, timeout, env: seen.append(env["SDCOURSE_CACHE"]))
+    assert cli.main(["run", str(nb), "--model", "mini", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [str(tmp_path / "work" / "cache")]
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"SDCOURSE_DEVICE": "tpu"}, "SDCOURSE_DEVICE='tpu' is not a device: use one of cpu, cuda, "
      "cuda:N, mps (or unset SDCOURSE_DEVICE to choose automatically)"),
