@@ -561,8 +561,6 @@ def _as_options(message: str) -> str:
 
 def _train_dreambooth(args, out: Path) -> int:
     """`sdcourse train dreambooth`: check the options, then train (or resume) a DreamBooth run."""
-    from .train import dreambooth
-
     if args.publish:
         raise UsageError("--publish ships parts of the mini model; a DreamBooth run stays in "
                          "--out: drop --publish")
@@ -577,6 +575,8 @@ def _train_dreambooth(args, out: Path) -> int:
     prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
     given = {name: value for name, value in [("token", args.token), ("steps", args.steps),
              ("prior_loss_weight", args.prior_loss_weight)] if value is not None}
+    from .train import dreambooth  # (torch and diffusers: seconds, after the options' checks)
+
     try:  # options not given keep train_dreambooth's defaults
         result = dreambooth.train_dreambooth(
             args.instance_dir, prompt, args.class_prompt, out, base=args.base,

@@ -1007,6 +1007,35 @@ def test_train_dreambooth_passes_full_text_encoder_and_seed_on(options, expected
     assert len(seen) == 1 and {name: seen[0][name] for name in expected} == expected
 
 
+def test_train_dreambooth_passes_every_option_on(tmp_path, monkeypatch, capsys):
+    """Each option reaches train_dreambooth as the argument it names; a repeated
+    --instance-prompt becomes one prompt per picture (a list), a single one stays a string."""
+    from sdcourse.train import dreambooth
+
+    seen = []
+    monkeypatch.setattr(dreambooth, "train_dreambooth",
+                        lambda *args, **kwargs: seen.append((args, kwargs)) or "trained")
+    out, instance, classes = tmp_path / "run", tmp_path / "pictures", tmp_path / "classes"
+    assert cli.main(["train", "dreambooth", "--instance-dir", str(instance),
+                     "--instance-prompt", "a qwx dog on grass", "--instance-prompt", "a qwx dog",
+                     "--class-prompt", "a dog", "--out", str(out), "--token", "qwx",
+                     "--steps", "30", "--base", "some/base", "--prior-loss-weight", "0.5",
+                     "--class-dir", str(classes), "--token-init", "brown dog", "--lr", "2e-4",
+                     "--gradient-checkpointing", "--seed", "4"]) == 0
+    (args, kwargs), = seen
+    assert args == (instance, ["a qwx dog on grass", "a qwx dog"], ["a dog"], out)
+    assert kwargs == {"base": "some/base", "lora": True, "train_text_encoder": False,
+                      "prior_preservation": True, "lr": 2e-4, "class_dir": classes, "seed": 4,
+                      "token_init": "brown dog", "gradient_checkpointing": True, "token": "qwx",
+                      "steps": 30, "prior_loss_weight": 0.5}
+    seen.clear()
+    assert cli.main(["train", "dreambooth", "--instance-dir", str(instance), "--instance-prompt",
+                     "a sks dog", "--no-prior", "--out", str(out)]) == 0
+    (args, kwargs), = seen
+    assert args[1] == "a sks dog" and kwargs["prior_preservation"] is False
+    assert not {"token", "steps", "prior_loss_weight"} & kwargs.keys()  # the trainer's defaults
+
+
 def test_readme_cli_reference_covers_every_command_and_option():
     """README's CLI reference names each subcommand, its choices and every option the parser has."""
     import argparse
