@@ -321,6 +321,76 @@ def test_the_command_line_reports_a_damaged_checkpoint_in_one_line(tmp_path, cap
                           "resumed from (state.json: JSONDecodeError") and err.count("\n") == 1
 
 
+def _stored_dtypes(folder: Path) -> set:
+    """The dtypes of the floating-point tensors in a folder's safetensors files."""
+    from safetensors.torch import load_file
+
+    return {t.dtype for f in folder.glob("*.safetensors") for t in load_file(f).values()
+            if t.is_floating_point()}
+
+
+def _close_to_fp16_copy(original, loaded) -> bool:
+    """``loaded`` (float32) holds ``original``'s weights rounded to float16."""
+    return all(torch.equal(a.detach().half().float(), b.detach())
+               for a, b in zip(original.parameters(), loaded.parameters()))
+
+
+def test_publishing_stores_fp16_that_loads_back_as_the_trained_weights(tmp_path):
+    """What ships: common.publish writes float16 safetensors that from_pretrained loads back in
+    float32 as the trained weights rounded to fp16; vae.publish also records the latent
+    scaling factor it measured."""
+    torch.manual_seed(0)
+    model = AutoencoderKL(**vae.VAE_CONFIG)
+    factor = vae.publish(model, tmp_path / "vae")
+    assert _stored_dtypes(tmp_path / "vae") == {torch.float16}
+    loaded = AutoencoderKL.from_pretrained(tmp_path / "vae", dtype=torch.float32, use_safetensors=True)
+    assert _close_to_fp16_copy(model, loaded)
+    assert loaded.config.scaling_factor == factor > 0
+
+
+@pytest.mark.parametrize("task", ["text2img", "inpaint"])
+def test_text2img_publish_ships_the_unet_and_for_text2img_its_text_encoder(tmp_path, task):
+    """The text2img UNet ships with its text encoder and sampling scheduler; the inpainting
+    (and depth) UNet alone, into its own folder, leaving the shared parts as they are."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdcourse.train import text2img
+
+    torch.manual_seed(0)
+    checkpoint, mini = tmp_path / "checkpoint", tmp_path / "mini"
+    unet = UNet2DConditionModel(**text2img.UNET_CONFIG)
+    unet.save_pretrained(checkpoint / "unet")
+    encoder = CLIPTextModel(CLIPTextConfig(**text2img.TEXT_ENCODER_CONFIG))
+    encoder.save_pretrained(checkpoint / "text_encoder")
+    text2img.publish(checkpoint, mini, task=task)
+    folder = mini / text2img.UNET_FOLDER[task]
+    assert _stored_dtypes(folder) == {torch.float16}
+    assert _close_to_fp16_copy(unet, UNet2DConditionModel.from_pretrained(folder, use_safetensors=True))
+    if task == "text2img":
+        assert sorted(p.name for p in mini.iterdir()) == ["scheduler", "text_encoder", "unet"]
+        assert _stored_dtypes(mini / "text_encoder") == {torch.float16}
+        shipped = CLIPTextModel.from_pretrained(mini / "text_encoder", dtype=torch.float32)
+        assert _close_to_fp16_copy(encoder, shipped)
+        assert isinstance(DDIMScheduler.from_pretrained(mini / "scheduler"), DDIMScheduler)
+    else:
+        assert sorted(p.name for p in mini.iterdir()) == ["unet_inpaint"]
+
+
+def test_depth_estimator_publish_ships_the_model_and_its_processor(tmp_path):
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    from sdcourse.train import depth_estimator
+
+    torch.manual_seed(0)
+    model = DPTForDepthEstimation(DPTConfig(**depth_estimator.DPT_CONFIG))
+    depth_estimator.publish(model, tmp_path)
+    assert _stored_dtypes(tmp_path / "depth_estimator") == {torch.float16}
+    loaded = DPTForDepthEstimation.from_pretrained(tmp_path / "depth_estimator", dtype=torch.float32)
+    assert _close_to_fp16_copy(model, loaded)
+    assert (tmp_path / "depth_processor" / "preprocessor_config.json").is_file()
+
+
 def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path, monkeypatch):
     """Replacing a published folder never passes through a moment with nothing there: a crash
     while swapping leaves the previous model; a finished swap leaves no old copy behind."""
