@@ -491,6 +491,9 @@ def plot_latent_channels(latents, title: str | None = None, size: float = 2.5):
         raise ValueError(f"expected one latent of shape (C, H, W) or (1, C, H, W), got "
                          f"{tuple(array.shape)}: pick one, e.g. latents[0]")
     channels = array.shape[0]
+    if channels > 16:  # SD's latents have 4 channels, SD3's and Flux's 16
+        raise ValueError(f"expected a latent of a few channels (SD: 4), got {channels} of shape "
+                         f"{tuple(array.shape)}: a picture (H, W, C)? pass a latent (C, H, W)")
     fig, axes = plt.subplots(1, channels, figsize=(channels * size, size + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.imshow(array[i], cmap="viridis")
@@ -632,12 +635,20 @@ def _check_count(name: str, value) -> None:
                          f"automatically), got {value!r}")
 
 
+#: The most inches per picture a figure takes: far more than a screen shows, far less than
+#: image_grid's pixels (size=128 there) taken as inches (a 12800 px wide figure per picture).
+MAX_INCHES = 20
+
+
 def _check_inches(size) -> None:
     """A figure's ``size`` per picture: a positive number of inches (0 made matplotlib fail
-    with "Singular matrix")."""
+    with "Singular matrix"), at most :data:`MAX_INCHES`."""
     if isinstance(size, bool) or not isinstance(size, numbers.Real) or not 0 < size < math.inf:
         raise ValueError(f"size must be a positive number of inches per picture, e.g. 2.5, "
                          f"got {size!r}")
+    if size > MAX_INCHES:
+        raise ValueError(f"size is in inches per picture (2.5 is typical), at most {MAX_INCHES}, "
+                         f"got {size!r}: pixels are image_grid's size")
 
 
 def _grid_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:

@@ -523,6 +523,28 @@ def test_figure_size_must_be_positive_inches(size):
     assert plt.get_fignums() == before  # refused before any figure was made
 
 
+def test_figure_size_in_pixels_is_refused_naming_the_unit():
+    """size=128 (image_grid's pixels) would have made a figure 128 inches per picture."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    words = r"^size is in inches per picture \(2.5 is typical\), at most 20, got 128: pixels are image_grid's size$"
+    with pytest.raises(ValueError, match=words):
+        images.show_images(colored((0, 0, 0)), size=128)
+    with pytest.raises(ValueError, match=words):
+        images.plot_latent_channels(np.zeros((4, 8, 8), np.float32), size=128)
+    assert plt.get_fignums() == before
+    images.show_images(colored((0, 0, 0)), size=images.MAX_INCHES)  # the largest still draws
+    plt.close("all")
+
+
+def test_plot_latent_channels_refuses_a_picture_for_a_latent():
+    """A (512, 512, 3) picture read as 512 channels made 512 subplots."""
+    with pytest.raises(ValueError, match=r"^expected a latent of a few channels \(SD: 4\), got 512 "
+                                         r"of shape \(512, 512, 3\): a picture"):
+        images.plot_latent_channels(np.zeros((512, 512, 3), np.float32))
+
+
 @pytest.mark.parametrize("titles, shown", [(5, "int 5"), ({"a": 1}, "dict {'a': 1}")])
 def test_titles_must_be_a_list(titles, shown):
     """titles=5 gave "object of type 'int' has no len()"."""
