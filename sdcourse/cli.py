@@ -694,13 +694,22 @@ def _report_checkpoint(model: str, out: Path) -> None:
         print(f"sdcourse train {model}: step {checkpoint_step(checkpoint)}, checkpoint in {checkpoint}")
 
 
+#: Each suite's default number of cases, for --help: the ``n=`` defaults of the
+#: ``evaluate_*`` functions (a test keeps the two equal; the module is not imported for help).
+DEFAULT_CASES = {"vae": 256, "text2img": 200, "img2img": 100, "inpaint": 100, "depth2img": 100,
+                 "dreambooth": 50}
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a shipped mini model on fresh random cases",
                        description="Measure the shipped mini model on fresh cases drawn from --seed.")
     p.add_argument("model", choices=EVALUATIONS, metavar="SUITE",
                    help=f"what to measure: {', '.join(EVALUATIONS)}")
-    p.add_argument("--n", type=int, default=None, help="how many cases (default 256 vae, 200 text2img, 100 img2img, inpaint "
-                   "and depth2img, 50 dreambooth)")
+    by_count: dict[int, list[str]] = {}
+    for suite, n in DEFAULT_CASES.items():
+        by_count.setdefault(n, []).append(suite)
+    p.add_argument("--n", type=int, default=None, help="how many cases (default " + ", ".join(
+        f"{n} {', '.join(suites)}" for n, suites in by_count.items()) + ")")
     p.add_argument("--seed", type=seed_value, default=1234, help="seed of the fresh cases (default 1234)")
     p.add_argument("--train-seed", type=seed_value, default=None, metavar="N",
                    help="dreambooth only: the seed its training runs use (default 0)")

@@ -100,6 +100,20 @@ def test_help_lists_the_choices_and_defaults(capsys, monkeypatch):
     assert "3 or more pictures of the subject (3-5 is typical)" in helps["train"]
 
 
+def test_case_counts_in_the_help_are_the_suites():
+    """DEFAULT_CASES (shown by `evaluate --help`) is what each suite measures without --n."""
+    import inspect
+
+    from sdcourse import evaluate
+
+    assert cli.DEFAULT_CASES == {
+        suite: inspect.signature(getattr(evaluate, f"evaluate_{suite}")).parameters["n"].default
+        for suite in cli.EVALUATIONS}
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["evaluate"]
+                    .format_help().split())
+    assert "(default 256 vae, 200 text2img, 100 img2img, inpaint, depth2img, 50 dreambooth)" in text
+
+
 def test_steps_defaults_in_the_help_are_the_trainers():
     """DEFAULT_STEPS (shown by `train --help`) is what each trainer does without --steps."""
     import inspect
@@ -899,6 +913,34 @@ def trainers(monkeypatch, tmp_path):
         short = module.__name__.rsplit(".", 1)[1]  # vae, text2img, depth_estimator
         monkeypatch.setattr(module, name, fake(f"{short}.{name}", result))
     return types.SimpleNamespace(calls=calls, mini=mini)
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    """Interrupting a run prints one line, no traceback, and exits as shells expect (128 + 2)."""
+    (tmp_path / "nbs").mkdir()
+    nb = write_notebook(tmp_path / "nbs" / "00.ipynb", "pass")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_notebook", interrupted)
+    assert cli.main(["run", str(nb), "--model", "mini", "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err == "sdcourse: interrupted\n"
+
+
+@pytest.mark.parametrize("task, remove, message", [
+    ("text2img", "vae", "no VAE in {mini}: run `sdcourse train vae --publish` first"),
+    ("inpaint", "unet", "the inpaint UNet starts from the text2img one, which is not in {mini}: "
+                        "run `sdcourse train text2img --publish` first"),
+])
+def test_a_unet_without_the_parts_it_starts_from_is_one_line(trainers, tmp_path, capsys, task,
+                                                              remove, message):
+    import shutil
+
+    shutil.rmtree(trainers.mini / remove)
+    assert cli.main(["train", task, "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == f"sdcourse: error: {message.format(mini=trainers.mini)}\n"
+    assert trainers.calls == []
 
 
 def test_train_vae_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):
