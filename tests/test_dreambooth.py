@@ -331,6 +331,17 @@ def test_settings_of_the_wrong_type_are_refused_before_any_model_loads(tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_numpy_numbers_are_taken_as_the_numbers_they_are(tmp_path, base, instance_dir):
+    """np.int64 counts pass the checks; they used to fail writing the run's JSON record, after
+    the base model's files had been fetched."""
+    settings = {k: np.int64(v) for k, v in FAST.items()} | {"lr": np.float32(1e-2)}
+    out = tmp_path / "run"
+    assert db.train_dreambooth(instance_dir, subject.instance_prompts(4), None, out, base=base,
+                               prior_preservation=False, **settings) == out
+    record = db.read_record(out)
+    assert record["done_step"] == record["steps"] == 2 and record["settings"]["lr"] == pytest.approx(1e-2)
+
+
 def test_no_class_pictures_are_needed_without_prior_preservation(tmp_path, monkeypatch, base):
     """``num_class_images=0`` is refused only when prior preservation would draw them."""
     class Reached(Exception):
@@ -601,10 +612,12 @@ def test_pictures_are_encoded_in_batches_that_fit_the_picture_size(base):
 
 def test_a_run_on_the_default_mini_model_survives_a_reinstall(tmp_path, monkeypatch, base,
                                                               instance_dir):
-    """A run on the course's own model (base left out) records it as "sdcourse:mini", not as
-    the folder assembled from the package, whose name follows the package files' timestamps:
-    after a reinstall (new timestamps, a new folder, the old one cleaned away) the finished
-    run is the same run, returned without training, and its LoRA still loads."""
+    """A run on the course's own model (base left out) records it by its contents
+    ("sdcourse:mini@<digest>"), not as the folder assembled from the package, whose name
+    follows the files' timestamps: after a reinstall (new timestamps, a new folder, the old one
+    cleaned away) the finished run is the same run, returned without training, and its LoRA
+    still loads. A run recorded by the folder of the same package (before the digest) is
+    rewritten to the digest; a mini model with other weights is another base."""
     import os
 
     from sdcourse import models
@@ -616,29 +629,36 @@ def test_a_run_on_the_default_mini_model_survives_a_reinstall(tmp_path, monkeypa
     out, args = tmp_path / "run", (instance_dir, subject.instance_prompts(4), None)
     settings = FAST | {"prior_preservation": False, "lr": 1e-2}
     assert db.train_dreambooth(*args, out, **settings) == out
-    assert db.read_record(out)["settings"]["base"] == db.MINI_BASE == "sdcourse:mini"
+    recorded = db.read_record(out)["settings"]["base"]
+    assert recorded == db.mini_base() and re.fullmatch(r"sdcourse:mini@[0-9a-f]{12}", recorded)
     first = models.mini_model_path("text2img")
 
     def no_training(*args, **kwargs):
         raise AssertionError("the finished run was trained again")
 
-    # a run recorded by the folder's path (before "sdcourse:mini"), on the same package: the same
+    monkeypatch.setattr(db, "_train", no_training)
     record = json.loads((out / "dreambooth.json").read_text())
-    record["settings"]["base"] = str(first)
+    record["settings"]["base"] = str(first)  # as runs were recorded before the digest
     (out / "dreambooth.json").write_text(json.dumps(record))
-    with monkeypatch.context() as patch:
-        patch.setattr(db, "_train", no_training)
-        assert db.train_dreambooth(*args, out, **settings) == out
-    record["settings"]["base"] = db.MINI_BASE
-    (out / "dreambooth.json").write_text(json.dumps(record))
+    assert db.train_dreambooth(*args, out, **settings) == out
+    assert db.read_record(out)["settings"]["base"] == recorded  # rewritten on disk
+
     for f in package.rglob("*"):  # a reinstall: the same files, newer timestamps
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     shutil.rmtree(first)
     assert models.mini_model_path("text2img") != first
-    monkeypatch.setattr(db, "_train", no_training)
     assert db.train_dreambooth(*args, out, **settings) == out
     pipe = db.load_dreambooth(out)
     assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+    (package / "unet" / "config.json").write_text(  # a new model published: another base
+        (package / "unet" / "config.json").read_text() + " ")
+    assert db.mini_base() != recorded
+    with pytest.raises(db.DreamBoothError, match=rf"^the LoRA in {re.escape(str(out))} was trained "
+                       rf"on another version of the mini model \({recorded}; now sdcourse:mini@"):
+        db.load_dreambooth(out)
+    with pytest.raises(db.DreamBoothError, match=rf"base \(--base\) was '{recorded}', now 'sdcourse:mini@"):
+        db.train_dreambooth(*args, out, **settings)
 
 
 def test_lora_run_loads_into_a_pipeline_and_changes_the_unet(tmp_path, base, instance_dir):

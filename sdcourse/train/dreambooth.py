@@ -54,8 +54,9 @@ from . import common
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_IMAGES = 3
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what pipe.load_lora_weights(folder) looks for
-#: How a run records the course's own mini model as its base: the assembled folder's path
-#: changes with the package's files' timestamps (a reinstall), the model does not.
+#: How a run records the course's own mini model as its base, followed by "@" and a digest
+#: of the shipped files' contents (:func:`mini_base`): the assembled folder's path changes with
+#: the files' timestamps (a reinstall), the digest only with the model (a new --publish).
 MINI_BASE = "sdcourse:mini"
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -272,6 +273,19 @@ class Settings:
                     for f in fields(cls)
                     if f.default is not MISSING or f.default_factory is not MISSING}
         return defaults | record["settings"]
+
+
+def mini_base() -> str:
+    """``sdcourse:mini@<digest>``: the mini text2img model a run starts from, by its contents."""
+    import hashlib
+
+    from ..models import _MINI_COMPONENTS, MINI_DIR
+
+    h = hashlib.sha256()
+    for component in sorted(set(_MINI_COMPONENTS["text2img"].values())):
+        for file in sorted(p for p in (MINI_DIR / component).rglob("*") if p.is_file()):
+            h.update(file.relative_to(MINI_DIR).as_posix().encode() + b"\0" + file.read_bytes())
+    return f"{MINI_BASE}@{h.hexdigest()[:12]}"
 
 
 def _digest(images: list[Image.Image]) -> str:
@@ -768,7 +782,10 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     settings = record["settings"]
     if settings["lora"]:
         base = settings["base"]
-        if base == MINI_BASE:
+        if base.startswith(MINI_BASE + "@"):
+            if base != mini_base():
+                raise DreamBoothError(f"the LoRA in {out} was trained on another version of the "
+                                      f"mini model ({base}; now {mini_base()}): train it again")
             from ..models import mini_model_path
 
             base = str(mini_model_path("text2img"))
@@ -858,25 +875,6 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     # 1. check everything that can be wrong before anything expensive happens
     images, _ = load_instance_images(instance)
     instance_prompts = _as_prompts(instance_prompt, len(images), "instance_prompt")
-    if prior_preservation:
-        if not class_prompt:
-            raise DreamBoothError("prior preservation needs a class_prompt: the class of the "
-                                  "subject without the rare token (e.g. \"a dog\"), or pass "
-                                  "prior_preservation=False")
-        cycle = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
-        odd = [p for p in cycle if not isinstance(p, str)]
-        if odd:
-            raise DreamBoothError(f"class_prompt must be a string or a list of strings, got "
-                                  f"{type(odd[0]).__name__}: give the class of the subject "
-                                  "without the rare token (e.g. \"a dog\")")
-        blank = [p for p in cycle if not p.strip()]
-        if blank:  # the base model would draw its class pictures from no prompt at all
-            raise DreamBoothError(f"class_prompt {blank[0]!r} is empty: give the class of the "
-                                  "subject without the rare token (e.g. \"a dog\"), or pass "
-                                  "prior_preservation=False")
-        class_prompts = [cycle[i % len(cycle)] for i in range(num_class_images)]
-    else:
-        class_prompts = []
     # named as both callers know them: the argument, and its option where the command has one
     for name, value, least in (("steps (--steps)", steps, 1), ("batch_size", batch_size, 1),
                                ("rank", rank, 1),
@@ -899,6 +897,30 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     if not prior_loss_weight >= 0:
         raise DreamBoothError(f"prior_loss_weight must be at least 0, got {prior_loss_weight}: "
                               "1.0 weighs the class pictures like the subject's (DreamBooth's choice)")
+    # plain Python numbers from here on (numpy's pass the checks but not the run's JSON record)
+    steps, batch_size, rank, num_class_images, save_every, validate_every, seed = map(
+        int, (steps, batch_size, rank, num_class_images, save_every, validate_every, seed))
+    lr, text_encoder_lr = (None if v is None else float(v) for v in (lr, text_encoder_lr))
+    prior_loss_weight = float(prior_loss_weight)
+    if prior_preservation:
+        if not class_prompt:
+            raise DreamBoothError("prior preservation needs a class_prompt: the class of the "
+                                  "subject without the rare token (e.g. \"a dog\"), or pass "
+                                  "prior_preservation=False")
+        cycle = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
+        odd = [p for p in cycle if not isinstance(p, str)]
+        if odd:
+            raise DreamBoothError(f"class_prompt must be a string or a list of strings, got "
+                                  f"{type(odd[0]).__name__}: give the class of the subject "
+                                  "without the rare token (e.g. \"a dog\")")
+        blank = [p for p in cycle if not p.strip()]
+        if blank:  # the base model would draw its class pictures from no prompt at all
+            raise DreamBoothError(f"class_prompt {blank[0]!r} is empty: give the class of the "
+                                  "subject without the rare token (e.g. \"a dog\"), or pass "
+                                  "prior_preservation=False")
+        class_prompts = [cycle[i % len(cycle)] for i in range(num_class_images)]
+    else:
+        class_prompts = []
     # the run's folders: before any model is loaded (or downloaded, for a Hub id)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -911,7 +933,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed)
-    recorded_base = MINI_BASE if base is None else str(base)
+    recorded_base = mini_base() if base is None else str(base)
     if base is None:
         from ..models import mini_model_path
 
@@ -930,9 +952,12 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                         gradient_checkpointing)
     record = read_record(out)
     if record is not None:
-        if recorded_base == MINI_BASE and record["settings"].get("base") == str(base):
-            record["settings"]["base"] = MINI_BASE  # recorded by its folder, before MINI_BASE
+        upgraded = recorded_base != str(base) and record["settings"].get("base") == str(base)
+        if upgraded:  # recorded by the folder of this same package, before mini_base: the same
+            record["settings"]["base"] = recorded_base
         check_same_run(out, record, settings)
+        if upgraded:  # and loadable after a reinstall or a cleaned cache
+            _write_json(out / "dreambooth.json", record)
         if record.get("done_step", 0) >= steps:
             return out if lora else out / "pipeline"  # already trained
         check_same_schedule(out, record, steps)
