@@ -172,12 +172,12 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
-def check_out(out: Path, option: str = "--out") -> None:
+def check_out(out: Path, option: str = "--out", advice: str = "choose another folder") -> None:
     """Check, before any work, that the output folder can be made and written to: a run must
     not compute for minutes and then fail to save what it computed."""
     problem = _unwritable(out)
     if problem:
-        raise UsageError(f"{option} {out}: {problem}: choose another folder")
+        raise UsageError(f"{option} {out}: {problem}: {advice}")
 
 
 def _write_outputs(nb, source: Path, out: Path) -> None:
@@ -623,21 +623,27 @@ def cmd_train(args) -> int:
         if args.stop_at and args.steps and args.stop_at > args.steps:
             raise UsageError(f"--stop-at {args.stop_at}: beyond --steps {args.steps}")
     check_out(out)
-    if args.publish:  # it writes into the installed package: find out now, not after training
-        from .models import MINI_DIR
+    if args.publish and args.model != "dreambooth":  # (which refuses --publish itself)
+        from .models import MINI_DIR  # it writes into the installed package: find out now
 
-        check_out(MINI_DIR, "--publish into")
-    from .models import ModelChoiceError
-    from .train.common import CheckpointError
-
+        check_out(MINI_DIR, "--publish into", advice="install sdcourse where you can write "
+                  "(pip install -e . in a clone) or train without --publish")
     try:
         if args.model == "dreambooth":
             return _train_dreambooth(args, out)
         return _train_mini(args, out)
     # a damaged checkpoint in --out, a base or mini model that cannot be had (SDCOURSE_CACHE
-    # not a folder): their messages are one line saying what to do
-    except (CheckpointError, ModelChoiceError) as error:
-        raise CliError(str(error)) from None
+    # not a folder): their messages are one line saying what to do. Imported here, after the
+    # options' checks: the trainers' modules import torch (seconds)
+    except Exception as error:
+        if isinstance(error, CliError):  # the options' own one-line errors, as they are
+            raise
+        from .models import ModelChoiceError
+        from .train.common import CheckpointError
+
+        if isinstance(error, (CheckpointError, ModelChoiceError)):
+            raise CliError(str(error)) from None
+        raise
 
 
 def _train_mini(args, out: Path) -> int:

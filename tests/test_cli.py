@@ -992,8 +992,15 @@ def test_train_publish_into_a_package_that_cannot_be_written_is_refused_first(
     (tmp_path / "a file").write_text("")
     monkeypatch.setattr(models, "MINI_DIR", tmp_path / "a file" / "mini")
     assert cli.main(["train", "vae", "--out", str(tmp_path / "run"), "--publish"]) == 2
-    assert f"--publish into {tmp_path / 'a file' / 'mini'}: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--publish into {tmp_path / 'a file' / 'mini'}: " in err
+    assert err.endswith(": install sdcourse where you can write (pip install -e . in a clone) or "
+                        "train without --publish\n")
     assert trainers.calls == []
+    # DreamBooth keeps its own answer: a run stays in --out, nothing is published
+    assert cli.main(["train", "dreambooth", "--out", str(tmp_path / "run"), "--publish"]) == 2
+    assert "--publish ships parts of the mini model; a DreamBooth run stays in --out: drop " \
+           "--publish" in capsys.readouterr().err
 
 
 def test_train_text2img_passes_its_options_on_and_publishes(trainers, tmp_path, capsys):

@@ -29,6 +29,24 @@ def test_import_sdcourse_loads_no_heavy_library_until_a_helper_is_used():
     assert "sdcourse.device" in found["after_use"] and "torch" in found["after_use"]
 
 
+def test_a_training_command_with_bad_options_answers_before_torch_loads(tmp_path):
+    """`sdcourse train dreambooth` without its pictures (or `train vae --stop-at 0`) is refused
+    by the option checks alone: no torch, diffusers or transformers (seconds) before the line."""
+    code = f"""
+import json, sys
+from sdcourse import cli
+statuses = [cli.main(['train', 'dreambooth', '--out', {str(tmp_path / 'a')!r}]),
+            cli.main(['train', 'vae', '--stop-at', '0', '--out', {str(tmp_path / 'b')!r}])]
+print(json.dumps({{"statuses": statuses,
+                   "heavy": sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, check=True)
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found == {"statuses": [2, 2], "heavy": []}
+    assert "train dreambooth needs --instance-dir DIR and --instance-prompt PROMPT" in done.stderr
+
+
 def test_the_depth_pipelines_mps_autocast_notice_is_dropped_and_nothing_else(caplog):
     """On any Mac with an Apple GPU diffusers' depth2img pipeline logs, at every call, that it
     cannot autocast there; sdcourse drops that line only, from that logger only."""
