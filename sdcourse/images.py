@@ -228,12 +228,13 @@ def _network_error(url: str, exc: Exception, timeout) -> DownloadError:
 
     causes = _exception_chain(exc)
     text = " ".join(str(c) for c in causes)
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return DownloadError(url, f"could not connect within {timeout} s",
+        return DownloadError(url, f"could not connect within {connect} s",
                              "Check your internet connection, or try again later.", "connection")
     if isinstance(exc, requests.exceptions.Timeout) or any(
             isinstance(c, ReadTimeoutError) for c in causes):
-        return DownloadError(url, f"the server did not answer within {timeout} s (timeout)",
+        return DownloadError(url, f"the server did not answer within {read} s (timeout)",
                              "Try again later, or pass a larger timeout.", "timeout")
     if any(isinstance(c, NameResolutionError) for c in causes) or "resolve" in text.lower():
         return DownloadError(url, "the host name could not be found (DNS failure)",

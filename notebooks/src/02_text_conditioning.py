@@ -276,7 +276,7 @@ print("in at least 80% of the pictures, both:", min(above_one, above_start) >= 0
 
 # %%
 # exercise 1, your code: capture_cross_attention(True), maps.clear(), pipe(...), then
-# token_heatmaps(maps, side=picture.size[0]) and the shape word's position in
+# token_heatmaps(maps, side=image.size[0]) and the shape word's position in
 # tokenizer(prompt).input_ids
 
 
