@@ -291,12 +291,20 @@ def test_instance_prompts_must_be_one_or_one_per_picture(tmp_path, monkeypatch, 
 _OPTION_NAMES = {"steps": "steps (--steps)", "seed": "seed (--seed)", "lr": "lr (--lr)"}
 
 
-@pytest.mark.parametrize("setting, value, least", [
-    ("steps", 0, 1), ("steps", -5, 1), ("batch_size", 0, 1), ("rank", 0, 1),
-    ("num_class_images", 0, 1), ("save_every", 0, 1), ("validate_every", -1, 0), ("seed", -1, 0),
+@pytest.mark.parametrize("setting, value, problem", [
+    *[(name, value, f"must be at least {least}, got {value}") for name, value, least in [
+        ("steps", 0, 1), ("steps", -5, 1), ("batch_size", 0, 1), ("rank", 0, 1),
+        ("num_class_images", 0, 1), ("save_every", 0, 1), ("validate_every", -1, 0),
+        ("seed", -1, 0)]],
+    # steps=400.0 used to pass the checks and fail in range() after the model had loaded and
+    # the class pictures were drawn; a string rate failed as a bare TypeError
+    *[(name, value, f"must be {kind}, got {value!r}") for name, value, kind in [
+        ("steps", 400.0, "a whole number"), ("batch_size", "4", "a whole number"),
+        ("save_every", True, "a whole number"), ("lr", "1e-4", "a number"),
+        ("prior_loss_weight", None, "a number")]],
 ])
-def test_counts_below_one_are_refused_before_any_model_loads(tmp_path, monkeypatch, base,
-                                                             setting, value, least):
+def test_bad_counts_and_numbers_are_refused_before_any_model_loads(tmp_path, monkeypatch, base,
+                                                                   setting, value, problem):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the settings were checked")
 
@@ -306,28 +314,7 @@ def test_counts_below_one_are_refused_before_any_model_loads(tmp_path, monkeypat
         db.train_dreambooth(subject.make_instance_images(3), "a sks circle", "a red circle",
                             tmp_path / "run", base=base, **{setting: value})
     name = _OPTION_NAMES.get(setting, setting)  # its option, where it has one
-    assert str(info.value) == f"{name} must be at least {least}, got {value}"
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("setting, value, kind", [
-    ("steps", 400.0, "a whole number"), ("batch_size", "4", "a whole number"),
-    ("save_every", True, "a whole number"), ("lr", "1e-4", "a number"),
-    ("prior_loss_weight", None, "a number"),
-])
-def test_settings_of_the_wrong_type_are_refused_before_any_model_loads(tmp_path, monkeypatch, base,
-                                                                       setting, value, kind):
-    """steps=400.0 used to pass the checks and fail in range() after the model had loaded
-    and the class pictures were drawn; a string rate failed as a bare TypeError."""
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was loaded before the settings were checked")
-
-    monkeypatch.setattr(db, "load_tokenizer", no_model)
-    monkeypatch.setattr(db, "load_components", no_model)
-    with pytest.raises(db.DreamBoothError) as info:
-        db.train_dreambooth(subject.make_instance_images(3), "a sks circle", "a red circle",
-                            tmp_path / "run", base=base, **{setting: value})
-    assert str(info.value) == f"{_OPTION_NAMES.get(setting, setting)} must be {kind}, got {value!r}"
+    assert str(info.value) == f"{name} {problem}"
     assert not (tmp_path / "run").exists()
 
 
