@@ -77,8 +77,8 @@ def build(src: Path, run: bool = True, allow_errors: bool = False) -> Path:
         os.environ["TQDM_DISABLE"] = "1"
         os.environ["SDCOURSE_HEADLESS"] = "1"
         # the stored outputs are the mini model's on a CPU, as the tests (conftest.py) compare
-        # them, also when this runs on a GPU machine; set either variable to build elsewhere
-        os.environ.setdefault("SDCOURSE_MODEL", "mini")
+        # them, also when this runs on a GPU machine: on the CPU the course picks the mini model
+        # itself, so they say what a learner's CPU says. Set SDCOURSE_DEVICE to build elsewhere
         os.environ.setdefault("SDCOURSE_DEVICE", "cpu")
         NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=allow_errors,
                        resources={"metadata": {"path": str(OUT)}}).execute()
