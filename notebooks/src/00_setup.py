@@ -10,8 +10,9 @@
 #
 # **What you need**
 # - CPU with the mini model (offline): about 20 seconds for the whole notebook.
-# - Colab GPU (T4) with a real checkpoint: about 2 minutes, most of it the 2.6 GB download
-#   (pick the GPU first: *Runtime → Change runtime type → T4 GPU*).
+# - Colab GPU (T4) with a real checkpoint: about 3 minutes, the 2.6 GB download and the
+#   12-picture batch at 512 px (about a minute) most of it (pick the GPU first:
+#   *Runtime → Change runtime type → T4 GPU*).
 #
 # The mini model is a small Stable Diffusion that this course trained on a synthetic world of
 # coloured shapes ("a red circle on a blue background"). It has every part the real one has —

@@ -136,8 +136,10 @@ with torch.no_grad():
     ours = unet(probe, 500, encoder_hidden_states=context).sample
     capture_cross_attention(False)
     theirs = unet(probe, 500, encoder_hidden_states=context).sample
-tolerance = 1e-3 if unet.dtype == torch.float32 else 2e-2  # half precision rounds at ~1e-3
-print("same output as the default processor:", torch.allclose(ours, theirs, atol=tolerance))
+# the largest difference, relative to the largest output: half precision rounds at ~1e-3
+tolerance = 1e-3 if unet.dtype == torch.float32 else 2e-2
+difference = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+print("same output as the default processor:", difference <= tolerance)
 
 # %% [markdown]
 # Now generate an image while storing every cross-attention map of every step.

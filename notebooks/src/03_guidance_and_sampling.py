@@ -10,8 +10,8 @@
 #   as a prompt-fidelity curve (and where too much guidance hurts).
 #
 # **What you need**: CPU with the mini model: about a minute. Colab GPU with a real model:
-# expect about 8 minutes on a T4, download included (it draws about 120 pictures at 512 px;
-# 65 s on an H200, the model already downloaded).
+# expect about 10 minutes on a T4, download included (it draws about 120 pictures at 512 px,
+# a few seconds each; 65 s on an H200, the model already downloaded).
 
 # %% [colab]
 
@@ -451,8 +451,11 @@ passed = sdc.self_check(check_exercise_3, "exercise 3")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gentle = pipe([open_prompt] * 12, negative_prompt=[negatives[-1]] * 12, guidance_scale=3,
-              num_inference_steps=25, generator=sdc.make_generator(11)).images
-backgrounds_at_3 = [read_image(im).background for im in gentle]
-passed = sdc.self_check(check_exercise_3, "exercise 3")
-assert passed or not on_mini  # on a real model the check says why it cannot judge
+if on_mini:  # the backgrounds are read by the mini world's pixel reader
+    gentle = pipe([open_prompt] * 12, negative_prompt=[negatives[-1]] * 12, guidance_scale=3,
+                  num_inference_steps=25, generator=sdc.make_generator(11)).images
+    backgrounds_at_3 = [read_image(im).background for im in gentle]
+    assert sdc.self_check(check_exercise_3, "exercise 3")
+else:
+    print("Skipped: the solution reads backgrounds with the mini world's pixel reader; on a "
+          "real model, count the blue backgrounds of your 12 pictures by eye.")

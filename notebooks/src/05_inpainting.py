@@ -135,12 +135,14 @@ print(f"PSNR outside the mask: inpainting UNet {psnr(result, init_image, ~hole):
       f"blended {psnr(blended, init_image, ~hole):.1f} dB")
 
 # %% [markdown]
-# They differ at the mask's edge. A round hole cannot hold a square as wide as the circle it
-# replaces: the inpainting UNet, which sees the whole picture, draws a whole square whose
+# They differ at the mask's edge. On the mini model, a round hole cannot hold a square as wide
+# as the circle it replaces: the inpainting UNet, which sees the whole picture, draws a whole square whose
 # corners reach past the mask (the lower PSNR outside is those corners, not a change of the
 # surroundings); blending cannot change the latents outside the mask (the pixels there change
 # only by the VAE's loss and the blur across the mask's edge), so its square is squeezed into
-# the circle. Section 3 measures both on masks with room to spare around the object.
+# the circle. On a real model, look for the same two signs: what the new object does at the
+# mask's edge, and whether anything outside it changed. Section 3 measures both on masks with
+# room to spare around the object.
 
 # %% [markdown]
 # ## 3. Measure: the requested object inside the mask, the rest preserved

@@ -48,12 +48,18 @@ def pixel_values_to_depth(pixels: torch.Tensor) -> torch.Tensor:
         return pipe.depth_estimator(pixels.to(device, pipe.depth_estimator.dtype)).predicted_depth
 
 
+def depth_for_display(depth_map: torch.Tensor) -> torch.Tensor:
+    """A depth map rescaled to [0, 1] for showing (a real estimator's values run far above 1)."""
+    d = depth_map.float().cpu()
+    return (d - d.min()) / (d.max() - d.min()).clamp(min=1e-8)
+
+
 truth = sample(8, color="red", shape="circle", background="blue")
 picture = truth.image.resize((size, size))
 pixels = image_to_pixel_values(picture)
 depth = pixel_values_to_depth(pixels)
 print("picture:", picture.size, "-> pixel_values:", tuple(pixels.shape), "-> predicted_depth:", tuple(depth.shape))
-sdc.show_images([picture, depth[0].float().cpu(), truth.depth],
+sdc.show_images([picture, depth_for_display(depth[0]), truth.depth],
                 titles=["picture", "estimated depth", "true depth"], size=2);
 
 # %%
@@ -142,12 +148,12 @@ else:
     print("SKIPPED: the pixel evaluator reads the mini model's world only")
 
 # %% [markdown]
-# Plain img2img keeps less of the layout here than in notebook 04 at the same strength (0.47
-# there): there the prompt kept the background's colour, here it asks for a new one too, so
-# nearly every pixel must change and the object's outline goes with them, to about the
-# overlap notebook 04 measured against an *unrelated* picture (0.27): the layout is lost. The
-# depth UNet keeps it because the depth map, not the noisy picture, carries the layout: it is
-# given to the UNet at every step, whatever the strength.
+# On the mini model, plain img2img keeps less of the layout here than in notebook 04 at the
+# same strength (0.47 there): there the prompt kept the background's colour, here it asks for
+# a new one too, so nearly every pixel must change and the object's outline goes with them,
+# to about the overlap notebook 04 measured against an *unrelated* picture (0.27): the layout
+# is lost. The depth UNet keeps it because the depth map, not the noisy picture, carries the
+# layout: it is given to the UNet at every step, whatever the strength.
 
 # %%
 # NBVAL_CHECK_OUTPUT

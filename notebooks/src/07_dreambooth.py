@@ -248,9 +248,9 @@ else:
 
 # %% [markdown]
 # ## 7. LoRA or full fine-tune, and what changes on a real GPU
-# - **Full fine-tune** (`lora=False`, what we ran) updates every UNet weight: the original
-#   DreamBooth, the strongest binding, but a whole new UNet to store (3.4 GB for SD 1.5 in
-#   fp32) and ≥ 14 GB of GPU memory to train with Adam.
+# - **Full fine-tune** (`lora=False`, what the mini model's run did) updates every UNet
+#   weight: the original DreamBooth, the strongest binding, but a whole new UNet to store
+#   (3.4 GB for SD 1.5 in fp32) and ≥ 14 GB of GPU memory to train with Adam.
 # - **LoRA** (`lora=True`, the default) trains small low-rank matrices beside the frozen
 #   attention projections, fits a free T4 (about 15 GiB usable) in fp16 mixed precision
 #   with one picture per step and gradient checkpointing, and the result is a few MB that
@@ -268,7 +268,9 @@ else:
 #                  lr=1e-4, steps=400, num_class_images=200, out="runs/my_dog",
 #                  batch_size=1, gradient_checkpointing=True)
 # ```
-#   It runs in fp16 mixed precision on the GPU. On several GPUs, start the same trainer from
+#   It runs in fp16 mixed precision on the GPU. Start it in a fresh runtime (or first
+#   `del base, tuned` and `torch.cuda.empty_cache()`): drawing 200 class pictures takes up to
+#   13 GiB, which the pipelines this notebook keeps on the GPU would not leave. On several GPUs, start the same trainer from
 #   a terminal with `accelerate launch -m sdcourse train dreambooth --instance-dir my_dog
 #   --instance-prompt "a photo of sks dog" --class-prompt "a photo of a dog" --base …`.
 #
