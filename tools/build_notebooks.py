@@ -39,7 +39,9 @@ def colab_cell() -> str:
         "\n"
         f'COURSE_REPO = "{url}"\n'
         'if "google.colab" in sys.modules:\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{COURSE_REPO}"], check=True)')
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{COURSE_REPO}"], check=True)\n'
+        '    from google.colab import output  # ipywidgets 8 (the course\'s sliders) draw through\n'
+        '    output.enable_custom_widget_manager()  # Colab\'s widget manager for version 8')
 
 
 def parse(text: str) -> list:
