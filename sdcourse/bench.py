@@ -420,6 +420,9 @@ def machine_info(device="cpu") -> dict:
         "gpu": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else None,
         "commit": _commit(),
     }
+    if info["gpu"]:  # "fp32" rows on a GPU: convolutions may run in TF32 (cuDNN's default)
+        info["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                        "cudnn_conv": torch.backends.cudnn.allow_tf32}
     return info
 
 
