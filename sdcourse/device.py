@@ -11,11 +11,11 @@ gives the same picture again.
 """
 from __future__ import annotations
 
-import numbers
 import os
 import re
 
 import torch
+from .messages import is_whole
 
 #: Environment variable that forces a device, e.g. ``SDCOURSE_DEVICE=cpu``.
 ENV_VAR = "SDCOURSE_DEVICE"
@@ -123,7 +123,7 @@ def make_generator(seed: int, device: str | torch.device | None = None) -> torch
     one line rather than in torch. ``seed`` must be a whole number (an int, numpy ints too):
     a float was silently truncated (1.7 drew seed 1's picture) and True drew seed 1's.
     """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_whole(seed):
         raise TypeError(f"seed {seed!r} is not a whole number: pass an int, e.g. make_generator(0)")
     if not -2**63 <= seed < 2**64:  # what torch's manual_seed takes
         raise ValueError(f"seed {seed} is out of range: pass a whole number from -2**63 to 2**64 - 1")

@@ -9,7 +9,6 @@ which is how every lesson ends with a number.
 """
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from .cli import MAX_SEED  # the CLI's --seed range: seed + i stays a torch seed
 from .world import COLORS, Scene
+from .messages import is_whole
 
 _NAMES = list(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)
@@ -155,7 +155,7 @@ def check_counts(seeds: dict, **counts) -> None:
     """
     for at_least, values in ((1, counts), (0, seeds)):
         for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
+            if not is_whole(value) or value < at_least:
                 raise ValueError(f"{name}={value!r} is not a whole number of at least {at_least}: "
                                  f"pass {name}={at_least} or more")
     for name, value in seeds.items():

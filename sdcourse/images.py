@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import numbers
 import os
 import sys
 import warnings
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from .files import atomic_path, cache_root, write_atomic
+from .messages import is_number, is_whole
 from .models import offline_mode, offline_setting, offline_variable
 
 __all__ = [
@@ -137,12 +137,10 @@ def _check_download_args(size, timeout, max_bytes) -> None:
         _as_wh(size)
     # requests also takes a (connect, read) pair; each must be a positive, finite number
     parts = timeout if isinstance(timeout, tuple) and len(timeout) == 2 else (timeout,)
-    if any(isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t < math.inf
-           for t in parts):
+    if any(not is_number(t) or not 0 < t < math.inf for t in parts):
         raise ValueError(f"timeout must be a positive number of seconds, e.g. 10 (or a "
                          f"(connect, read) pair of them), got {timeout!r}")
-    if max_bytes is not None and (isinstance(max_bytes, bool) or
-                                  not isinstance(max_bytes, numbers.Real) or max_bytes <= 0):
+    if max_bytes is not None and (not is_number(max_bytes) or max_bytes <= 0):
         raise ValueError(f"max_bytes must be a positive number of bytes, e.g. 20_000_000, "
                          f"or None for no limit, got {max_bytes!r}")
 
@@ -298,11 +296,10 @@ def _finish(image: Image.Image, size) -> Image.Image:
 
 def _as_wh(size) -> tuple[int, int]:
     """``512`` -> ``(512, 512)``; ``(w, h)`` stays (each 1 to :data:`MAX_SIZE`); else ValueError."""
-    whole = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool))
     pair = size if isinstance(size, (tuple, list)) else None  # not a string: "12" is no (1, 2)
-    if whole(size):
+    if is_whole(size):
         width = height = int(size)
-    elif pair is not None and len(pair) == 2 and all(whole(v) for v in pair):
+    elif pair is not None and len(pair) == 2 and all(is_whole(v) for v in pair):
         width, height = int(pair[0]), int(pair[1])
     else:
         raise ValueError(f"size must be an int for a square (512) or a (width, height) pair of "
@@ -630,8 +627,7 @@ def _resize_for_display(image: Image.Image, size: tuple[int, int]) -> Image.Imag
 
 def _check_count(name: str, value) -> None:
     """A grid's rows or cols: None (choose for me) or a whole number >= 1."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                              or value < 1):
+    if value is not None and (not is_whole(value) or value < 1):
         raise ValueError(f"{name} must be a whole number of 1 or more (or None to choose "
                          f"automatically), got {value!r}")
 
@@ -644,7 +640,7 @@ MAX_INCHES = 20
 def _check_inches(size) -> None:
     """A figure's ``size`` per picture: a positive number of inches (0 made matplotlib fail
     with "Singular matrix"), at most :data:`MAX_INCHES`."""
-    if isinstance(size, bool) or not isinstance(size, numbers.Real) or not 0 < size < math.inf:
+    if not is_number(size) or not 0 < size < math.inf:
         raise ValueError(f"size must be a positive number of inches per picture, e.g. 2.5, "
                          f"got {size!r}")
     if size > MAX_INCHES:

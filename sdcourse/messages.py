@@ -1,5 +1,18 @@
-"""One helper for the course's one-line error messages."""
+"""Helpers for the course's one-line errors: what kind of number a value is, and an exception
+in one line."""
 from __future__ import annotations
+
+import numbers
+
+
+def is_whole(value) -> bool:
+    """An int (numpy's too), not a bool: True is no count, 400.0 and "400" are no whole numbers."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (int, float, numpy's), not a bool and not a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def first_line(error: BaseException, default: str | None = None, limit: int = 200,

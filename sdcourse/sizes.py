@@ -13,7 +13,7 @@ silently rounds down; :func:`check_size` says so in one line, before anything ru
 """
 from __future__ import annotations
 
-import numbers
+from .messages import is_whole
 
 
 def _why(multiple: int) -> str:
@@ -30,11 +30,11 @@ def check_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
     e.g. ``width 500 is not a multiple of 8: use 496 or 504 (the VAE halves the size 3
     times)``. ``multiple`` is the pipeline's ``vae_scale_factor`` (8 for Stable Diffusion).
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or multiple < 1:
+    if not is_whole(multiple) or multiple < 1:
         raise ValueError(f"multiple must be a positive whole number, got {multiple!r}")
     multiple = int(multiple)
     for side, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_whole(value):
             raise ValueError(f"{side} must be a whole number of pixels, got {value!r}")
         value = int(value)
         if value < multiple:

@@ -13,12 +13,13 @@ follows its prompt.
 """
 from __future__ import annotations
 
-import numbers
 import random
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .messages import is_whole
 
 SIZE = 64  # pixels per side
 SUPERSAMPLE = 4  # shapes are drawn 4x larger and shrunk: smooth (anti-aliased) edges
@@ -154,7 +155,7 @@ def render(scene: Scene) -> Sample:
 def _whole(name: str, value) -> int:
     """``value`` as an int, or a one-line TypeError unless it is a whole number (bools are not;
     as make_generator's check: None drew a new picture each call, 1.5 a picture of its own)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_whole(value):
         raise TypeError(f"{name} {value!r} is not a whole number: pass an int, e.g. {name}=0")
     return int(value)
 

@@ -17,3 +17,13 @@ def test_named_leads_with_the_type():
     assert first_line(KeyError("unet.weight"), named=True) == "KeyError: 'unet.weight'"
     assert first_line(ValueError("bad\nmore"), limit=2, named=True) == "ValueError: ba"
     assert first_line(EOFError(), named=True) == "EOFError"
+
+
+def test_whole_numbers_and_numbers_exclude_bools_and_strings():
+    """The one predicate behind every "must be a whole number" / "a number" check."""
+    import numpy as np
+
+    from sdcourse.messages import is_number, is_whole
+
+    assert [is_whole(v) for v in (3, np.int64(3), 3.0, "3", True, None)] == [True, True, False, False, False, False]
+    assert [is_number(v) for v in (3, 2.5, np.float32(2.5), "2.5", False, None)] == [True, True, True, False, False, False]

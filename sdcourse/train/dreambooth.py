@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import numbers
 import os
 import re
 import time
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..files import atomic_path, write_atomic
-from ..messages import first_line
+from ..messages import first_line, is_number, is_whole
 from . import common
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -881,14 +880,13 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                                ("num_class_images", num_class_images, 1 if prior_preservation else 0),
                                ("save_every", save_every, 1), ("validate_every", validate_every, 0),
                                ("seed (--seed)", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # 400.0, "400"
+        if not is_whole(value):  # 400.0, "400"
             raise DreamBoothError(f"{name} must be a whole number, got {value!r}")
         if value < least:
             raise DreamBoothError(f"{name} must be at least {least}, got {value}")
     for name, value, optional in (("lr (--lr)", lr, True), ("text_encoder_lr", text_encoder_lr, True),
                                   ("prior_loss_weight", prior_loss_weight, False)):
-        if (value is not None or not optional) and (isinstance(value, bool)
-                                                     or not isinstance(value, numbers.Real)):
+        if (value is not None or not optional) and not is_number(value):
             raise DreamBoothError(f"{name} must be a number, got {value!r}")
     for name, value in (("lr (--lr)", lr), ("text_encoder_lr", text_encoder_lr)):
         if value is not None and not value > 0:  # also NaN
