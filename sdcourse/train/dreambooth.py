@@ -782,9 +782,10 @@ def load_dreambooth(out, device: str = "cpu", dtype: torch.dtype | None = None):
     if settings["lora"]:
         base = settings["base"]
         if base.startswith(MINI_BASE + "@"):
-            if base != mini_base():
+            now = mini_base()  # (reads the shipped files: once)
+            if base != now:
                 raise DreamBoothError(f"the LoRA in {out} was trained on another version of the "
-                                      f"mini model ({base}; now {mini_base()}): train it again")
+                                      f"mini model ({base}; now {now}): train it again")
             from ..models import mini_model_path
 
             base = str(mini_model_path("text2img"))
