@@ -340,7 +340,9 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
     ``dtype`` is None (chosen as above), a ``torch.dtype``, or one of the names "float16"
     ("fp16", "half"), "bfloat16" ("bf16"), "float32" ("fp32", "float"), converted to it. Anything
     else is a one-line ValueError before anything loads: diffusers would only warn and load
-    float32, silently doubling the memory of a half-precision pipeline.
+    float32, silently doubling the memory of a half-precision pipeline. So is float16 on the
+    CPU: diffusers would load it and then print, at every move, that it cannot run there;
+    bfloat16 is the CPU's half type.
     """
     check_task(task)  # bad input fails here, before diffusers' slow import (seconds)
     with _gc_paused():  # the libraries' imports and the mini model's load: see _gc_paused
@@ -350,6 +352,10 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
         from .device import check_device, pick_device, pick_dtype
 
         device = check_device(device) if device is not None else pick_device()
+        if dtype == torch.float16 and torch.device(device).type == "cpu":
+            raise ValueError("dtype float16 on the CPU: diffusers does not run half-precision "
+                             "pipelines there; use torch.bfloat16 (the CPU's half type) or "
+                             "torch.float32, or dtype=None to choose")
         if isinstance(model, Choice):
             if not _same_checkpoints(model.task, task):
                 raise ModelChoiceError(f"this model choice is for {model.task}, not {task}: "

@@ -305,12 +305,13 @@ def test_half_precision_asks_for_the_fp16_variant_then_full_files(monkeypatch, f
 
     monkeypatch.setattr(models, "in_local_cache", lambda repo: True)
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # where float16 runs
     half = {"dtype": torch.float16, "use_safetensors": True}
-    models.load_pipeline("inpaint", model="real", device="cpu", dtype=torch.float16, verbose=False)
+    models.load_pipeline("inpaint", model="real", device="cuda", dtype=torch.float16, verbose=False)
     assert fake_pipeline.loaded == [(models.REAL_MODELS["inpaint"][0], half | {"variant": "fp16"})]
     fake_pipeline.loaded.clear()
     fake_pipeline.no_fp16 = {"some/repo"}  # a mirror with full-precision files only
-    models.load_pipeline("inpaint", model="some/repo", device="cpu", dtype=torch.float16, verbose=False)
+    models.load_pipeline("inpaint", model="some/repo", device="cuda", dtype=torch.float16, verbose=False)
     assert fake_pipeline.loaded == [("some/repo", half)]
     fake_pipeline.loaded.clear()
     fake_pipeline.no_fp16, fake_pipeline.broken = set(), {"some/repo"}  # an error that is not about fp16 files: no second download
@@ -514,9 +515,10 @@ def test_a_dtype_name_is_converted_and_anything_else_refused_before_loading(monk
     the half-precision pipeline asked for. Names are converted; other values fail in one line."""
     import torch
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, for float16
     for name, dtype in (("fp16", torch.float16), ("float16", torch.float16), ("half", torch.float16),
                         ("bf16", torch.bfloat16), ("FP32", torch.float32), (torch.float16, torch.float16)):
-        models.load_pipeline("inpaint", model="mini", device="cpu", dtype=name, verbose=False)
+        models.load_pipeline("inpaint", model="mini", device="cuda", dtype=name, verbose=False)
         assert fake_pipeline.loaded[-1][1]["dtype"] == dtype, name
     fake_pipeline.loaded.clear()
     monkeypatch.setattr(models, "choose_model", lambda *a, **k: pytest.fail("went on to choose"))
@@ -526,3 +528,20 @@ def test_a_dtype_name_is_converted_and_anything_else_refused_before_loading(monk
         assert str(info.value) == (f"dtype {bad!r} is not a dtype: pass torch.float16, torch.bfloat16 "
                                    f"or torch.float32 (or a name: 'fp16', 'bf16', 'fp32'), or None to choose")
     assert fake_pipeline.loaded == []
+
+
+def test_float16_on_the_cpu_is_refused_before_loading(monkeypatch, fake_pipeline):
+    """diffusers loads a float16 pipeline onto the CPU, then warns at every move that it cannot
+    run there: the course says so once, before anything loads, and names the CPU's half type,
+    which loads there as asked."""
+    import torch
+
+    for half in ("fp16", torch.float16):
+        with pytest.raises(ValueError) as info:
+            models.load_pipeline("inpaint", model="mini", device="cpu", dtype=half, verbose=False)
+        assert str(info.value) == ("dtype float16 on the CPU: diffusers does not run half-precision "
+                                   "pipelines there; use torch.bfloat16 (the CPU's half type) or "
+                                   "torch.float32, or dtype=None to choose")
+    assert fake_pipeline.loaded == []
+    models.load_pipeline("inpaint", model="mini", device="cpu", dtype="bf16", verbose=False)
+    assert fake_pipeline.loaded[-1][1]["dtype"] == torch.bfloat16
