@@ -691,6 +691,55 @@ def test_runs_share_class_pictures_through_class_dir(tmp_path, base):
     assert (tmp_path / "two" / db.LORA_FILE).exists()
 
 
+def test_class_pictures_drawn_beforehand_are_reused_by_a_run_from_the_same_base(tmp_path, base):
+    """As notebook 07 does: the pictures are drawn first with the base pipeline, then the run
+    from that base finds them in ``class_dir`` (recorded as drawn by it) and does not redraw."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    shared = tmp_path / "class"
+    db.generate_class_images(pipe, ["a red circle"] * 2, shared, seed=0, steps=1)
+    assert json.loads((shared / "prompts.json").read_text())["base"] == str(base)
+    drawn = [p.stat().st_mtime_ns for p in sorted(shared.glob("*.png"))]
+    db.train_dreambooth(subject.make_instance_images(3), out=tmp_path / "run",
+                        instance_prompt="a sks circle", class_prompt="a red circle", base=base,
+                        class_dir=shared, **(FAST | {"steps": 1}))
+    assert [p.stat().st_mtime_ns for p in sorted(shared.glob("*.png"))] == drawn
+
+
+def test_class_pictures_of_another_base_are_redrawn_not_reused(tmp_path, base):
+    """A class folder shared by runs from two base models: each needs its own model's
+    pictures (another model's would pull it towards a prior that is not its own), so the
+    second base redraws them, and records itself."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    shared = tmp_path / "class"
+    db.generate_class_images(pipe, ["a red circle"] * 2, shared, seed=0, steps=1,
+                             base="someone/another-model")
+    (shared / "0000.png").write_bytes(b"another model's picture")
+    db.train_dreambooth(subject.make_instance_images(3), out=tmp_path / "run",
+                        instance_prompt="a sks circle", class_prompt="a red circle", base=base,
+                        class_dir=shared, **(FAST | {"steps": 1}))
+    assert json.loads((shared / "prompts.json").read_text()) == {
+        "prompts": ["a red circle"] * 2, "seed": 0, "base": str(base)}
+    assert Image.open(shared / "0000.png").size == (64, 64)
+
+
+def test_the_mini_pipeline_draws_as_the_mini_base(base):
+    """The mini model's pipeline (its assembled folder) is recorded as ``mini_base()``, as a
+    run with the default base records it; any other pipeline by its name or folder."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdcourse.models import load_pipeline
+
+    mini = load_pipeline("text2img", model="mini", device="cpu", verbose=False)
+    assert db.drawn_by(mini) == db.mini_base()
+    assert db.drawn_by(StableDiffusionPipeline.from_pretrained(base)) == str(base)
+
+
 def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, monkeypatch):
     """Two runs drawing into the same ``class_dir`` at once (two notebooks, or an evaluation
     beside a notebook) each write into a temporary folder of their own process: this one

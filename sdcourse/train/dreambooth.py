@@ -600,18 +600,19 @@ def _class_manifest(folder: Path) -> dict | None:
         return None
 
 
-def check_class_dir(folder, prompts: list[str], seed: int) -> bool:
+def check_class_dir(folder, prompts: list[str], seed: int, base: str) -> bool:
     """The class folder must be new, empty, or one the trainer wrote: its pictures for other
-    prompts are replaced, so a folder of anything else (the user's own photos given as
-    ``class_dir``) is refused rather than deleted. True when it already holds the pictures of
-    these prompts and seed (to be reused as they are)."""
+    prompts, seeds or base models are replaced, so a folder of anything else (the user's own
+    photos given as ``class_dir``) is refused rather than deleted. True when it already holds
+    the pictures that ``base`` drew for these prompts and seed (to be reused as they are):
+    another model's pictures would teach this one a prior that is not its own."""
     folder = Path(folder)
     if not os.path.lexists(folder):
         return False
     hint = "give an empty or new folder for the class pictures (class_dir / --class-dir)"
     if not folder.is_dir():
         raise DreamBoothError(f"class folder {folder} is not a folder: {hint}")
-    if _class_manifest(folder) == {"prompts": prompts, "seed": seed}:
+    if _class_manifest(folder) == {"prompts": prompts, "seed": seed, "base": base}:
         return True
     names = {p.name for p in folder.iterdir()} - {".DS_Store"}  # macOS Finder's, not the user's
     if "prompts.json" in names:  # the trainer's folder: its pictures are 0000.png, 0001.png, ...
@@ -625,12 +626,27 @@ def check_class_dir(folder, prompts: list[str], seed: int) -> bool:
     return False
 
 
+def drawn_by(pipe) -> str:
+    """The base model a pipeline's class pictures are recorded as drawn by, as
+    :func:`train_dreambooth` records its ``base``: :func:`mini_base` for the mini model's
+    folder, else the pipeline's ``name_or_path`` (a Hub id or a folder)."""
+    name = str(getattr(pipe, "name_or_path", "") or "")
+    if name and Path(name).is_dir():
+        from ..models import mini_model_path
+
+        if Path(name).resolve() == Path(mini_model_path("text2img")).resolve():
+            return mini_base()
+    return name
+
+
 @torch.no_grad()
 def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
                           batch: int | None = None, steps: int = 25,
-                          guidance: float = 7.5) -> list[Image.Image]:
+                          guidance: float = 7.5, base: str | None = None) -> list[Image.Image]:
     """Prior preservation's pictures: the base model's own answers to the class prompts.
 
+    ``base`` names the model ``pipe`` is (default: :func:`drawn_by`), recorded with the
+    pictures so that a run from another base draws its own.
     Saved as PNG in ``folder`` (with ``prompts.json``) and reused by later runs; written to a
     temporary folder of this process first, so an interrupted generation leaves nothing half
     done and two runs sharing ``folder`` do not write into each other's pictures. ``batch``
@@ -638,7 +654,8 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     a real one (512 px pictures in batches that a 16 GB GPU holds).
     """
     folder = Path(folder)
-    if check_class_dir(folder, prompts, seed):  # (and never replace pictures it did not draw)
+    base = drawn_by(pipe) if base is None else base
+    if check_class_dir(folder, prompts, seed, base):  # (and never replace pictures it did not draw)
         return [Image.open(folder / f"{i:04d}.png").convert("RGB") for i in range(len(prompts))]
     import shutil
 
@@ -655,7 +672,7 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
                        generator=generator).images
     for i, image in enumerate(images):
         image.save(tmp / f"{i:04d}.png")
-    (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed}))
+    (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed, "base": base}))
     try:  # stale pictures of other prompts stay until the new ones are in place
         common.replace_dir(tmp, folder)
     except OSError:  # another run sharing the folder renamed its pictures into place first
@@ -930,9 +947,9 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     except common.CheckpointError as error:
         raise DreamBoothError(str(error)) from None
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
-    if prior_preservation:
-        check_class_dir(class_dir, class_prompts, seed)
     recorded_base = mini_base() if base is None else str(base)
+    if prior_preservation:
+        check_class_dir(class_dir, class_prompts, seed, recorded_base)
     if base is None:
         from ..models import mini_model_path
 
@@ -1013,10 +1030,12 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
         if accelerator.is_main_process:
             pipe = make_pipeline(parts, tokenizer, accelerator.device)
             with accelerator.autocast():  # a float16 VAE decodes the float32 UNet's latents
-                class_images = generate_class_images(pipe, s.class_prompts, class_dir, seed=s.seed)
+                class_images = generate_class_images(pipe, s.class_prompts, class_dir, seed=s.seed,
+                                                     base=s.base)
         accelerator.wait_for_everyone()
         if not class_images:
-            class_images = generate_class_images(None, s.class_prompts, class_dir, seed=s.seed)
+            class_images = generate_class_images(None, s.class_prompts, class_dir, seed=s.seed,
+                                                 base=s.base)
         class_images = [to_resolution(im, size) for im in class_images]
 
     # 3. what learns: a LoRA on the attention projections, or every weight
