@@ -661,3 +661,61 @@ def test_a_text2img_fine_tune_resumed_without_init_keeps_its_text_encoder_frozen
     with pytest.raises(common.CheckpointError, match=r"holds a text2img run with other settings: "
                        r"caption_noise \(--caption-noise\) was 0.0, now 0.35: to resume it"):
         text2img.train(out, caption_noise=0.35, **args)
+
+
+def test_depth_estimator_killed_and_resumed_is_the_uninterrupted_run(tmp_path, monkeypatch):
+    """The depth estimator's trainer checkpoints every ``save_every`` steps with its measured
+    correlation in the log; killed after a checkpoint, the same call resumes there (drawing
+    only the missing steps' pictures) and ends with the weights of a run never stopped."""
+    from transformers import DPTForDepthEstimation
+
+    from sdcourse.train import depth_estimator
+
+    args = dict(steps=4, batch_size=2, save_every=2)
+    drawn, real_batch = [], depth_estimator.batch
+
+    def killed_at_step_3(seeds, processor):  # (seeds from 10**6 on: the correlation's pictures)
+        step = seeds[0] // 2
+        if step == 3:
+            raise KeyboardInterrupt
+        if seeds[0] < 10**6:
+            drawn.append(step)
+        return real_batch(seeds, processor)
+
+    monkeypatch.setattr(depth_estimator, "batch", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        depth_estimator.train(tmp_path / "resumed", **args)
+    assert drawn == [0, 1, 2] and common.checkpoint_step(common.find_checkpoint(tmp_path / "resumed")) == 2
+    monkeypatch.setattr(depth_estimator, "batch", lambda seeds, processor: (
+        seeds[0] < 10**6 and drawn.append(seeds[0] // 2), real_batch(seeds, processor))[1])
+    drawn.clear()
+    depth_estimator.train(tmp_path / "resumed", **args)
+    assert drawn == [2, 3]  # resumed at the checkpoint, not restarted
+    monkeypatch.setattr(depth_estimator, "batch", real_batch)
+    depth_estimator.train(tmp_path / "whole", **args)
+    a, b = (DPTForDepthEstimation.from_pretrained(tmp_path / run / "checkpoint" / "depth_estimator")
+            for run in ("resumed", "whole"))
+    for (key, x), y in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(x, y), key
+    rows = [dict(field.split("=") for field in line.split(",")[1:]) | {"step": line.split(",")[0]}
+            for line in (tmp_path / "resumed" / "log.csv").read_text().splitlines()]
+    measured = [row for row in rows if "depth_corr" in row]
+    assert [row["step"] for row in measured] == ["2", "4"]  # at each checkpoint, once
+    assert all(-1 <= float(row["depth_corr"]) <= 1 for row in measured)
+
+
+def test_the_training_time_glance_measures_the_shipped_model_as_the_evaluation_does():
+    """``quick_eval`` (logged during text2img training) scores prompt fidelity at guidance 7.5
+    and 1.0: on the shipped model guidance must matter there too, and the text encoder goes
+    back to the mode training had it in."""
+    from sdcourse.models import load_pipeline
+    from sdcourse.train import text2img
+
+    pipe = load_pipeline("text2img", model="mini", device="cpu", verbose=False)
+    pipe.text_encoder.train()
+    glance = text2img.quick_eval(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, n=16)
+    assert set(glance) == {f"{k}{s}" for k in ("color_acc", "shape_acc", "background_acc")
+                           for s in ("", "_g1")}
+    assert glance["color_acc"] >= 0.8 and glance["background_acc"] >= 0.9
+    assert glance["color_acc"] > glance["color_acc_g1"]
+    assert pipe.text_encoder.training
