@@ -110,7 +110,8 @@ except DreamBoothError as error:
 #
 # `train_dreambooth` draws them itself when they are missing; here we draw them first, to see
 # them (and to keep their time apart from the training's). The run with the prior below reads
-# them from `class_dir`:
+# them from `class_dir`, where `prompts.json` records the prompts, the seed and the model that
+# drew them (a run from another base model draws its own):
 
 # %%
 import shutil
