@@ -446,13 +446,17 @@ def test_objects_made_during_the_pause_go_to_the_oldest_generation_unscanned():
 
 def test_objects_someone_else_froze_stay_frozen():
     """A process that froze its objects (a server before it forks workers, or Python 3.12 at
-    start) keeps them frozen: the pause then leaves the young generation as it is."""
+    start) keeps them frozen: the pause then leaves the young generation as it is.
+
+    (Frozen objects that reference counting frees meanwhile leave the frozen count, so it
+    may only shrink a little: unfreezing would have emptied it, freezing the young objects
+    would have moved ``young`` out of generation 0.)"""
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
         with models._gc_paused():
             young = Node()
-        assert gc.isenabled() and gc.get_freeze_count() == frozen
+        assert gc.isenabled() and frozen // 2 < gc.get_freeze_count() <= frozen
         assert any(o is young for o in gc.get_objects(generation=0))
     finally:
         gc.unfreeze()
