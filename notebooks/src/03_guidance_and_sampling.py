@@ -158,7 +158,7 @@ sdc.show_images([im for _, im in snapshots], titles=[n for n, _ in snapshots], s
 # what the prompt says (and, too large, towards over-saturated pictures). The pipeline runs
 # the unconditional branch only when `guidance_scale > 1`: at 1 or below it skips guidance
 # and gives the conditional picture, so `guidance_scale=0` does *not* give the unconditional
-# one (section 1's hand-written loop does: `generate(prompt, guidance=0)`; exercise 2 asks
+# one (section 1's hand-written loop does: `generate(prompt, guidance=0)`; exercise 2 shows
 # why). Below, the original article's sweep: guidance 1.1, 8 and 12 on three prompts, four
 # pictures each from seed 3 (one 2×2 block per prompt and scale). We picked prompts on which
 # the mini model at 1.1 often misses the colour; section 5 measures how often over random

@@ -264,9 +264,10 @@ def check_exercise_2() -> str:
     assert small.sum() == 16 and set(small.unique().tolist()) <= {0.0, 1.0}, "a 4x4 hole of ones"
     assert small[..., 2:6, 2:6].all(), "the hole stays where it was: latent rows and columns 2 to 5"
     m = torch.zeros(1, 1, 64, 64)
-    m[..., 13:45, 13:45] = 1  # a hole off the 8-pixel grid
-    assert mask_to_latent_size(m, 8).sum() == 16, ("nearest neighbour: latent position i takes "
-                                                  "pixel 8·i (not the max over its 8x8 block)")
+    m[..., 10:42, 10:42] = 1  # a hole off the 8-pixel grid
+    assert torch.equal(mask_to_latent_size(m, 8), m[..., ::8, ::8]), (
+        "nearest neighbour as the pipeline does it: latent position i takes pixel 8·i (not the "
+        "max or mean of its 8x8 block, not the pixel at its centre)")
     return "a 32x32 hole in a 64x64 picture is a 4x4 hole in the 8x8 latent"
 
 
