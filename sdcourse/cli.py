@@ -110,7 +110,8 @@ def resolve_notebooks(paths: list[str]) -> list[Path]:
         for raw in paths:
             path = Path(raw)
             if path.is_dir():
-                raise UsageError(f"{raw}: a folder, not a notebook")
+                raise UsageError(f"{raw}: a folder, not a notebook: give .ipynb files (e.g. "
+                                 f"{raw.rstrip('/')}/*.ipynb), or no NOTEBOOK to run the whole course")
             if not path.is_file():
                 path = _course_notebook(raw)
             if path.suffix != ".ipynb":
@@ -118,6 +119,10 @@ def resolve_notebooks(paths: list[str]) -> list[Path]:
             if all(path.resolve() != seen.resolve() for seen in found):  # one file, however named
                 found.append(path)
         found.sort(key=lambda p: (p.name, str(p)))
+        for first, second in zip(found, found[1:]):
+            if first.name == second.name:  # both would be written as out/<name>
+                raise UsageError(f"{first} and {second}: both would be written to --out as "
+                                 f"{first.name}: run them with different --out folders")
     for path in found:
         _check_readable(path)
     return found
@@ -196,6 +201,10 @@ def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:
     evalue = getattr(error, "evalue", None)
     if evalue is None:  # a timeout or a dead kernel: the first line of the message says it
         evalue = first_line(error, default="")
+    else:  # the cell's own exception, whose text may run to several lines
+        evalue = (str(evalue).strip().splitlines() or [""])[0][:200]
+    if ename == "CellTimeoutError":
+        evalue = f"{evalue.rstrip('.')}: allow more with --timeout SECONDS"
     where = f"cell {cell}" if cell is not None else "before the first cell"
     return f"{path}: {where}: {ename}" + (f": {evalue}" if evalue else "")
 
@@ -303,16 +312,17 @@ def check_model_setting(model: str | None) -> str | None:
 
 def cmd_run(args) -> int:
     """Run the notebooks one after the other; stop at the first failure."""
-    notebooks = resolve_notebooks(args.notebooks)  # every check happens before any kernel starts
+    # every check happens before any kernel starts, the cheap ones before the slow imports
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    check_device_setting()
+    check_out(args.out)
+    notebooks = resolve_notebooks(args.notebooks)  # (parses each: imports nbformat)
+    check_device_setting()  # (imports torch)
     model = check_model_setting(args.model)
     sources = [path for path in notebooks if path.parent.resolve() == args.out.resolve()]
     if sources:
         raise UsageError(f"--out {args.out}: the folder of {sources[0].name}, which the executed "
                          "copy would replace: choose another folder")
-    check_out(args.out)
     check_cache_setting()
     try:
         args.out.mkdir(parents=True, exist_ok=True)

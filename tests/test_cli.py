@@ -179,7 +179,8 @@ def test_run_stops_at_failing_cell(tmp_path, capsys):
 
 @pytest.mark.parametrize("name, message", [("missing.ipynb", "no such notebook"),
                                            ("notes.txt", "not a notebook"),
-                                           ("folder.ipynb", "a folder, not a notebook")])
+                                           ("folder.ipynb", "a folder, not a notebook: give .ipynb "
+                                                            "files")])
 def test_bad_argument_fails_before_any_kernel(tmp_path, capsys, no_kernel, name, message):
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
     (tmp_path / "notes.txt").write_text("hello")
@@ -188,6 +189,36 @@ def test_bad_argument_fails_before_any_kernel(tmp_path, capsys, no_kernel, name,
     err = capsys.readouterr().err
     assert name in err and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cell_error_of_several_lines_is_reported_in_one(tmp_path, capsys):
+    bad = write_notebook(tmp_path / "bad.ipynb", "raise ValueError('line one\\nline two')")
+    assert cli.main(["run", str(bad), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"{bad}: cell 1: ValueError: line one "
+                                             f"(partial output in {tmp_path / 'out'})")
+
+
+def test_two_notebooks_of_one_name_are_refused_before_any_kernel(tmp_path, capsys, no_kernel):
+    """Their executed copies would both be --out/<name>: the second would replace the first."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_notebook(tmp_path / "a" / "ok.ipynb", "print('a')")
+    second = write_notebook(tmp_path / "b" / "ok.ipynb", "print('b')")
+    assert cli.main(["run", str(first), str(second), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "both would be written to --out as ok.ipynb" in err[0]
+    assert "different --out folders" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_a_bad_out_or_timeout_is_refused_before_the_notebooks_are_read(tmp_path, capsys, monkeypatch):
+    """Cheap checks first: reading the notebooks imports nbformat, the device check torch."""
+    monkeypatch.setattr(cli, "resolve_notebooks", lambda paths: pytest.fail("read the notebooks"))
+    (tmp_path / "file").write_text("notes")
+    assert cli.main(["run", "--out", str(tmp_path / "file")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert cli.main(["run", "--timeout", "0"]) == 2
+    assert "--timeout 0: must be a positive number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", ['{"cells": [', "[]", '{"nbformat": 4}', "\udcff"])
@@ -322,6 +353,7 @@ def test_cell_past_the_timeout_fails_naming_notebook_and_cell(tmp_path, capfd, m
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"sdcourse run: FAILED {slow}: cell 2: CellTimeoutError: ")
     assert "timed out" in err and f"(partial output in {out})" in err
+    assert "allow more with --timeout SECONDS" in err
     assert sorted(p.name for p in out.iterdir()) == ["a_slow.html", "a_slow.ipynb"]
     partial = nbformat.read(out / "a_slow.ipynb", as_version=4)
     assert [o.get("text") for o in partial.cells[0].outputs] == ["cell 1 ran\n"]
