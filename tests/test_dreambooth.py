@@ -794,6 +794,58 @@ def test_a_class_dir_of_other_files_is_refused_not_deleted(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
 
+@pytest.mark.parametrize("where", ["out is the instance folder", "out inside it",
+                                   "class_dir inside it", "class_dir is out", "out inside class_dir"])
+def test_the_runs_folders_keep_out_of_the_pictures_and_of_each_other(tmp_path, monkeypatch,
+                                                                     base, where):
+    """A run writing into the instance folder leaves files that the next run refuses as
+    pictures; a class folder holding the run folder would take it along when its pictures are
+    swapped in. Refused in one line before any model loads, nothing written."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the folders were checked")
+
+    monkeypatch.setattr(db, "load_tokenizer", no_model)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(subject.make_instance_images(3)):
+        image.save(photos / f"{i}.png")
+    out, class_dir = {
+        "out is the instance folder": (photos, None), "out inside it": (photos / "run", None),
+        "class_dir inside it": (tmp_path / "run", photos / "classes"),
+        "class_dir is out": (tmp_path / "run", tmp_path / "run"),
+        "out inside class_dir": (tmp_path / "classes" / "run", tmp_path / "classes")}[where]
+    match = "inside the instance folder" if "instance" in where or "inside it" in where else \
+        "holds the run's out folder"
+    message = _expect_error(tmp_path, monkeypatch, photos, match, base=base, out=out,
+                            class_dir=class_dir)
+    assert message.endswith("give a folder outside it") or message.endswith(
+        "a folder of its own (default: out/class_images)")
+    assert sorted(p.name for p in photos.iterdir()) == ["0.png", "1.png", "2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_class_pictures_interrupted_while_saved_leave_no_folder(tmp_path, monkeypatch, base):
+    """Ctrl-C while the class pictures are written: no half folder stays behind (its name
+    holds this process's id, so no later run would ever clean it up)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    saved, save = [], Image.Image.save
+
+    def interrupted_save(image, fp, *args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(fp)
+        return save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        db.generate_class_images(pipe, ["a red circle"] * 2, tmp_path / "class_images", seed=0,
+                                 steps=1)
+    assert saved and list(tmp_path.iterdir()) == []
+
+
 def test_a_class_dir_that_is_a_file_is_refused_before_any_model_loads(tmp_path, monkeypatch,
                                                                       base):
     def no_model(*args, **kwargs):

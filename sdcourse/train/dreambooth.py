@@ -662,17 +662,21 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
     if batch is None:
         batch = 50 if pipe.unet.config.sample_size <= 16 else 4
 
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     images = []
     for i in common.progress(range(0, len(prompts), batch), desc="class images", mininterval=5):
         generator = torch.Generator().manual_seed(seed + i)
         images += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance,
                        generator=generator).images
-    for i, image in enumerate(images):
-        image.save(tmp / f"{i:04d}.png")
-    (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed, "base": base}))
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # interrupted (Ctrl-C, a full disk) it leaves nothing: its name is this process's
+        tmp.mkdir(parents=True)
+        for i, image in enumerate(images):
+            image.save(tmp / f"{i:04d}.png")
+        (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts, "seed": seed, "base": base}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:  # stale pictures of other prompts stay until the new ones are in place
         common.replace_dir(tmp, folder)
     except OSError:  # another run sharing the folder renamed its pictures into place first
@@ -947,6 +951,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     except common.CheckpointError as error:
         raise DreamBoothError(str(error)) from None
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
+    check_folders_apart(instance, out, class_dir if prior_preservation else None)
     recorded_base = mini_base() if base is None else str(base)
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed, recorded_base)
@@ -991,6 +996,30 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                       validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir)
     finally:
         _release_models()
+
+
+def _within(folder: Path, other: Path) -> bool:
+    """Whether ``folder`` is ``other`` or lies inside it (links resolved)."""
+    folder, other = Path(folder).resolve(), Path(other).resolve()
+    return folder == other or other in folder.parents
+
+
+def check_folders_apart(instance, out: Path, class_dir: Path | None) -> None:
+    """The run's folders must keep out of the subject's pictures and of each other: a run
+    writing into the instance folder would leave files there that the next run refuses as
+    pictures, and the class pictures are swapped in as a whole folder, which would take a
+    run folder inside it along."""
+    if isinstance(instance, (str, Path)):
+        for what, folder in (("out folder (--out)", out), ("class folder (class_dir / --class-dir)",
+                                                           class_dir)):
+            if folder is not None and _within(folder, instance):
+                raise DreamBoothError(f"{what} {folder} is inside the instance folder {instance}, "
+                                      "which holds the subject's pictures only: give a folder "
+                                      "outside it")
+    if class_dir is not None and _within(out, class_dir):
+        raise DreamBoothError(f"class folder {class_dir} holds the run's out folder {out} and is "
+                              "replaced as a whole when its pictures are drawn: give class_dir / "
+                              "--class-dir a folder of its own (default: out/class_images)")
 
 
 def _release_models() -> None:
