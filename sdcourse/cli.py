@@ -460,6 +460,7 @@ def cmd_models_path(args) -> int:
 
     if args.task not in models.TASKS:
         raise UsageError(f"unknown task {args.task!r}: use one of {', '.join(models.TASKS)}")
+    check_cache_setting()  # the folder is assembled there
     try:
         print(models.mini_model_path(args.task))
     except (ValueError, OSError) as error:  # e.g. the mini checkpoint is not there
@@ -500,7 +501,9 @@ EVALUATIONS = ("vae", "text2img", "img2img", "inpaint", "depth2img", "dreambooth
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a part of the mini model (reproduces the shipped one)",
                        description="Train a part of the embedded mini model. Checkpoints go to "
-                       "--out every few hundred steps; running the same command again resumes.")
+                       "--out every few hundred steps; running the same command again resumes. "
+                       "Trains on the GPU when PyTorch sees one, else on the CPU (SDCOURSE_DEVICE "
+                       "does not apply).")
     p.add_argument("model", choices=TRAINERS, metavar="MODEL",
                    help=f"which part to train: {', '.join(TRAINERS)}")
     p.add_argument("--out", type=folder_arg, default=None, metavar="DIR",
@@ -582,6 +585,8 @@ def _train_dreambooth(args, out: Path) -> int:
     if unused:  # they only serve prior preservation: given with --no-prior, one is a mistake
         raise UsageError(f"{', '.join(unused)}: only for prior preservation, which --no-prior turns "
                          "off: drop --no-prior or drop " + ("it" if len(unused) == 1 else "them"))
+    if args.base is None:  # the mini model, whose folder is assembled in the cache
+        check_cache_setting()
     prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
     given = {name: value for name, value in [("token", args.token), ("steps", args.steps),
              ("prior_loss_weight", args.prior_loss_weight)] if value is not None}
@@ -611,19 +616,15 @@ def cmd_train(args) -> int:
         raise UsageError(f"--stop-at: not for `sdcourse train {args.model}`")
     if args.init and args.model not in ("text2img", "inpaint", "depth"):
         raise UsageError("--init: only for `sdcourse train text2img|inpaint|depth`")
+    if args.stop_at and args.steps is None and args.stop_at > DEFAULT_STEPS.get(args.model, args.stop_at):
+        raise UsageError(f"--stop-at {args.stop_at}: beyond the {DEFAULT_STEPS[args.model]} steps of "
+                         f"{args.model}'s default schedule: give --steps too")
     if args.caption_noise is not None and args.model != "text2img":
         raise UsageError("--caption-noise: only for `sdcourse train text2img`")
     if args.caption_noise is not None and not 0 <= args.caption_noise < 1:
         raise UsageError(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
-    # weights load from safetensors only: a folder of pickled .bin files is refused here
-    missing = [f"{part}/{name}" for part, weights in (("unet", "diffusion_pytorch_model"),
-                                                      ("text_encoder", "model"))
-               for name in ("config.json", f"{weights}.safetensors")
-               if args.init and not (args.init / part / name).is_file()]
-    if missing:
-        raise UsageError(f"--init {args.init}: no {', '.join(missing)} there (give a folder "
-                         "holding the text2img unet and text_encoder as safetensors, e.g. "
-                         "runs/text2img/at_text_encoder_freeze)")
+    if args.init:
+        check_init(args.init)
     out = Path(args.out or f"runs/{args.model}")
     if args.model != "dreambooth":
         given = [f"--{name.replace('_', '-')}" for name in _DREAMBOOTH_ONLY  # 0 is given too
@@ -649,11 +650,42 @@ def cmd_train(args) -> int:
         if isinstance(error, CliError):  # the options' own one-line errors, as they are
             raise
         from .models import ModelChoiceError
-        from .train.common import CheckpointError
+        from .train.common import CheckpointError, RunMismatchError
 
+        if isinstance(error, RunMismatchError):  # --out names another run: the options' mistake
+            raise UsageError(str(error)) from None
         if isinstance(error, (CheckpointError, ModelChoiceError)):
             raise CliError(str(error)) from None
         raise
+
+
+#: What --init must be, for its errors.
+INIT_HINT = ("give a folder holding the text2img unet and text_encoder as safetensors, e.g. "
+             "runs/text2img/at_text_encoder_freeze")
+
+
+def check_init(init: Path) -> None:
+    """A one-line UsageError unless ``init`` holds a text2img UNet (4 input channels: not an
+    inpaint or depth one) and a text encoder, with configs and safetensors weights (a folder
+    of pickled .bin files is refused: the course loads nothing else)."""
+    import json
+
+    if not init.is_dir():
+        raise UsageError(f"--init {init}: no such folder: {INIT_HINT}")
+    missing = [f"{part}/{name}" for part, weights in (("unet", "diffusion_pytorch_model"),
+                                                      ("text_encoder", "model"))
+               for name in ("config.json", f"{weights}.safetensors")
+               if not (init / part / name).is_file()]
+    if missing:
+        raise UsageError(f"--init {init}: no {', '.join(missing)} there: {INIT_HINT}")
+    try:
+        channels = json.loads((init / "unet" / "config.json").read_text())["in_channels"]
+    except (OSError, ValueError, KeyError, TypeError) as error:  # unreadable, not JSON, not a UNet's
+        raise UsageError(f"--init {init}: unet/config.json is not a UNet's config "
+                         f"({first_line(error, named=True)}): {INIT_HINT}") from None
+    if channels != 4:
+        raise UsageError(f"--init {init}: its unet takes {channels} input channels, not the "
+                         f"text2img UNet's 4 (an inpaint or depth UNet?): {INIT_HINT}")
 
 
 def _train_mini(args, out: Path) -> int:
@@ -718,7 +750,9 @@ DEFAULT_CASES = {"vae": 256, "text2img": 200, "img2img": 100, "inpaint": 100, "d
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a shipped mini model on fresh random cases",
-                       description="Measure the shipped mini model on fresh cases drawn from --seed.")
+                       description="Measure the shipped mini model on fresh cases drawn from --seed. "
+                       "Runs on the CPU, where the recorded numbers were measured (SDCOURSE_DEVICE "
+                       "does not apply).")
     p.add_argument("model", choices=EVALUATIONS, metavar="SUITE",
                    help=f"what to measure: {', '.join(EVALUATIONS)}")
     by_count: dict[int, list[str]] = {}
@@ -741,6 +775,8 @@ def cmd_evaluate(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
+    if args.model != "vae":  # the suites that load a pipeline assemble its folder in the cache
+        check_cache_setting()
     if args.n is not None and args.n > evaluate.MAX_CASES:
         raise UsageError(f"--n {args.n}: that many cases would take hours on a CPU: give "
                          f"--n {evaluate.MAX_CASES} or fewer")
@@ -781,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stable Diffusion course: run the notebooks, check the machine, train and "
         "evaluate the embedded mini model.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version('sdcourse')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
@@ -789,7 +826,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdcourse`` script and of ``python -m sdcourse``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # (argparse's own report points at the top-level help, not the command's)
+        command = " ".join(filter(None, ["sdcourse", args.command, getattr(args, "models_command", None)]))
+        parser.exit(2, f"sdcourse: error: unrecognized arguments: {' '.join(unknown)} "
+                       f"(see `{command} --help`)\n")
     try:
         return args.func(args)
     except CliError as error:

@@ -69,7 +69,9 @@ def test_main_needs_a_command(capsys):
     (["evaluate", "video"], "argument SUITE: invalid choice: 'video' (choose from "),
     (["evaluate"], "the following arguments are required: SUITE (see `sdcourse evaluate --help`)"),
     (["models", "path"], "required: TASK (see `sdcourse models path --help`)"),
-    (["doctor", "--verbose"], "unrecognized arguments: --verbose (see `sdcourse --help`)"),
+    (["doctor", "--verbose"], "unrecognized arguments: --verbose (see `sdcourse doctor --help`)"),
+    (["train", "vae", "--stpes", "5"], "unrecognized arguments: --stpes 5 (see `sdcourse train --help`)"),
+    (["models", "path", "text2img", "-x"], "unrecognized arguments: -x (see `sdcourse models path --help`)"),
 ])
 def test_command_line_errors_are_one_line_in_the_package_style(argv, message, capsys):
     """argparse's errors too: `sdcourse: error: ...` and where to look, not 11 lines of usage
@@ -80,6 +82,15 @@ def test_command_line_errors_are_one_line_in_the_package_style(argv, message, ca
     err = capsys.readouterr().err
     assert err.startswith("sdcourse: error: ") and message in err, err
     assert len(err.splitlines()) == 1 and "usage:" not in err
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"sdcourse {metadata.version('sdcourse')}\n"
 
 
 def test_help_lists_the_choices_and_defaults(capsys, monkeypatch):
@@ -752,12 +763,13 @@ def test_a_seed_outside_what_generators_take_is_a_usage_error(argv, seed, capsys
     (["train", "vae", "--stop-at", "0"], "--stop-at must be at least 1, got 0"),
     (["train", "depth-estimator", "--stop-at", "10"], "--stop-at: not for `sdcourse train depth-estimator`"),
     (["train", "vae", "--init", "runs"], "--init: only for `sdcourse train text2img|inpaint|depth`"),
-    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json, unet/diffusion_pytorch_model.safetensors, "
-     "text_encoder/config.json, text_encoder/model.safetensors there"),
+    (["train", "text2img", "--init", "/nonexistent"], "--init /nonexistent: no such folder: give a folder "
+     "holding the text2img unet and text_encoder as safetensors"),
     (["train", "inpaint", "--caption-noise", "0.3"], "--caption-noise: only for `sdcourse train text2img`"),
     (["train", "text2img", "--caption-noise", "1.5"], "--caption-noise must be in [0, 1), got 1.5"),
-    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no unet/config.json, unet/diffusion_pytorch_model.safetensors, "
-     "text_encoder/config.json, text_encoder/model.safetensors there"),
+    (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no such folder"),
+    (["train", "vae", "--stop-at", "5000"], "--stop-at 5000: beyond the 4000 steps of vae's default "
+     "schedule: give --steps too"),
     (["train", "vae", "--token", "foo"], "--token: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--prior-loss-weight", "2"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--prior-loss-weight", "0"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
@@ -833,7 +845,8 @@ def test_train_dreambooth_refuses_publish(tmp_path, capsys, no_training):
 
 def test_a_cache_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     """SDCOURSE_CACHE naming a file: the mini model's folder cannot be assembled there. `train
-    dreambooth` and `evaluate` say so in one line (status 1), before any model loads."""
+    dreambooth`, `evaluate` and `models path` say so in one line (status 2, a bad setting, as
+    `run` does), before any model loads."""
     from sdcourse import dreambooth_subject
     from sdcourse.train import dreambooth
 
@@ -847,13 +860,15 @@ def test_a_cache_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys, mo
     pictures.mkdir()
     for i, image in enumerate(dreambooth_subject.make_instance_images(3)):
         image.save(pictures / f"{i}.png")
-    expected = (f"sdcourse: error: cannot assemble the mini model's folder in {tmp_path / 'file'} "
-                "(Not a directory): point SDCOURSE_CACHE at a writable folder or unset it\n")
+    expected = (f"sdcourse: error: SDCOURSE_CACHE={tmp_path / 'file'}: a file, not a folder: "
+                "point it at a writable folder or unset it\n")
     assert cli.main(["train", "dreambooth", "--instance-dir", str(pictures), "--instance-prompt",
-                     "a sks dog", "--no-prior", "--out", str(tmp_path / "run")]) == 1
+                     "a sks dog", "--no-prior", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == expected
-    assert cli.main(["evaluate", "text2img", "--n", "1"]) == 1
-    assert capsys.readouterr().err == expected
+    assert not (tmp_path / "run").exists()
+    for argv in (["evaluate", "text2img", "--n", "1"], ["models", "path", "img2img"]):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == expected
 
 
 @pytest.mark.parametrize("error", ["sdcourse.models.ModelChoiceError",
@@ -1000,7 +1015,7 @@ def _fake_init(init: Path, weights: str = "safetensors") -> None:
     """A folder shaped like a text2img checkpoint (the trainers are fakes: empty files do)."""
     for part, name in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
         (init / part).mkdir(parents=True)
-        (init / part / "config.json").write_text("{}")
+        (init / part / "config.json").write_text('{"in_channels": 4}' if part == "unet" else "{}")
         (init / part / f"{name}.{weights}").write_bytes(b"")
 
 
@@ -1012,6 +1027,22 @@ def test_train_init_takes_safetensors_only(trainers, tmp_path, capsys):
     assert cli.main(["train", "text2img", "--out", str(tmp_path / "run"), "--init", str(init)]) == 2
     assert (f"--init {init}: no unet/diffusion_pytorch_model.safetensors, "
             "text_encoder/model.safetensors there") in capsys.readouterr().err
+    assert trainers.calls == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"in_channels": 9}', "its unet takes 9 input channels, not the text2img UNet's 4"),
+    ("", "unet/config.json is not a UNet's config (JSONDecodeError: "),
+    ('{"sample_size": 8}', "unet/config.json is not a UNet's config (KeyError: 'in_channels')")])
+def test_train_init_must_hold_a_text2img_unet(trainers, tmp_path, capsys, config, message):
+    """The inpainting model's folder (9 channels), or a config cut short, is refused in one
+    line before any work, not after seconds of loading with a library traceback."""
+    init = tmp_path / "init"
+    _fake_init(init)
+    (init / "unet" / "config.json").write_text(config)
+    assert cli.main(["train", "inpaint", "--out", str(tmp_path / "run"), "--init", str(init)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].endswith("runs/text2img/at_text_encoder_freeze")
     assert trainers.calls == [] and not (tmp_path / "run").exists()
 
 

@@ -278,13 +278,13 @@ def test_an_empty_class_prompt_is_refused_before_any_picture_is_drawn(tmp_path, 
 @pytest.mark.parametrize("prompts, got", [
     (["a sks circle"] * 2, "got 2"),  # fewer than the 3 pictures
     (["a sks circle"] * 4, "got 4"),  # more
-    (["a sks circle", None, "a sks circle"], "got 3"),  # one per picture, but not all strings
+    (["a sks circle", None, "a sks circle"], "got 3, not all of them text"),  # one per picture
     (None, "got 0"),
 ])
 def test_instance_prompts_must_be_one_or_one_per_picture(tmp_path, monkeypatch, base, prompts, got):
     message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
-                            r"instance_prompt: give one string, or a list of one string per "
-                            r"picture \(3\)", base=base, instance_prompt=prompts)
+                            r"instance_prompt: give one prompt for all the pictures, or one "
+                            r"prompt per picture \(3 pictures\)", base=base, instance_prompt=prompts)
     assert message.endswith(got)
 
 

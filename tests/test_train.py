@@ -158,6 +158,26 @@ def test_unet_trainer_checks_task_init_and_the_run_folder_before_any_work(tmp_pa
     assert sorted(p.name for p in (tmp_path / "t2i").iterdir()) == ["checkpoint"]
 
 
+def test_an_init_folder_that_does_not_load_is_one_line_and_no_run_folder(tmp_path):
+    """Weights cut short (empty files beside good configs): one line naming the folder and
+    what to give, after the libraries tried, and no empty run folder left behind."""
+    from sdcourse.models import MINI_DIR
+    from sdcourse.train import text2img
+
+    init = tmp_path / "init"
+    for part, weights in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (init / part).mkdir(parents=True)
+        (init / part / "config.json").write_text((MINI_DIR / part / "config.json").read_text())
+        (init / part / f"{weights}.safetensors").write_bytes(b"")
+    with pytest.raises(common.CheckpointError) as info:
+        text2img.train(tmp_path / "run", task="inpaint", init=init, vae_path=MINI_DIR / "vae",
+                       tokenizer_path=MINI_DIR / "tokenizer")
+    message = str(info.value)
+    assert message.startswith(f"init folder {init} does not load (") and "\n" not in message
+    assert message.endswith("runs/text2img/at_text_encoder_freeze")
+    assert not (tmp_path / "run").exists()
+
+
 def test_widened_unet_starts_as_the_text2img_unet():
     from diffusers import UNet2DConditionModel
 
@@ -549,6 +569,7 @@ def test_resuming_with_other_settings_is_refused_naming_them(tmp_path, vae_steps
     with pytest.raises(common.CheckpointError) as info:
         vae.train(out, seed=5, **args)
     assert str(info.value) == f"{out} holds a vae run with other settings: seed (--seed) was 0, now 5{again}"
+    assert isinstance(info.value, common.RunMismatchError)  # the command line's usage error (status 2)
     with pytest.raises(common.CheckpointError) as info:
         vae.train(out, **(args | {"lr": 1e-3, "batch_size": 4}))
     assert str(info.value) == (f"{out} holds a vae run with other settings: batch_size was 2, "
@@ -617,7 +638,7 @@ def test_a_folder_of_another_trainer_is_refused_before_anything_loads(tmp_path, 
         with pytest.raises(common.CheckpointError, match="holds a vae training run, not depth-estimator"):
             depth_estimator.train(out, steps=1)
         assert _contents(out) == before
-    assert cli.main(["train", "text2img", "--out", str(out), "--steps", "1"]) == 1
+    assert cli.main(["train", "text2img", "--out", str(out), "--steps", "1"]) == 2  # as for DreamBooth
     assert capsys.readouterr().err == f"sdcourse: error: {expected}\n"
     assert _contents(out) == before
 

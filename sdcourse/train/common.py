@@ -55,6 +55,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from (the message says which and what to do)."""
 
 
+class RunMismatchError(CheckpointError):
+    """A run folder that this call may not resume: another trainer's run, or this trainer's
+    with other settings. The checkpoint is fine; the command asked for something else (the
+    command line's usage error)."""
+
+
 def _damaged(path: Path, reason: str) -> CheckpointError:
     return CheckpointError(f"the checkpoint {path} cannot be resumed from ({reason}): delete it "
                            "to train from the start, or give another --out")
@@ -157,7 +163,7 @@ def check_kind(out: Path, kind: str, option: str = "--out") -> None:
     before anything loads or is written, and without touching that other run."""
     found = run_kind(out)
     if found is not None and found != kind:
-        raise CheckpointError(
+        raise RunMismatchError(
             f"{out} holds {_article(found)} {found} training run, not {kind}: choose another "
             f"{option} for {kind} (training {found} there resumes that run)")
 
@@ -218,7 +224,7 @@ def check_settings(checkpoint: Path, kind: str, settings: dict) -> None:
     labels = {name: f"{name} ({option})" for name, option in MINI_OPTIONS.items()}
     differences = describe_changes(recorded, settings, labels, notes)
     if differences:
-        raise CheckpointError(
+        raise RunMismatchError(
             f"{Path(checkpoint).parent} holds {_article(kind)} {kind} run with other settings: "
             f"{differences}: to resume it, give the settings it was trained with; for a new "
             "run, choose another --out")

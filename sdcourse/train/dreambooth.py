@@ -184,8 +184,9 @@ def _as_prompts(prompt, n: int, what: str) -> list[str]:
         return [prompt] * n
     prompts = list(prompt or [])
     if len(prompts) != n or not all(isinstance(p, str) for p in prompts):
-        raise DreamBoothError(f"{what}: give one string, or a list of one string per picture "
-                              f"({n}); got {len(prompts)}")
+        got = len(prompts) if len(prompts) != n else f"{n}, not all of them text"
+        raise DreamBoothError(f"{what}: give one prompt for all the pictures, or one prompt per "
+                              f"picture ({n} pictures); got {got}")
     return prompts
 
 

@@ -31,6 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import world
 from ..files import atomic_path
+from ..messages import first_line
 from . import common
 
 TEXT_ENCODER_CONFIG = dict(
@@ -232,7 +233,6 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     state = common.checkpoint_state(ckpt) if ckpt is not None else {}
     # where the run started (checkpoints from before it was recorded: the init given now)
     started_from = state["init"] if "init" in state else (str(init) if init is not None else None)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True).eval()
@@ -243,15 +243,22 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
             ema = UNet2DConditionModel.from_pretrained(ckpt / "unet_ema", use_safetensors=True)
             text_encoder = CLIPTextModel.from_pretrained(ckpt / "text_encoder", use_safetensors=True)
     elif init is not None:  # inpaint/depth: widened; text2img: fine-tuned as it is
-        unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet", use_safetensors=True)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet", use_safetensors=True)
+            text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder", use_safetensors=True)
+        except Exception as error:  # noqa: BLE001 - whatever the libraries raise on a bad file
+            raise common.CheckpointError(
+                f"init folder {init} does not load ({first_line(error, limit=120, named=True)}): "
+                "give a folder holding the text2img unet and text_encoder as safetensors, e.g. "
+                "runs/text2img/at_text_encoder_freeze") from None
         if extra:
             unet = widen_conv_in(unet, extra)
-        text_encoder = CLIPTextModel.from_pretrained(Path(init) / "text_encoder", use_safetensors=True)
         ema = copy.deepcopy(unet)
     else:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         ema = copy.deepcopy(unet)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    out.mkdir(parents=True, exist_ok=True)  # the models loaded: the run can start
     unet, ema, text_encoder = unet.float(), ema.float(), text_encoder.float()
     ema.requires_grad_(False)
     start = common.checkpoint_step(ckpt) if ckpt is not None else 0
