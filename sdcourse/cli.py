@@ -460,7 +460,6 @@ def cmd_models_path(args) -> int:
 
     if args.task not in models.TASKS:
         raise UsageError(f"unknown task {args.task!r}: use one of {', '.join(models.TASKS)}")
-    check_cache_setting()  # the folder is assembled there
     try:
         print(models.mini_model_path(args.task))
     except (ValueError, OSError) as error:  # e.g. the mini checkpoint is not there
@@ -585,8 +584,6 @@ def _train_dreambooth(args, out: Path) -> int:
     if unused:  # they only serve prior preservation: given with --no-prior, one is a mistake
         raise UsageError(f"{', '.join(unused)}: only for prior preservation, which --no-prior turns "
                          "off: drop --no-prior or drop " + ("it" if len(unused) == 1 else "them"))
-    if args.base is None:  # the mini model, whose folder is assembled in the cache
-        check_cache_setting()
     prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
     given = {name: value for name, value in [("token", args.token), ("steps", args.steps),
              ("prior_loss_weight", args.prior_loss_weight)] if value is not None}
@@ -775,8 +772,6 @@ def cmd_evaluate(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
-    if args.model != "vae":  # the suites that load a pipeline assemble its folder in the cache
-        check_cache_setting()
     if args.n is not None and args.n > evaluate.MAX_CASES:
         raise UsageError(f"--n {args.n}: that many cases would take hours on a CPU: give "
                          f"--n {evaluate.MAX_CASES} or fewer")

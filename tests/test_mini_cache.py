@@ -106,9 +106,8 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_the_variable(mini, tm
         models.mini_model_path("text2img")
     assert str(info.value) == (f"cannot assemble the mini model's folder in {blocker} (Not a "
                                "directory): point SDCOURSE_CACHE at a writable folder or unset it")
-    assert cli.main(["models", "path", "text2img"]) == 2  # a bad setting, as for `run`
-    assert capsys.readouterr().err == (f"sdcourse: error: SDCOURSE_CACHE={blocker}: a file, not a "
-                                       "folder: point it at a writable folder or unset it\n")
+    assert cli.main(["models", "path", "text2img"]) == 1
+    assert capsys.readouterr().err == f"sdcourse: error: {info.value}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
