@@ -691,7 +691,8 @@ def test_runs_share_class_pictures_through_class_dir(tmp_path, base):
     assert (tmp_path / "two" / db.LORA_FILE).exists()
 
 
-def test_class_pictures_drawn_beforehand_are_reused_by_a_run_from_the_same_base(tmp_path, base):
+def test_class_pictures_drawn_beforehand_are_reused_by_a_run_from_the_same_base(tmp_path, base,
+                                                                                  monkeypatch):
     """As notebook 07 does: the pictures are drawn first with the base pipeline, then the run
     from that base finds them in ``class_dir`` (recorded as drawn by it) and does not redraw."""
     from diffusers import StableDiffusionPipeline
@@ -700,11 +701,18 @@ def test_class_pictures_drawn_beforehand_are_reused_by_a_run_from_the_same_base(
     pipe.set_progress_bar_config(disable=True)
     shared = tmp_path / "class"
     db.generate_class_images(pipe, ["a red circle"] * 2, shared, seed=0, steps=1)
-    assert json.loads((shared / "prompts.json").read_text())["base"] == str(base)
+    assert json.loads((shared / "prompts.json").read_text())["base"] == str(base.resolve())
     drawn = [p.stat().st_mtime_ns for p in sorted(shared.glob("*.png"))]
     db.train_dreambooth(subject.make_instance_images(3), out=tmp_path / "run",
                         instance_prompt="a sks circle", class_prompt="a red circle", base=base,
                         class_dir=shared, **(FAST | {"steps": 1}))
+    assert [p.stat().st_mtime_ns for p in sorted(shared.glob("*.png"))] == drawn
+    # the same base spelled otherwise (a link to its folder, given relative): the same model
+    (tmp_path / "link").symlink_to(base, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    db.train_dreambooth(subject.make_instance_images(3), out=tmp_path / "run2",
+                        instance_prompt="a sks circle", class_prompt="a red circle",
+                        base="link/", class_dir=shared, **(FAST | {"steps": 1}))
     assert [p.stat().st_mtime_ns for p in sorted(shared.glob("*.png"))] == drawn
 
 
@@ -724,7 +732,7 @@ def test_class_pictures_of_another_base_are_redrawn_not_reused(tmp_path, base):
                         instance_prompt="a sks circle", class_prompt="a red circle", base=base,
                         class_dir=shared, **(FAST | {"steps": 1}))
     assert json.loads((shared / "prompts.json").read_text()) == {
-        "prompts": ["a red circle"] * 2, "seed": 0, "base": str(base)}
+        "prompts": ["a red circle"] * 2, "seed": 0, "base": str(base.resolve())}
     assert Image.open(shared / "0000.png").size == (64, 64)
 
 
@@ -735,9 +743,13 @@ def test_the_mini_pipeline_draws_as_the_mini_base(base):
 
     from sdcourse.models import load_pipeline
 
+    from sdcourse.models import mini_model_path
+
     mini = load_pipeline("text2img", model="mini", device="cpu", verbose=False)
-    assert db.drawn_by(mini) == db.mini_base()
-    assert db.drawn_by(StableDiffusionPipeline.from_pretrained(base)) == str(base)
+    assert db.drawn_by(mini) == db.mini_base() == db.class_base(None)
+    assert db.class_base(mini_model_path("text2img")) == db.mini_base()  # --base that folder
+    assert db.drawn_by(StableDiffusionPipeline.from_pretrained(base)) == str(base.resolve())
+    assert db.class_base("someone/a-model") == "someone/a-model"  # a Hub id as it is
 
 
 def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, monkeypatch):

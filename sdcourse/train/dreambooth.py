@@ -627,17 +627,29 @@ def check_class_dir(folder, prompts: list[str], seed: int, base: str) -> bool:
     return False
 
 
-def drawn_by(pipe) -> str:
-    """The base model a pipeline's class pictures are recorded as drawn by, as
-    :func:`train_dreambooth` records its ``base``: :func:`mini_base` for the mini model's
-    folder, else the pipeline's ``name_or_path`` (a Hub id or a folder)."""
-    name = str(getattr(pipe, "name_or_path", "") or "")
-    if name and Path(name).is_dir():
-        from ..models import mini_model_path
+def class_base(base) -> str:
+    """How class pictures record the model that drew them, one spelling per model: the mini
+    model (``None``, or its assembled folder) as :func:`mini_base`; another folder by its
+    resolved path (``./sd``, ``sd/`` and a link to it are one model); a Hub id as it is."""
+    if base is None:
+        return mini_base()
+    path = Path(str(base))
+    if not path.is_dir():
+        return str(base)
+    from ..models import ModelChoiceError, mini_model_path
 
-        if Path(name).resolve() == Path(mini_model_path("text2img")).resolve():
-            return mini_base()
-    return name
+    try:  # (the mini folder is only compared here: a cache that cannot be written is no matter)
+        mini = Path(mini_model_path("text2img")).resolve()
+    except (ModelChoiceError, OSError):
+        mini = None
+    return mini_base() if path.resolve() == mini else str(path.resolve())
+
+
+def drawn_by(pipe) -> str:
+    """The model a pipeline's class pictures are recorded as drawn by (:func:`class_base` of
+    its ``name_or_path``), as :func:`train_dreambooth` records those of its ``base``."""
+    name = str(getattr(pipe, "name_or_path", "") or "")
+    return class_base(name) if name else ""
 
 
 @torch.no_grad()
@@ -954,8 +966,9 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     check_folders_apart(instance, out, class_dir if prior_preservation else None)
     recorded_base = mini_base() if base is None else str(base)
+    drawer = class_base(base)  # as the class pictures record it
     if prior_preservation:
-        check_class_dir(class_dir, class_prompts, seed, recorded_base)
+        check_class_dir(class_dir, class_prompts, seed, drawer)
     if base is None:
         from ..models import mini_model_path
 
@@ -994,7 +1007,8 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                                           "steps": steps})
     try:
         return _train(out, files, images, settings, tokenizer, steps, save_every, validate_every,
-                      validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir)
+                      validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir,
+                      drawer)
     finally:
         _release_models()
 
@@ -1039,7 +1053,8 @@ def _release_models() -> None:
 
 
 def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, save_every: int,
-           validate_every: int, validation_prompts: list[str], class_dir: Path) -> Path:
+           validate_every: int, validation_prompts: list[str], class_dir: Path,
+           drawer: str) -> Path:
     from accelerate import Accelerator
 
     from .text2img import tokenize
@@ -1061,11 +1076,11 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
             pipe = make_pipeline(parts, tokenizer, accelerator.device)
             with accelerator.autocast():  # a float16 VAE decodes the float32 UNet's latents
                 class_images = generate_class_images(pipe, s.class_prompts, class_dir, seed=s.seed,
-                                                     base=s.base)
+                                                     base=drawer)
         accelerator.wait_for_everyone()
         if not class_images:
             class_images = generate_class_images(None, s.class_prompts, class_dir, seed=s.seed,
-                                                 base=s.base)
+                                                 base=drawer)
         class_images = [to_resolution(im, size) for im in class_images]
 
     # 3. what learns: a LoRA on the attention projections, or every weight
