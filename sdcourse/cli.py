@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .files import write_atomic
-from .messages import first_line
+from .messages import INIT_HINT, first_line
 
 DEFAULT_OUT = Path("build") / "course"
 
@@ -202,7 +202,7 @@ def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:
     if evalue is None:  # a timeout or a dead kernel: the first line of the message says it
         evalue = first_line(error, default="")
     else:  # the cell's own exception, whose text may run to several lines
-        evalue = (str(evalue).strip().splitlines() or [""])[0][:200]
+        evalue = first_line(evalue, default="")
     if ename == "CellTimeoutError":
         evalue = f"{evalue.rstrip('.')}: allow more with --timeout SECONDS"
     where = f"cell {cell}" if cell is not None else "before the first cell"
@@ -613,9 +613,6 @@ def cmd_train(args) -> int:
         raise UsageError(f"--stop-at: not for `sdcourse train {args.model}`")
     if args.init and args.model not in ("text2img", "inpaint", "depth"):
         raise UsageError("--init: only for `sdcourse train text2img|inpaint|depth`")
-    if args.stop_at and args.steps is None and args.stop_at > DEFAULT_STEPS.get(args.model, args.stop_at):
-        raise UsageError(f"--stop-at {args.stop_at}: beyond the {DEFAULT_STEPS[args.model]} steps of "
-                         f"{args.model}'s default schedule: give --steps too")
     if args.caption_noise is not None and args.model != "text2img":
         raise UsageError("--caption-noise: only for `sdcourse train text2img`")
     if args.caption_noise is not None and not 0 <= args.caption_noise < 1:
@@ -628,8 +625,10 @@ def cmd_train(args) -> int:
                  if getattr(args, name) is not None and getattr(args, name) is not False]
         if given:
             raise UsageError(f"{', '.join(given)}: only for `sdcourse train dreambooth`")
-        if args.stop_at and args.steps and args.stop_at > args.steps:
-            raise UsageError(f"--stop-at {args.stop_at}: beyond --steps {args.steps}")
+        if args.stop_at and args.stop_at > (args.steps or DEFAULT_STEPS[args.model]):
+            raise UsageError(f"--stop-at {args.stop_at}: beyond --steps {args.steps}" if args.steps
+                             else f"--stop-at {args.stop_at}: beyond the {DEFAULT_STEPS[args.model]} "
+                             f"steps of {args.model}'s default schedule: give --steps too")
     check_out(out)
     if args.publish and args.model != "dreambooth":  # (which refuses --publish itself)
         from .models import MINI_DIR  # it writes into the installed package: find out now
@@ -654,11 +653,6 @@ def cmd_train(args) -> int:
         if isinstance(error, (CheckpointError, ModelChoiceError)):
             raise CliError(str(error)) from None
         raise
-
-
-#: What --init must be, for its errors.
-INIT_HINT = ("give a folder holding the text2img unet and text_encoder as safetensors, e.g. "
-             "runs/text2img/at_text_encoder_freeze")
 
 
 def check_init(init: Path) -> None:

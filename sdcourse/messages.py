@@ -5,6 +5,11 @@ from __future__ import annotations
 import numbers
 
 
+#: What a trainer's ``--init`` (``init=``) folder must hold, for the errors that find it does not.
+INIT_HINT = ("give a folder holding the text2img unet and text_encoder as safetensors, e.g. "
+             "runs/text2img/at_text_encoder_freeze")
+
+
 def is_whole(value) -> bool:
     """An int (numpy's too), not a bool: True is no count, 400.0 and "400" are no whole numbers."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

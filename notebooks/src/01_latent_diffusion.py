@@ -255,7 +255,7 @@ passed_1 = sdc.self_check(check_exercise_1, "exercise 1")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-passed_2 = sdc.self_check(check_exercise_2, "exercise 2")  # (in its own cell: runs even if 1 fails)
+passed_2 = sdc.self_check(check_exercise_2, "exercise 2")  # (its own cell: run it even when exercise 1 fails)
 
 # %% [markdown]
 # **Solutions** (try them yourself first). The colour is not one channel's job: the check's

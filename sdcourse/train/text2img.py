@@ -31,7 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import world
 from ..files import atomic_path
-from ..messages import first_line
+from ..messages import INIT_HINT, first_line
 from . import common
 
 TEXT_ENCODER_CONFIG = dict(
@@ -125,13 +125,13 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
                                          "to encode the training set again") from None
         found = (len(data["captions"]), data["extra"].shape[1] if "extra" in data else 0)
         if found != (n, EXTRA_CHANNELS[task]):
-            raise common.CheckpointError(
+            raise common.RunMismatchError(
                 f"{path} holds another run's training set ({found[0]} pictures, {found[1]} extra "
                 f"channels; {task} needs {n} and {EXTRA_CHANNELS[task]}): delete it or give "
                 "another --out")
         saved_seed = data.pop("seed", None)  # (sets saved before the seed was kept: not checked)
         if saved_seed is not None and saved_seed != seed:
-            raise common.CheckpointError(
+            raise common.RunMismatchError(
                 f"{path} holds a training set drawn with another seed (--seed) than this "
                 "run's: delete it or give another --out")
         return data
@@ -249,8 +249,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         except Exception as error:  # noqa: BLE001 - whatever the libraries raise on a bad file
             raise common.CheckpointError(
                 f"init folder {init} does not load ({first_line(error, limit=120, named=True)}): "
-                "give a folder holding the text2img unet and text_encoder as safetensors, e.g. "
-                "runs/text2img/at_text_encoder_freeze") from None
+                + INIT_HINT) from None
         if extra:
             unet = widen_conv_in(unet, extra)
         ema = copy.deepcopy(unet)
