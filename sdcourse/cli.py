@@ -817,6 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdcourse`` script and of ``python -m sdcourse``; returns the exit status."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command == "run" and not any(word.startswith("-") for word in unknown):
+        args.notebooks += unknown  # notebooks on both sides of an option: `run a --timeout 5 b`
+        unknown = []
     if unknown:  # (argparse's own report points at the top-level help, not the command's)
         command = " ".join(filter(None, ["sdcourse", args.command, getattr(args, "models_command", None)]))
         parser.exit(2, f"sdcourse: error: unrecognized arguments: {' '.join(unknown)} "

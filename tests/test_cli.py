@@ -210,6 +210,16 @@ def test_a_cell_error_of_several_lines_is_reported_in_one(tmp_path, capsys):
                                              f"(partial output in {tmp_path / 'out'})")
 
 
+def test_notebooks_may_stand_on_both_sides_of_an_option(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: ran.append(path.name))
+    first = write_notebook(tmp_path / "a.ipynb", "print(1)")
+    second = write_notebook(tmp_path / "b.ipynb", "print(2)")
+    assert cli.main(["run", str(first), "--timeout", "5", str(second),
+                     "--out", str(tmp_path / "out")]) == 0
+    assert ran == ["a.ipynb", "b.ipynb"]
+
+
 def test_two_notebooks_of_one_name_are_refused_before_any_kernel(tmp_path, capsys, no_kernel):
     """Their executed copies would both be --out/<name>: the second would replace the first."""
     (tmp_path / "a").mkdir()
