@@ -198,11 +198,10 @@ def _write_outputs(nb, source: Path, out: Path) -> None:
 def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:
     """``notebooks/x.ipynb: cell 3: ZeroDivisionError: division by zero``."""
     ename = getattr(error, "ename", None) or type(error).__name__
+    # the cell's own exception (its text may run to several lines), else a timeout's or a dead
+    # kernel's message: the first line says it
     evalue = getattr(error, "evalue", None)
-    if evalue is None:  # a timeout or a dead kernel: the first line of the message says it
-        evalue = first_line(error, default="")
-    else:  # the cell's own exception, whose text may run to several lines
-        evalue = first_line(evalue, default="")
+    evalue = first_line(error if evalue is None else evalue, default="")
     if ename == "CellTimeoutError":
         evalue = f"{evalue.rstrip('.')}: allow more with --timeout SECONDS"
     where = f"cell {cell}" if cell is not None else "before the first cell"

@@ -636,9 +636,12 @@ def class_base(base) -> str:
     path = Path(str(base))
     if not path.is_dir():
         return str(base)
+    from ..files import cache_root
     from ..models import ModelChoiceError, mini_model_path
 
-    try:  # (the mini folder is only compared here: a cache that cannot be written is no matter)
+    if path.resolve().parent != (cache_root() / "mini").resolve():  # not where it is assembled
+        return str(path.resolve())
+    try:  # (there it exists already: only compared, not built)
         mini = Path(mini_model_path("text2img")).resolve()
     except (ModelChoiceError, OSError):
         mini = None
@@ -966,7 +969,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     check_folders_apart(instance, out, class_dir if prior_preservation else None)
     recorded_base = mini_base() if base is None else str(base)
-    drawer = class_base(base)  # as the class pictures record it
+    drawer = recorded_base if base is None else class_base(base)  # as the class pictures record it
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed, drawer)
     if base is None:
