@@ -145,6 +145,40 @@ def test_every_notebook_installs_the_course_on_colab_from_the_project_repository
     assert not any("github.com" in p.read_text() for p in sources), "the URL lives in pyproject.toml"
 
 
+#: The dependencies only the notebook runner (`sdcourse run`, nbval) needs: Colab has its own
+#: Jupyter, with ipykernel and ipython pinned, so its install cell must not upgrade them.
+RUNNER_ONLY = {"jupyterlab", "ipykernel", "nbformat", "nbclient", "nbconvert"}
+
+
+def test_the_colab_cell_installs_what_the_notebooks_import_and_leaves_colabs_jupyter_alone(pyproject):
+    """The course goes in without its dependencies (--no-deps), then every dependency of
+    pyproject.toml but the Jupyter runner's, each with its bound."""
+    import json
+
+    wanted = [r for r in pyproject["project"]["dependencies"] if Requirement(r).name not in RUNNER_ONLY]
+    assert len(wanted) == len(pyproject["project"]["dependencies"]) - len(RUNNER_ONLY)
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        first = "".join(code[0]["source"])
+        assert '"--no-deps", f"git+{COURSE_REPO}"' in first, path.name
+        installed = re.findall(r'"([A-Za-z_-]+[<>=!~][^"]*)"', first)
+        assert installed == wanted, path.name
+
+
+def test_the_notebooks_modules_import_no_jupyter_runner_package():
+    """What the Colab cell leaves out must not be needed: importing the package and the
+    modules the notebooks use loads none of the runner's packages."""
+    import subprocess
+    import sys
+
+    modules = ["sdcourse", "sdcourse.evaluate", "sdcourse.world", "sdcourse.bench", "sdcourse.sizes",
+               "sdcourse.train.dreambooth", "sdcourse.dreambooth_subject", "sdcourse.images"]
+    code = (f"import sys; import {', '.join(modules)}; "
+            f"print(sorted(m for m in {sorted(RUNNER_ONLY)!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_package_reads_no_pickles():
     """Weights, optimizer states and cached training sets are read with safetensors only:
     unpickling a file can run code, so no module calls ``torch.load`` or ``pickle``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -24,14 +25,28 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
 
 
+#: The course's dependencies that its notebooks do not import: `sdcourse run` and the tests
+#: execute notebooks with them. Colab runs its own Jupyter and pins its ipykernel and ipython;
+#: upgrading them (as jupyterlab and ipykernel's bounds would) can crash the runtime, so the
+#: Colab cell leaves them out.
+RUNNER_ONLY = ("jupyterlab", "ipykernel", "nbformat", "nbclient", "nbconvert")
+
+
 def colab_cell() -> str:
-    """The code of the Colab install cell, for the repository pyproject.toml names."""
+    """The code of the Colab install cell: the dependencies the notebooks import (all but
+    :data:`RUNNER_ONLY`), then the course from the repository pyproject.toml names, without its
+    dependencies (last: pip then checks nothing, so no complaint about the runner's)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: the [dev] extra installs tomli
         import tomli as tomllib
+    from packaging.requirements import Requirement
 
-    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    url = project["urls"]["Repository"]
+    needs = [r for r in project["dependencies"] if Requirement(r).name not in RUNNER_ONLY]
+    listed = textwrap.fill(" ".join(f'"{r}",' for r in needs), width=96,
+                           initial_indent=" " * 8, subsequent_indent=" " * 8)
     return (
         "# On Google Colab, install the course into this runtime (elsewhere this cell does nothing).\n"
         "import subprocess\n"
@@ -39,7 +54,11 @@ def colab_cell() -> str:
         "\n"
         f'COURSE_REPO = "{url}"\n'
         'if "google.colab" in sys.modules:\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{COURSE_REPO}"], check=True)\n'
+        "    # what the notebooks import, then the course itself without the Jupyter packages its\n"
+        "    # notebook runner needs: Colab pins its own, and upgrading them can crash the runtime\n"
+        '    pip = [sys.executable, "-m", "pip", "install", "-q"]\n'
+        "    subprocess.run(pip + [\n" + listed + "\n    ], check=True)\n"
+        '    subprocess.run(pip + ["--no-deps", f"git+{COURSE_REPO}"], check=True)\n'
         '    from google.colab import output  # ipywidgets 8 (the course\'s sliders) draw through\n'
         '    output.enable_custom_widget_manager()  # Colab\'s widget manager for version 8')
 
