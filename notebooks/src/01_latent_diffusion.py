@@ -212,8 +212,9 @@ print(f"compression ratio: {batch[0].numel() / z[0].numel():.0f}x")
 #    (`world.sample(3, color="yellow", shape="triangle", background="purple")`, section 2's
 #    picture on the mini model) and the same triangle in blue
 #    (`world.sample(3, color="blue", shape="triangle", background="purple")`),
-#    compute, per latent channel, the mean absolute difference of the two latents (`changes`:
-#    4 numbers), and look at the difference with `plot_latent_channels`.
+#    compute, per latent channel, the mean absolute difference of the two latents (their
+#    `latent_dist.mean`, as in section 2: a sample would add noise; `changes`: 4 numbers), and
+#    look at the difference with `plot_latent_channels`.
 # 2. Diffusion in pixel space on a 128×128 picture would attend over 16,384 positions; in its
 #    16×16 latent, over 256. How many times fewer attention FLOPs is that? Work it out from
 #    the numbers of positions alone (the check measures it with `attention_cost`).

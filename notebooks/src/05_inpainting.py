@@ -54,6 +54,7 @@ result = pipe(prompt=prompt, image=init_image, mask_image=mask_image, num_infere
               guidance_scale=7.5, generator=sdc.make_generator(0)).images[0]
 sdc.show_images([init_image, mask_image, result], titles=["picture", "mask", "result"], size=2)
 hole = np.asarray(mask_image.convert("L")) >= 128
+# psnr's third argument picks the pixels compared: here those outside the hole
 print(f"prompt: {prompt}\nPSNR outside the mask: {psnr(result, init_image, ~hole):.1f} dB")
 
 # %% [markdown]

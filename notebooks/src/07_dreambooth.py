@@ -287,7 +287,8 @@ else:
 #    it is not an everyday word. Hint: CLIP's vocabulary lists its BPE merges most frequent
 #    first, so a word's id says roughly how common it is ("the" 518, "dog" 1929, "sks" 48136
 #    of 49408). A heuristic: some ordinary words came late too ("starfish" 44283, "honeycomb"
-#    48583), which is why the trainer also keeps a list of common words.
+#    48583), which is why the trainer also keeps a list of common words. Use the trainer's
+#    cut from section 2: ids below 30,000 count as common.
 # 4. Train again with `seed=6` instead of `seed=0` and measure. Five pictures are very
 #    little: on the mini model the same recipe learns the subject on its five backgrounds
 #    with every seed, but how well it carries it to green depends on the seed (`sdcourse
