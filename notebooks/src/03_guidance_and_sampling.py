@@ -67,12 +67,13 @@ def generate(prompt: str, negative_prompt: str = "", steps: int = 25, guidance: 
     # 1. the prompt, and the "unconditional" (negative) prompt, as hidden states
     text = encode_prompt([prompt])
     uncond = encode_prompt([negative_prompt])
-    # 2. start from pure noise in latent space
+    # 2. pick the noise levels the steps visit, and start from pure noise in latent space (at
+    #    the first level's spread: init_noise_sigma reads the schedule, so set it first)
+    scheduler.set_timesteps(steps, device=device)
     shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     latents = randn_tensor(shape, generator=sdc.make_generator(seed), device=device,
                            dtype=text.dtype) * scheduler.init_noise_sigma
     # 3. denoise: at each step predict the noise twice and combine (classifier-free guidance)
-    scheduler.set_timesteps(steps, device=device)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         noise = unet(model_input, t, encoder_hidden_states=torch.cat([uncond, text])).sample
@@ -107,7 +108,10 @@ assert same, "the hand-written loop drifted from the pipeline: compare them step
 # loop do nothing for DDIM but matter for other schedulers: `init_noise_sigma` scales the starting
 # noise (1.0 here; Euler-type schedulers start from noise of a larger spread) and
 # `scale_model_input` rescales the latents before the UNet sees them (identity here; Euler
-# divides by sqrt(σ² + 1)). Calling both keeps the loop right when you swap the scheduler.
+# divides by sqrt(σ² + 1)). Calling both keeps the loop right when you swap the scheduler, and
+# so does the order: `init_noise_sigma` is the spread of the first noise level the steps
+# visit, so it is read after `set_timesteps` (read before it, Euler's would be the spread at
+# step 999 of training, not at the first step of these 25).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -119,6 +123,26 @@ print("noise level sqrt(1 - alpha_bar) at the first and last step:",
        for t in (scheduler.timesteps[0], scheduler.timesteps[-1])])
 
 # %% [markdown]
+# Does the loop really stay right with another scheduler? Swap in Euler, for which both calls
+# matter (it starts from noise of a larger spread and rescales the UNet's input), run the same
+# `generate`, and compare with the pipeline holding the same Euler scheduler:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from diffusers import EulerDiscreteScheduler
+
+ddim = scheduler
+scheduler = pipe.scheduler = EulerDiscreteScheduler.from_config(ddim.config)  # `generate` reads `scheduler`
+euler_ours = generate(prompt, seed=7)
+euler_theirs = pipe(prompt, num_inference_steps=25, guidance_scale=7.5, generator=sdc.make_generator(7),
+                    output_type="latent").images
+same = torch.allclose(euler_ours, euler_theirs, atol=1e-4)
+print(f"Euler: init_noise_sigma {float(scheduler.init_noise_sigma):.2f}; same latents as the pipeline: {same}")
+assert same, "with Euler the hand-written loop drifted from the pipeline"
+scheduler = pipe.scheduler = ddim  # DDIM again for the rest of the notebook
+sdc.show_images([latents_to_pil(ours)[0], latents_to_pil(euler_ours)[0]], titles=["DDIM", "Euler"], size=1.6);
+
+# %% [markdown]
 # Watching the latents as the loop runs (decoded every 5 steps) shows the picture emerge
 # from noise — coarse layout first, details last:
 
@@ -128,8 +152,8 @@ text, uncond = encode_prompt([prompt]), encode_prompt([""])
 with torch.no_grad():
     latents = randn_tensor((1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size),
                            generator=sdc.make_generator(7), device=device, dtype=text.dtype)
-    latents = latents * scheduler.init_noise_sigma
     scheduler.set_timesteps(25, device=device)
+    latents = latents * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
         noise = unet(scheduler.scale_model_input(torch.cat([latents] * 2), t), t,
                      encoder_hidden_states=torch.cat([uncond, text])).sample
@@ -360,10 +384,10 @@ def generate(prompt, negative_prompt: str = "", steps: int = 25, guidance: float
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     text = encode_prompt(prompts)
     uncond = encode_prompt([negative_prompt] * len(prompts))
+    scheduler.set_timesteps(steps, device=device)
     shape = (len(prompts), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     latents = randn_tensor(shape, generator=sdc.make_generator(seed), device=device,
                            dtype=text.dtype) * scheduler.init_noise_sigma
-    scheduler.set_timesteps(steps, device=device)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         noise = unet(model_input, t, encoder_hidden_states=torch.cat([uncond, text])).sample
@@ -393,12 +417,13 @@ def check_exercise_2() -> str:
     theirs = pipe(prompt, num_inference_steps=1, guidance_scale=g, generator=sdc.make_generator(7),
                   output_type="latent").images
     with torch.no_grad():  # one step of the loop of section 1, with your combine
-        latents = randn_tensor(theirs.shape, generator=sdc.make_generator(7), device=device, dtype=theirs.dtype)
         scheduler.set_timesteps(1, device=device)
+        latents = randn_tensor(theirs.shape, generator=sdc.make_generator(7), device=device,
+                               dtype=theirs.dtype) * scheduler.init_noise_sigma
         t = scheduler.timesteps[0]
         noise = unet(scheduler.scale_model_input(torch.cat([latents] * 2), t), t,
                      encoder_hidden_states=torch.cat([encode_prompt([""]), encode_prompt([prompt])])).sample
-        ours = scheduler.step(combine(*noise.chunk(2), g), t, latents * scheduler.init_noise_sigma).prev_sample
+        ours = scheduler.step(combine(*noise.chunk(2), g), t, latents).prev_sample
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-3), f"at guidance {g:.1f} your combine differs from the pipeline's"
     return "guidance 0 = unconditional (a picture of anything), 1 = conditional, > 1 extrapolates past the prompt"
 
