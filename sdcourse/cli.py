@@ -19,6 +19,7 @@ naming the notebook, the cell and the error, status 1.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -41,6 +42,10 @@ class UsageError(CliError):
     """A mistake in the command line (bad path, bad value): exit status 2, like argparse's."""
 
     status = 2
+
+
+class NotebookInterrupted(KeyboardInterrupt):
+    """Ctrl-C while `sdcourse run` executed a notebook; its text says where (notebook, cell)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -208,11 +213,29 @@ def _failure_line(path: Path, cell: int | None, error: BaseException) -> str:
     return f"{path}: {where}: {ename}" + (f": {evalue}" if evalue else "")
 
 
-def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None:
+def this_python_kernel():
+    """A kernel manager for an ipykernel started with this interpreter (``sys.executable``):
+    the Python that has sdcourse. Asked for "python3", Jupyter would take the first kernelspec
+    of that name it finds, and a user's own (``~/.local/share/jupyter/kernels/python3``) may
+    point at another Python, where every notebook would fail to import sdcourse."""
+    import ipykernel.kernelspec
+    from jupyter_client import AsyncKernelManager  # (nbclient's: a blocking one stalls its loop)
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+    class ThisPython(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return KernelSpec(resource_dir=ipykernel.kernelspec.RESOURCES,
+                              **ipykernel.kernelspec.get_kernel_dict())
+
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+
+
+def run_notebook(path: Path, out: Path, timeout: int, env: dict) -> str | None:
     """Execute one notebook in a fresh kernel; write what ran. None if it passed, else why not.
 
-    The kernel is ipykernel's ``python3`` (jupyter starts it with this interpreter), its
+    The kernel is ipykernel's, run by this interpreter (:func:`this_python_kernel`), its
     working directory is the notebook's folder, and cells are counted from 1 in the message.
+    Ctrl-C stops it: what ran is written, then NotebookInterrupted says where.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -229,19 +252,24 @@ def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None
         bar.update(cell_index + 1 - bar.n)  # markdown cells before this one count as done
 
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3",
+        nb, timeout=timeout, km=this_python_kernel(),
         resources={"metadata": {"path": str(path.resolve().parent)}},
         on_cell_execute=before, on_cell_executed=after,
         # the kernel's own log (not the cells' output) would break the progress bar and the
         # one-line failure: a kernel shut down mid-cell (a timeout) logs a ZMQError traceback
         extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
     )
-    failure = None
+    failure, interrupted = None, False
     try:
         client.execute(env=env)
         bar.update(bar.total - bar.n)  # markdown cells run no hook: fill the bar
+    except KeyboardInterrupt:
+        interrupted = True
     except Exception as error:  # a cell raised, timed out, or the kernel died
-        failure = _failure_line(path, current["cell"], error)
+        # On Ctrl-C, nbclient's own signal handler shuts the kernel down, so the cell fails
+        # as a "dead kernel"; that handler is what sets this attribute
+        interrupted = getattr(client, "_async_cleanup_kernel_future", None) is not None
+        failure = None if interrupted else _failure_line(path, current["cell"], error)
     finally:
         bar.close()
     try:
@@ -249,6 +277,9 @@ def run_notebook(path: Path, out: Path, timeout: float, env: dict) -> str | None
     except OSError as error:  # checked writable before, but a disk can fill up meanwhile
         raise CliError(f"{out}: cannot write the executed {path.name} "
                        f"({error.strerror or error})") from None
+    if interrupted:
+        raise NotebookInterrupted(f"{path}: " + (f"cell {current['cell']}" if current["cell"]
+                                                 else "before the first cell"))
     return failure
 
 
@@ -312,8 +343,9 @@ def check_model_setting(model: str | None) -> str | None:
 def cmd_run(args) -> int:
     """Run the notebooks one after the other; stop at the first failure."""
     # every check happens before any kernel starts, the cheap ones before the slow imports
-    if not args.timeout > 0:
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    timeout = math.ceil(args.timeout)  # (the kernel client counts whole seconds)
     check_out(args.out)
     notebooks = resolve_notebooks(args.notebooks)  # (parses each: imports nbformat)
     check_device_setting()  # (imports torch)
@@ -335,7 +367,11 @@ def cmd_run(args) -> int:
     if os.environ.get("SDCOURSE_CACHE"):  # checked from here; each kernel runs in its notebook's folder
         env["SDCOURSE_CACHE"] = os.path.abspath(os.environ["SDCOURSE_CACHE"])
     for path in notebooks:
-        failure = run_notebook(path, args.out, args.timeout, env)
+        try:
+            failure = run_notebook(path, args.out, timeout, env)
+        except NotebookInterrupted as where:
+            print(f"sdcourse run: interrupted in {where} (partial output in {args.out})", file=sys.stderr)
+            return 130
         if failure:
             print(f"sdcourse run: FAILED {failure} (partial output in {args.out})", file=sys.stderr)
             return 1

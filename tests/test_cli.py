@@ -240,6 +240,63 @@ def test_a_bad_out_or_timeout_is_refused_before_the_notebooks_are_read(tmp_path,
     assert "--out" in capsys.readouterr().err
     assert cli.main(["run", "--timeout", "0"]) == 2
     assert "--timeout 0: must be a positive number" in capsys.readouterr().err
+    assert cli.main(["run", "--timeout", "inf"]) == 2  # the kernel client needs a number
+    assert "--timeout inf: must be a positive number" in capsys.readouterr().err
+
+
+def test_a_timeout_in_fractions_of_a_second_is_rounded_up(tmp_path, monkeypatch):
+    """The kernel client takes whole seconds (2.5 was a traceback from traitlets)."""
+    seen = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: seen.append(timeout))
+    nb = write_notebook(tmp_path / "a.ipynb", "print(1)")
+    assert cli.main(["run", str(nb), "--timeout", "2.5", "--out", str(tmp_path / "out")]) == 0
+    assert seen == [3] and isinstance(seen[0], int)
+
+
+def test_the_kernel_is_this_python_whatever_kernelspec_jupyter_finds_first(tmp_path, monkeypatch):
+    """A user's own python3 kernelspec (here one whose Python does not exist) does not decide
+    which Python runs the notebooks: the one running `sdcourse run` does, where sdcourse is."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text('{"argv": ["/nonexistent/bin/python", "-m", "ipykernel_launcher", '
+                                      '"-f", "{connection_file}"], "display_name": "stale", "language": "python"}')
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == "/nonexistent/bin/python"  # the trap
+    nb = write_notebook(tmp_path / "which.ipynb", "import sys\nprint(sys.executable)")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(nb), "--out", str(out), "--timeout", "120"]) == 0
+    printed = nbformat.read(out / "which.ipynb", as_version=4).cells[0].outputs[0]["text"].strip()
+    assert Path(printed).resolve() == Path(sys.executable).resolve()
+
+
+def test_ctrl_c_stops_the_run_in_one_line_with_what_ran_written(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the process group, the kernel's too) is an interruption,
+    status 130, not a notebook that failed; the executed part is written."""
+    import os
+    import signal
+    import time
+
+    nb = write_notebook(tmp_path / "slow.ipynb", "print('first')",
+                        "import pathlib, time\npathlib.Path('started').touch()\ntime.sleep(120)")
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "sdcourse", "run", str(nb), "--out", str(out)],
+                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and run.poll() is None, "the notebook did not start"
+            time.sleep(0.1)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert run.returncode == 130, err
+    assert last == f"sdcourse run: interrupted in {nb}: cell 2 (partial output in {out})"
+    assert nbformat.read(out / "slow.ipynb", as_version=4).cells[0].outputs[0]["text"] == "first\n"
 
 
 @pytest.mark.parametrize("content", ['{"cells": [', "[]", '{"nbformat": 4}', "\udcff"])
