@@ -365,7 +365,9 @@ def cmd_run(args) -> int:
     if model:
         env["SDCOURSE_MODEL"] = model
     if os.environ.get("SDCOURSE_CACHE"):  # checked from here; each kernel runs in its notebook's folder
-        env["SDCOURSE_CACHE"] = os.path.abspath(os.environ["SDCOURSE_CACHE"])
+        from .files import cache_root
+
+        env["SDCOURSE_CACHE"] = str(cache_root())  # (absolute, ~ expanded)
     for path in notebooks:
         try:
             failure = run_notebook(path, args.out, timeout, env)

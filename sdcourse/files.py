@@ -33,8 +33,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def cache_root() -> Path:
     """Where the course keeps what it makes or downloads (pictures, the mini model's folders,
-    DreamBooth runs): ``$SDCOURSE_CACHE`` when set, else ``~/.cache/sdcourse``."""
-    return Path(os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse")
+    DreamBooth runs): ``$SDCOURSE_CACHE`` when set, else ``~/.cache/sdcourse``. Absolute, with
+    ``~`` expanded: a value set in Python or a .env file gets no shell to do it, and a relative
+    one would name another folder in every notebook's own folder."""
+    root = os.environ.get("SDCOURSE_CACHE") or Path.home() / ".cache" / "sdcourse"
+    return Path(root).expanduser().absolute()
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

@@ -22,14 +22,23 @@ def is_number(value) -> bool:
 
 def first_line(error: BaseException, default: str | None = None, limit: int = 200,
                named: bool = False) -> str:
-    """An exception in one line for our messages: the first line of its text, cut at ``limit``
-    characters (the libraries' messages run to paragraphs), or ``default`` when it has no text
+    """An exception in one line for our messages: the first line of its text, cut to ``limit``
+    characters with "…" (the libraries' messages run to paragraphs), or ``default`` when it has no text
     (its type's name unless given). ``named``: led by the type's name, ``KeyError: 'x'`` (the
     type alone when there is no text), where the text alone would not say what failed."""
     lines = str(error).strip().splitlines()
     name = type(error).__name__
     if named:
-        return f"{name}: {lines[0][:limit]}" if lines else name
+        return f"{name}: {_cut(lines[0], limit)}" if lines else name
     if not lines:
         return name if default is None else default
-    return lines[0][:limit]
+    return _cut(lines[0], limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else cut at the last space before it with
+    "…" (a message cut mid-word reads as garbled, one cut without a mark as complete)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit - 1]
+    return (head.rsplit(" ", 1)[0] if " " in head else head).rstrip(" ,;:(") + "…"

@@ -66,3 +66,8 @@ def test_cache_root_follows_sdcourse_cache(monkeypatch, tmp_path):
     assert files.cache_root() == tmp_path
     monkeypatch.setenv("SDCOURSE_CACHE", "")  # empty counts as unset
     assert files.cache_root() == Path.home() / ".cache" / "sdcourse"
+    monkeypatch.setenv("SDCOURSE_CACHE", "~/sdc")  # set in Python or a .env file: no shell expands it
+    assert files.cache_root() == Path.home() / "sdc"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SDCOURSE_CACHE", "relative")  # the same folder from any working folder
+    assert files.cache_root() == tmp_path / "relative"
