@@ -401,7 +401,9 @@ def test_the_unet_learns_what_its_checkpoint_predicts(tmp_path, monkeypatch, bas
     ("lr", -1e-4, r"^lr \(--lr\) must be greater than 0"),
     ("text_encoder_lr", 0.0, "^text_encoder_lr must be greater than 0"),
     ("lr", float("nan"), r"^lr \(--lr\) must be greater than 0"),
+    ("lr", float("inf"), r"^lr \(--lr\) must be greater than 0 and finite, got inf"),
     ("prior_loss_weight", -0.5, "prior_loss_weight must be at least 0"),
+    ("prior_loss_weight", float("inf"), "prior_loss_weight must be at least 0 and finite, got inf"),
 ])
 def test_rates_and_weights_must_make_sense(tmp_path, monkeypatch, base, setting, value, problem):
     def no_tokenizer(base):
@@ -1074,6 +1076,20 @@ def test_full_finetune_writes_a_pipeline(tmp_path, base):
     assert db.load_dreambooth(result, dtype=torch.bfloat16).unet.dtype == torch.bfloat16
 
 
+def test_a_diverging_run_stops_in_one_line_before_saving_nan(tmp_path, base):
+    """A learning rate far too high makes the loss NaN within steps: the run stops there with
+    what to do, instead of training to the end on NaN and saving NaN weights."""
+    with pytest.raises(db.DreamBoothError, match=r"^the loss became nan at step \d+: training "
+                       r"diverged at a learning rate of 1e\+30; give a lower one") as info:
+        db.train_dreambooth(subject.make_instance_images(3), "a sks circle", None, tmp_path / "run",
+                            base=base, lora=False, prior_preservation=False, lr=1e30,
+                            **(FAST | {"steps": 5, "save_every": 1}))
+    assert "\n" not in str(info.value)
+    step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    checkpoint = tmp_path / "run" / "checkpoint"
+    assert not checkpoint.exists() or common.checkpoint_step(checkpoint) < step  # finite weights only
+
+
 def test_a_lora_run_loads_in_the_precision_asked_for(tmp_path, base, monkeypatch):
     """``load_dreambooth(out, dtype=...)``: the base model and the LoRA in that precision; in
     float16 the base model's fp16 files are asked for first, its full ones where it has none."""
@@ -1222,7 +1238,7 @@ def test_cli_messages_name_the_options_typed(tmp_path, monkeypatch, capsys, inst
     start = ["train", "dreambooth", "--instance-dir", str(instance_dir), "--instance-prompt",
              "a sks circle", "--out", str(tmp_path / "run")]
     cases = [
-        (["--no-prior", "--lr", "-1"], "lr (--lr) must be greater than 0, got -1.0: give a "
+        (["--no-prior", "--lr", "-1"], "lr (--lr) must be greater than 0 and finite, got -1.0: give a "
          "learning rate such as 1e-4 (or leave it out for the default)"),
         (["--no-prior", "--token-init", "white black"], "--token-init changes the text encoder's "
          "embedding of the rare token, which a LoRA file does not carry: use it with a full "

@@ -927,11 +927,11 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
         if (value is not None or not optional) and not is_number(value):
             raise DreamBoothError(f"{name} must be a number, got {value!r}")
     for name, value in (("lr (--lr)", lr), ("text_encoder_lr", text_encoder_lr)):
-        if value is not None and not value > 0:  # also NaN
-            raise DreamBoothError(f"{name} must be greater than 0, got {value}: give a learning "
-                                  "rate such as 1e-4 (or leave it out for the default)")
-    if not prior_loss_weight >= 0:
-        raise DreamBoothError(f"prior_loss_weight must be at least 0, got {prior_loss_weight}: "
+        if value is not None and not 0 < value < math.inf:  # also NaN
+            raise DreamBoothError(f"{name} must be greater than 0 and finite, got {value}: give a "
+                                  "learning rate such as 1e-4 (or leave it out for the default)")
+    if not 0 <= prior_loss_weight < math.inf:
+        raise DreamBoothError(f"prior_loss_weight must be at least 0 and finite, got {prior_loss_weight}: "
                               "1.0 weighs the class pictures like the subject's (DreamBooth's choice)")
     # plain Python numbers from here on (numpy's pass the checks but not the run's JSON record)
     steps, batch_size, rank, num_class_images, save_every, validate_every, seed = map(
@@ -1171,6 +1171,10 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
         if n_cls:  # 5. prior preservation: the class pictures keep their meaning
             prior_loss = F.mse_loss(pred[s.batch_size:], target[s.batch_size:])
             loss = instance_loss + s.prior_loss_weight * prior_loss
+        if not torch.isfinite(loss):  # diverged: every later step would train on NaN and save it
+            raise DreamBoothError(f"the loss became {loss.item()} at step {step + 1}: training "
+                                  f"diverged at a learning rate of {s.lr:g}; give a lower one (lr, "
+                                  "--lr) in another out folder (this one resumes at its settings)")
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
