@@ -308,14 +308,27 @@ def check_cache_setting() -> None:
         raise UsageError(f"the cache folder {root}: {problem}: set SDCOURSE_CACHE to a writable folder")
 
 
-def check_model_setting(model: str | None) -> str | None:
+def tasks_of(notebook: Path) -> list[str]:
+    """The tasks a notebook asks the chosen model to serve: its ``choose_model("TASK"`` calls
+    (each course notebook makes one; a ``load_pipeline`` given a fixed model needs no check)."""
+    import re
+
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    return sorted(set(re.findall(r"choose_model\(\s*[\"']([\w]+)[\"']", code)))
+
+
+def check_model_setting(model: str | None, notebooks: list[Path] = ()) -> str | None:
     """Check the model the kernels will load (``--model``, else SDCOURSE_MODEL) and return the
     value to give them as SDCOURSE_MODEL (None: leave the environment as it is).
 
-    Refused in one line (UsageError): what choose_model refuses (no such folder, not a Hub id),
-    and a Hub id that cannot load: not in the local cache while offline or with the Hub
-    unreachable, or not on the Hub. A folder becomes absolute: it is given relative to here,
-    but each kernel runs in its notebook's folder."""
+    Refused in one line (UsageError): what choose_model refuses (no such folder, not a Hub id,
+    a folder whose UNet is another task's than a notebook asks for: a text-to-image folder
+    for notebook 05's inpainting), and a Hub id that cannot load: not in the local cache while
+    offline or with the Hub unreachable, or not on the Hub. A folder becomes absolute: it is
+    given relative to here, but each kernel runs in its notebook's folder."""
     from . import models
 
     if model is not None:  # an empty --model is refused too, not ignored
@@ -332,6 +345,13 @@ def check_model_setting(model: str | None) -> str | None:
     if choice.kind == "mini":
         return model
     if os.path.isdir(model):  # a pipeline folder (choose_model checked its model_index.json)
+        for notebook in notebooks:
+            for task in tasks_of(notebook):
+                try:
+                    models.check_folder_serves(task, Path(model))
+                except models.ModelChoiceError as error:
+                    raise UsageError(f"{what}: {notebook.name} needs {task}: {error}; or leave "
+                                     f"{notebook.name} out of this run") from None
         return os.path.abspath(model)
     try:  # a Hub id (for "real", the text2img one)
         models.check_fetchable(choice.source, otherwise="use --model mini")
@@ -349,7 +369,7 @@ def cmd_run(args) -> int:
     check_out(args.out)
     notebooks = resolve_notebooks(args.notebooks)  # (parses each: imports nbformat)
     check_device_setting()  # (imports torch)
-    model = check_model_setting(args.model)
+    model = check_model_setting(args.model, notebooks)
     sources = [path for path in notebooks if path.parent.resolve() == args.out.resolve()]
     if sources:
         raise UsageError(f"--out {args.out}: the folder of {sources[0].name}, which the executed "

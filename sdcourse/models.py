@@ -239,6 +239,8 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         if not os.path.isdir(model) and not _is_hub_id(model):
             raise ModelChoiceError(f"{model!r} is neither a folder nor a Hub id like "
                                    "'stable-diffusion-v1-5/stable-diffusion-v1-5': check the path")
+        if os.path.isdir(model):
+            check_folder_serves(task, Path(model))
         return Choice(task, "real", model, f"asked for by {origin}")
     if not _accelerator_present(device):
         return Choice(task, "mini", str(MINI_DIR), "no GPU: the embedded mini model runs on CPU")
@@ -252,6 +254,35 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         return Choice(task, "mini", str(MINI_DIR), "GPU present but none of the course's "
                       f"{task} checkpoints is on the Hub any more")
     return Choice(task, "real", repo, "GPU present and the Hub is reachable")
+
+
+#: The input channels of each task's UNet: noisy latents (4), plus the masked picture's latents
+#: and the mask (inpainting, 4 + 4 + 1), or the depth map (depth-to-image, 4 + 1).
+UNET_INPUTS = {"text2img": 4, "img2img": 4, "inpaint": 9, "depth2img": 5}
+_KIND_OF_UNET = {4: "text-to-image", 9: "inpainting", 5: "depth-to-image"}
+
+
+def unet_in_channels(folder: Path) -> int | None:
+    """The input channels of the UNet in a pipeline or checkpoint folder, from its
+    ``unet/config.json`` (None when there is no readable one)."""
+    try:
+        return json.loads((Path(folder) / "unet" / "config.json").read_text())["in_channels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_folder_serves(task: str, folder: Path) -> None:
+    """A one-line ModelChoiceError when the pipeline folder's UNet is another task's (a
+    text-to-image folder given for inpaint): found from its config, before minutes of loading
+    and drawing end in a shape error. A folder without a readable UNet config passes here;
+    loading it says what is missing."""
+    channels = unet_in_channels(folder)
+    if channels is not None and channels != UNET_INPUTS[task]:
+        kind = _KIND_OF_UNET.get(channels, f"{channels}-channel")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ModelChoiceError(f"{folder} is {article} {kind} checkpoint (its UNet takes {channels} input "
+                               f"channels, {task} needs {UNET_INPUTS[task]}): give a checkpoint "
+                               f"made for {task}, or mini or real")
 
 
 def _same_checkpoints(task_a: str, task_b: str) -> bool:

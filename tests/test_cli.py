@@ -492,6 +492,29 @@ def test_run_order_and_kernel_environment(tmp_path, monkeypatch, capsys, hub):
                and env["SDCOURSE_HEADLESS"] == "1" for _, env in calls)
 
 
+def test_run_refuses_a_model_folder_a_notebook_cannot_use_before_any_kernel(tmp_path, capsys,
+                                                                           monkeypatch, no_kernel):
+    """A text-to-image folder with notebook 05 (which asks for inpaint) would fail minutes into
+    the run: refused first, naming the notebook; without such a notebook it is taken."""
+    folder = tmp_path / "t2i"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    (folder / "unet" / "config.json").write_text('{"in_channels": 4}')
+    text = write_notebook(tmp_path / "00_text.ipynb", 'choice = sdc.choose_model("text2img", device=device)')
+    paint = write_notebook(tmp_path / "05_paint.ipynb", "choice = sdc.choose_model('inpaint')")
+    assert cli.tasks_of(text) == ["text2img"] and cli.tasks_of(paint) == ["inpaint"]
+    out = tmp_path / "out"
+    assert cli.main(["run", str(text), str(paint), "--model", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sdcourse: error: --model {folder}: 05_paint.ipynb "
+                                               f"needs inpaint: {folder} is a text-to-image checkpoint")
+    assert err[0].endswith("or leave 05_paint.ipynb out of this run") and not out.exists()
+    ran = []
+    monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: ran.append(path.name))
+    assert cli.main(["run", str(text), "--model", str(folder), "--out", str(out)]) == 0
+    assert ran == ["00_text.ipynb"]
+
+
 def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch, hub):
     """`--model ./folder` is checked here, but the kernel runs in the notebook's folder: it
     gets the folder's absolute path. Keywords and Hub ids pass on as they are."""

@@ -117,6 +117,28 @@ def test_explicit_id_or_path(tmp_path):
         models.choose_model("video")
 
 
+def test_a_folder_whose_unet_is_another_tasks_is_refused_for_that_task(tmp_path):
+    """A text-to-image folder given for inpainting would load, then fail minutes later on the
+    mask's channels: its UNet config says so first. The shipped mini model's folders agree."""
+    folder = tmp_path / "t2i"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    (folder / "unet" / "config.json").write_text('{"in_channels": 4}')
+    for task in ("text2img", "img2img"):
+        assert models.choose_model(task, model=str(folder)).source == str(folder)
+    with pytest.raises(models.ModelChoiceError, match=r"is a text-to-image checkpoint \(its UNet takes 4 "
+                       r"input channels, inpaint needs 9\): give a checkpoint made for inpaint"):
+        models.choose_model("inpaint", model=str(folder))
+    (folder / "unet" / "config.json").write_text('{"in_channels": 9}')
+    assert models.choose_model("inpaint", model=str(folder)).kind == "real"
+    with pytest.raises(models.ModelChoiceError, match="is an inpainting checkpoint"):
+        models.choose_model("depth2img", model=str(folder))
+    (folder / "unet" / "config.json").unlink()  # unreadable: loading it says what is missing
+    assert models.choose_model("depth2img", model=str(folder)).kind == "real"
+    for task in models.TASKS:
+        assert models.unet_in_channels(models.mini_model_path(task)) == models.UNET_INPUTS[task]
+
+
 def test_a_file_given_as_the_model_is_named_a_file_not_a_hub_id(tmp_path, monkeypatch):
     """A single-file checkpoint ("model.safetensors") once got 'not in the local Hugging Face
     cache and offline mode is on': it was taken for a Hub id."""

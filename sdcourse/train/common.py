@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..messages import first_line
+from ..models import unet_in_channels
 
 CHECKPOINT = "checkpoint"
 OPTIMIZER = "optimizer.safetensors"
@@ -151,11 +152,8 @@ def run_kind(out: Path) -> str | None:
         return "depth-estimator"
     if (checkpoint / "unet" / "trained.safetensors").exists():
         return "dreambooth"
-    try:
-        channels = json.loads((checkpoint / "unet" / "config.json").read_text())["in_channels"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # unknown: loading it will say what is wrong
-    return {4: "text2img", 5: "depth", 9: "inpaint"}.get(channels)
+    # by its UNet's inputs; unknown (None) when unreadable: loading it will say what is wrong
+    return {4: "text2img", 5: "depth", 9: "inpaint"}.get(unet_in_channels(checkpoint))
 
 
 def check_kind(out: Path, kind: str, option: str = "--out") -> None:
