@@ -886,11 +886,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--json {args.json} and --markdown {args.markdown} are the same file: the "
                      f"Markdown would overwrite the JSON; give two different paths")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    from .models import quiet_loaders
 
-    diffusers_logging.disable_progress_bar()  # loading bars would interleave with the table
-    transformers_logging.disable_progress_bar()
+    quiet_loaders()  # loading bars would interleave with the table
     report = run(quick=args.quick, device=args.device)
     print()
     print(format_table(report))

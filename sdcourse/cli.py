@@ -644,7 +644,10 @@ def _train_dreambooth(args, out: Path) -> int:
     prompt = args.instance_prompt[0] if len(args.instance_prompt) == 1 else args.instance_prompt
     given = {name: value for name, value in [("token", args.token), ("steps", args.steps),
              ("prior_loss_weight", args.prior_loss_weight)] if value is not None}
+    from .models import quiet_loaders
     from .train import dreambooth  # (torch and diffusers: seconds, after the options' checks)
+
+    quiet_loaders()  # the trainer's own bar and lines say how far it is
 
     try:  # options not given keep train_dreambooth's defaults
         result = dreambooth.train_dreambooth(
@@ -738,7 +741,9 @@ def check_init(init: Path) -> None:
 
 def _train_mini(args, out: Path) -> int:
     """`sdcourse train vae|text2img|inpaint|depth|depth-estimator`, options checked."""
-    from .models import MINI_DIR
+    from .models import MINI_DIR, quiet_loaders
+
+    quiet_loaders()  # the trainer's own bar and lines say how far it is
 
     kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
     stop = {"stop_at": args.stop_at} if args.stop_at else {}
@@ -836,6 +841,9 @@ def cmd_evaluate(args) -> int:
     from .train.common import CheckpointError
     from .train.dreambooth import DreamBoothError
 
+    from .models import quiet_loaders
+
+    quiet_loaders()  # the suite's own bar says how far it is; --json prints one line
     suite = getattr(evaluate, f"evaluate_{args.model}")
     try:
         result = suite(**extra, seed=args.seed)

@@ -218,23 +218,24 @@ def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: in
     pipe.set_progress_bar_config(disable=True)
     scenes = random_scenes(n, seed)
     result: dict = {"n": n, "steps": steps}
+    singles = scenes[:5]
+    bar = _progress(2 * n + len(singles), "text2img")
     for guidance, suffix in ((7.5, ""), (1.0, "_g1")):
-        images, start = [], time.perf_counter()
-        for i in range(0, n, batch):
-            chunk = scenes[i:i + batch]
-            generator = torch.Generator().manual_seed(seed + i)
-            images += pipe([s.caption for s in chunk], num_inference_steps=steps,
-                           guidance_scale=guidance, generator=generator).images
+        start = time.perf_counter()
+        images = _in_batches(pipe, n, batch, seed, bar, prompt=[s.caption for s in scenes],
+                             num_inference_steps=steps, guidance_scale=guidance)
         seconds = time.perf_counter() - start
         for key, value in score(images, scenes).items():
             result[key + suffix] = round(value, 4)
         if guidance == 7.5:
             result["seconds_per_image"] = round(seconds / n, 4)
     # one image at a time, as a learner runs it (batching hides per-call overhead)
-    singles, start = scenes[:5], time.perf_counter()
+    start = time.perf_counter()
     for s in singles:
         pipe(s.caption, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
     result["seconds_per_single_image"] = round((time.perf_counter() - start) / len(singles), 4)
+    bar.update(len(singles))
+    bar.close()
     return result
 
 
@@ -254,8 +255,20 @@ def psnr(a, b, where: np.ndarray | None = None) -> float:
     return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
-def _in_batches(pipe, n: int, batch: int, seed: int, **per_case) -> list:
-    """Call ``pipe`` on ``n`` cases in batches; ``per_case`` values are lists of length n."""
+def _progress(total: int, suite: str):
+    """A bar over the pictures a suite draws, on stderr (``--json`` prints on stdout), gone
+    when it ends: a default evaluation takes minutes on a CPU. TQDM_DISABLE=1 hides it."""
+    import sys
+
+    from .train.common import progress  # (honours TQDM_DISABLE in a notebook too)
+
+    return progress(None, total=total, desc=f"evaluate {suite}", unit="image", file=sys.stderr,
+                    leave=False)
+
+
+def _in_batches(pipe, n: int, batch: int, seed: int, bar=None, **per_case) -> list:
+    """Call ``pipe`` on ``n`` cases in batches; ``per_case`` values are lists of length n.
+    ``bar`` (:func:`_progress`) advances by each batch."""
     import torch
 
     images = []
@@ -263,6 +276,8 @@ def _in_batches(pipe, n: int, batch: int, seed: int, **per_case) -> list:
         chunk = {k: v[i:i + batch] for k, v in per_case.items() if isinstance(v, list)}
         fixed = {k: v for k, v in per_case.items() if not isinstance(v, list)}
         images += pipe(**chunk, **fixed, generator=torch.Generator().manual_seed(seed + i)).images
+        if bar is not None:
+            bar.update(min(batch, n - i))
     return images
 
 
@@ -283,14 +298,16 @@ def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
     targets = [_new_color(rng, s.color, s.background) for s in scenes]
     prompts = [caption(c, s.shape, s.background) for c, s in zip(targets, scenes)]
     result: dict = {"n": n, "steps": steps}
+    bar = _progress(2 * n, "img2img")
     for strength in (0.8, 0.3):
-        images = _in_batches(pipe, n, batch, seed, prompt=prompts, image=[x.image for x in inputs],
+        images = _in_batches(pipe, n, batch, seed, bar, prompt=prompts, image=[x.image for x in inputs],
                              strength=strength, num_inference_steps=steps, guidance_scale=7.5)
         readings = [read_image(im) for im in images]
         tag = f"s{int(strength * 10):02d}"
         result[f"color_adopt_{tag}"] = round(sum(r.color == c for r, c in zip(readings, targets)) / n, 4)
         result[f"layout_iou_{tag}"] = round(float(np.mean(
             [mask_iou(r.mask, x.mask > 0.5) for r, x in zip(readings, inputs)])), 4)
+    bar.close()
     return result
 
 
@@ -317,9 +334,10 @@ def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
         masks.append(box)
         wanted.append((_new_color(rng, s.color, s.background), rng.choice(SHAPES)))
     prompts = [caption(c, sh, s.background) for (c, sh), s in zip(wanted, scenes)]
-    images = _in_batches(pipe, n, batch, seed, prompt=prompts, image=[x.image for x in inputs],
-                         mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks],
-                         num_inference_steps=steps, guidance_scale=7.5)
+    with _progress(n, "inpaint") as bar:
+        images = _in_batches(pipe, n, batch, seed, bar, prompt=prompts, image=[x.image for x in inputs],
+                             mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks],
+                             num_inference_steps=steps, guidance_scale=7.5)
     hits, outside = 0, []
     for image, mask, (color, shape), x in zip(images, masks, wanted, inputs):
         r = read_image(image)
@@ -350,8 +368,9 @@ def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: i
         color = _new_color(rng, s.color, s.background)
         wanted.append((color, _new_color(rng, color)))
     prompts = [caption(c, s.shape, bg) for (c, bg), s in zip(wanted, scenes)]
-    images = _in_batches(pipe, n, batch, seed, prompt=prompts, image=[x.image for x in inputs],
-                         num_inference_steps=steps, guidance_scale=7.5)
+    with _progress(n, "depth2img") as bar:
+        images = _in_batches(pipe, n, batch, seed, bar, prompt=prompts, image=[x.image for x in inputs],
+                             num_inference_steps=steps, guidance_scale=7.5)
     readings = [read_image(im) for im in images]
     return {
         "n": n, "steps": steps,

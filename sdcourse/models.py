@@ -403,10 +403,7 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
         cls = getattr(diffusers, PIPELINES[task])
         quiet = bool(os.environ.get("TQDM_DISABLE"))  # under test / `sdcourse run`: no bars at all
         if quiet:
-            import transformers
-
-            diffusers.utils.logging.disable_progress_bar()
-            transformers.utils.logging.disable_progress_bar()
+            quiet_loaders()
         if verbose:
             print(f"sdcourse: {choice}")
         if choice.kind == "mini":
@@ -417,6 +414,17 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
     if quiet:
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def quiet_loaders() -> None:
+    """Turn off diffusers' and transformers' progress bars while they load ("Loading pipeline
+    components", "Loading weights"), for this process: where other output is read (a table,
+    one JSON line, a trainer's or an evaluation's own bar), they are clutter."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 #: The dtype names :func:`load_pipeline` accepts, and the torch dtype each stands for.

@@ -251,6 +251,25 @@ def test_text2img_suite_scores_each_guidance_and_times_the_pipeline(monkeypatch)
     assert asked == [s.caption for s in evaluate.random_scenes(N, SEED)]
 
 
+def test_suites_show_how_far_they_are_on_stderr_unless_tqdm_disable(monkeypatch, capsys):
+    """A default evaluation draws hundreds of pictures for minutes: a bar counts them, on
+    stderr (stdout holds the numbers, or --json's one line); TQDM_DISABLE hides it."""
+    import time
+
+    def slow(prompt, **kwargs):  # slower than the bar's refresh interval (0.1 s)
+        time.sleep(0.15)
+        return _plain_scene(prompt)
+
+    _use(monkeypatch, "inpaint", FakePipe(slow))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    evaluate.evaluate_inpaint(n=N, seed=SEED, steps=3, batch=3)
+    out, err = capsys.readouterr()
+    assert out == "" and "evaluate inpaint" in err and f"{N}/{N}" in err
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    evaluate.evaluate_inpaint(n=N, seed=SEED, steps=3, batch=3)
+    assert capsys.readouterr() == ("", "")
+
+
 class SeedRecorder(FakePipe):
     """A FakePipe that notes the seed of each call's generator (the noise that batch gets)."""
 

@@ -27,13 +27,13 @@ def progress(iterable, **kwargs):
     """A tqdm.auto progress bar over ``iterable``; none at all when ``TQDM_DISABLE`` is set.
 
     Why: in a notebook tqdm.auto draws an ipywidget bar, and that one ignores ``TQDM_DISABLE``
-    (tqdm reads the variable for its text bar only), so the tests and ``sdcourse run``, which
-    set it, would still store the trainers' bars in the notebooks' outputs.
+    (tqdm reads the variable for its text bar only, and then once, when it is imported), so the
+    tests and ``sdcourse run``, which set it, would still store the trainers' bars in the
+    notebooks' outputs. Read here at each call: the variable as it is now decides.
     """
     from tqdm.auto import tqdm
 
-    if os.environ.get("TQDM_DISABLE"):
-        kwargs["disable"] = True
+    kwargs.setdefault("disable", bool(os.environ.get("TQDM_DISABLE")))
     return tqdm(iterable, **kwargs)
 
 
