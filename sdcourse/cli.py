@@ -243,13 +243,16 @@ def run_notebook(path: Path, out: Path, timeout: int, env: dict) -> str | None:
 
     nb = nbformat.read(path, as_version=4)
     current = {"cell": None}
-    bar = tqdm(total=len(nb.cells), desc=path.name, unit="cell", file=sys.stderr)
+    bar = tqdm(total=len(nb.cells), desc=path.name, unit="cell", file=sys.stderr,
+               disable=bool(os.environ.get("TQDM_DISABLE")))  # (as set now: tqdm reads it at import)
 
     def before(cell, cell_index, **_):
         current["cell"] = cell_index + 1
 
     def after(cell, cell_index, **_):
-        bar.update(cell_index + 1 - bar.n)  # markdown cells before this one count as done
+        # markdown cells before this one count as done; a cell that raised does not
+        failed = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+        bar.update(cell_index + (not failed) - bar.n)
 
     client = NotebookClient(
         nb, timeout=timeout, km=this_python_kernel(),

@@ -173,14 +173,17 @@ def test_the_kernel_runs_in_the_notebooks_folder(tmp_path, monkeypatch):
     assert (folder / "made.txt").is_file() and not (elsewhere / "made.txt").exists()
 
 
-def test_run_stops_at_failing_cell(tmp_path, capsys):
+def test_run_stops_at_failing_cell(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # to see the progress bar
     bad = write_notebook(tmp_path / "a_bad.ipynb", "print('before')", "# text", "1 / 0", "print('after')")
     never = write_notebook(tmp_path / "b_next.ipynb", "print('not reached')")
     out = tmp_path / "out"
     assert cli.main(["run", str(never), str(bad), "--out", str(out), "--timeout", "120"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]
     assert "a_bad.ipynb" in err and "cell 3" in err
     assert "ZeroDivisionError: division by zero" in err
+    assert "2/4" in stderr and "3/4" not in stderr  # the bar stops before the failed cell
     assert sorted(p.name for p in out.iterdir()) == ["a_bad.html", "a_bad.ipynb"]  # stopped
     executed = nbformat.read(out / "a_bad.ipynb", as_version=4)
     assert executed.cells[0].outputs[0]["text"] == "before\n"
