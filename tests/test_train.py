@@ -466,6 +466,17 @@ def test_save_folder_leaves_the_old_config_whole_when_saving_fails(tmp_path):
     assert DDIMScheduler.from_pretrained(target).config.num_train_timesteps == 500
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Killed after logging steps 10-30 with its checkpoint at 20, a run trains 21-30 again:
+    the log keeps one row per step, the newer one; rows before the resume point stay."""
+    for step in (10, 20, 30):
+        common.append_log(tmp_path, step, loss=1.0)
+    common.append_log(tmp_path, 30 - 5, loss=0.5)  # (a step between: 25 replaces 30 too)
+    common.append_log(tmp_path, 30, loss=0.25)
+    assert (tmp_path / "log.csv").read_text() == "10,loss=1\n20,loss=1\n25,loss=0.5\n30,loss=0.25\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # rewritten in place, atomically
+
+
 def test_progress_bars_honour_tqdm_disable_in_a_notebook_too(monkeypatch):
     # in a kernel tqdm.auto is tqdm.notebook's widget bar, which ignores TQDM_DISABLE by itself:
     # the trainers' bars must go through common.progress to stay out of notebook outputs

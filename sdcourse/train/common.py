@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from ..files import write_atomic
 from ..messages import first_line
 from ..models import unet_in_channels
 
@@ -299,9 +301,27 @@ def load_optimizer(optimizer, checkpoint: Path) -> int:
 
 
 def append_log(out: Path, step: int, **values) -> None:
-    """One CSV line per logged step: ``step,name=value,...`` (easy to grep and to plot)."""
-    with open(Path(out) / "log.csv", "a") as f:
-        f.write(f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n")
+    """One CSV line per logged step: ``step,name=value,...`` (easy to grep and to plot).
+
+    A run killed after its last checkpoint logged steps it then trains again when resumed:
+    rows of this step or later are that lost stretch, and are dropped (the file rewritten
+    atomically) before this one is added, so each step appears once."""
+    path = Path(out) / "log.csv"
+    line = f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n"
+    rows = path.read_text().splitlines(keepends=True) if path.exists() else []
+    kept = [row for row in rows if not _logged_step(row) >= step]
+    if len(kept) < len(rows):
+        write_atomic(path, "".join(kept))
+    with open(path, "a") as f:
+        f.write(line)
+
+
+def _logged_step(row: str) -> float:
+    """The step a log row is for (-inf for a row that does not start with one)."""
+    try:
+        return int(row.split(",", 1)[0])
+    except ValueError:
+        return -math.inf
 
 
 @contextlib.contextmanager
