@@ -140,12 +140,29 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     if _hub_probe is not None and now - _hub_probe[0] < HUB_PROBE_TTL:
         return _hub_probe[1]
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        socket.create_connection(hub_address(), timeout=timeout).close()
         reachable = True
     except OSError:
         reachable = False
     _hub_probe = (now, reachable)
     return reachable
+
+
+def hub_address() -> tuple[str, int]:
+    """Where a download would connect first, so where :func:`hub_reachable` knocks: the Hub's
+    endpoint (``HF_ENDPOINT``, e.g. a mirror, as huggingface_hub reads it; else huggingface.co),
+    or, when one applies to it, the proxy (``HTTPS_PROXY`` and ``NO_PROXY``, as the download
+    libraries read them): behind a school's proxy huggingface.co itself never answers."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    endpoint = urlsplit((os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"))
+    scheme = endpoint.scheme or "https"
+    proxy = getproxies().get(scheme)
+    if proxy and not proxy_bypass(endpoint.hostname):
+        address = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return address.hostname, address.port or (443 if address.scheme == "https" else 80)
+    return endpoint.hostname, endpoint.port or (443 if scheme == "https" else 80)
 
 
 def hub_offline(source) -> bool:

@@ -160,6 +160,25 @@ def test_offline_env_means_hub_unreachable(monkeypatch):
     assert models.hub_reachable() is False
 
 
+@pytest.mark.parametrize("env, address", [
+    ({}, ("huggingface.co", 443)),
+    ({"HF_ENDPOINT": "https://hf-mirror.com/"}, ("hf-mirror.com", 443)),  # a mirror
+    ({"HTTPS_PROXY": "http://proxy.school:3128"}, ("proxy.school", 3128)),
+    ({"https_proxy": "proxy.school:8080"}, ("proxy.school", 8080)),
+    ({"HTTPS_PROXY": "http://proxy.school:3128", "NO_PROXY": "huggingface.co"}, ("huggingface.co", 443)),
+    ({"HF_ENDPOINT": "http://localhost:8000", "HTTPS_PROXY": "http://proxy:3128"}, ("localhost", 8000)),
+])
+def test_the_hub_probe_knocks_where_a_download_would_connect(monkeypatch, env, address):
+    """Behind a proxy huggingface.co itself never answers, and with HF_ENDPOINT downloads go
+    to a mirror: the probe asks the proxy, or the endpoint, as the download libraries would."""
+    for name in ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert models.hub_address() == address
+
+
 def test_hub_probe_is_reused_for_a_while_then_asked_again(monkeypatch):
     """One pipeline load asks hub_reachable several times; behind a firewall that drops
     packets each probe would wait its whole timeout, so one answer serves for HUB_PROBE_TTL."""
