@@ -3,8 +3,10 @@
 #
 # **What you will learn**
 # - how `StableDiffusionInpaintPipeline` repaints where a mask is white and keeps the rest;
-# - why Stable Diffusion has a separate **inpainting UNet** with 9 input channels, and what it
-#   gains over the trick of blending a plain text-to-image model (measured side by side);
+# - why Stable Diffusion has a separate **inpainting UNet** with 9 input channels, and how it
+#   compares with the trick of blending a plain text-to-image model, measured side by side (on
+#   the mini world's simple pictures the two come close: the difference shows at the mask's
+#   edge, and on real photos, where the hole must match its surroundings);
 # - how to measure an inpainting: the requested object inside the mask, the rest unchanged.
 #
 # **What you need**: CPU with the mini model: about a minute. Colab GPU with real checkpoints
