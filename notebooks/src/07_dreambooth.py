@@ -145,6 +145,40 @@ sdc.image_grid(class_images[:8], rows=1, size=thumb)
 # trains from scratch (call `train_dreambooth` again without deleting and it resumes, or
 # returns the finished run). On a real checkpoint the cell trains a LoRA instead: text encoder
 # frozen, rate 1e-4, 400 steps with one picture per step (section 7 says why).
+#
+# First, what one training step computes, written out on the base model (nothing changes
+# here): the VAE encodes a subject picture and a class picture, noise is added at a random
+# timestep, the UNet predicts that noise from each picture's own prompt, and the two squared
+# errors add up, the class picture's weighted by `prior_loss_weight`. The trainer repeats
+# this with an optimizer step after each, in batches, and saves checkpoints on the way.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from sdcourse.train.dreambooth import training_target
+
+noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)  # the schedule it was trained on
+side = base.unet.config.sample_size * base.vae_scale_factor  # 64 px on the mini model, 512+ on SD
+pictures = [instance_images[0].resize((side, side)), class_images[0].resize((side, side))]
+prompts = [instance_prompts[0], class_prompts[0]]
+g = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    pixels = base.image_processor.preprocess(pictures).to(device, base.vae.dtype)  # in [-1, 1]
+    latents = base.vae.encode(pixels).latent_dist.sample(generator=g) * base.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (2,), generator=g).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(device)
+    prediction = base.unet(noisy, t, encoder_hidden_states=base.text_encoder(ids)[0]).sample
+target = training_target(noise_scheduler, latents, noise, t)  # the noise (or, on v-prediction models, the velocity)
+instance_loss = F.mse_loss(prediction[:1].float(), target[:1].float())  # the subject, with "sks"
+prior_loss = F.mse_loss(prediction[1:].float(), target[1:].float())  # the class, as the base drew it
+loss = instance_loss + 1.0 * prior_loss  # prior_loss_weight = 1.0
+print("latents:", tuple(latents.shape), "| timesteps:", t.tolist(), "| prompts:", prompts)
+print(f"loss = {instance_loss:.3f} (subject) + 1.0 × {prior_loss:.3f} (class) = {loss:.3f}")
 
 # %%
 if on_mini:  # the whole mini UNet and its text encoder, as `sdcourse evaluate dreambooth` trains
@@ -169,21 +203,6 @@ for prior in (True, False):
     trained += seconds
     print(f"prior preservation {prior}: {steps[prior]} steps in {seconds:.0f} s -> {runs[prior]}")
 print(f"training in this notebook: {trained:.0f} s")
-
-# %%
-from diffusers import UNet2DConditionModel
-
-from sdcourse.train.dreambooth import UNET_LORA_TARGETS, add_lora
-
-unet_params = sum(p.numel() for p in base.unet.parameters())
-text_params = sum(p.numel() for p in base.text_encoder.parameters())
-with torch.device("meta"):  # the UNet's architecture alone: shapes, no memory for weights
-    lora_unet = UNet2DConditionModel.from_config(base.unet.config)
-    add_lora(lora_unet, 16, UNET_LORA_TARGETS)
-lora_params = sum(p.numel() for p in lora_unet.parameters() if p.requires_grad)
-print(f"full fine-tune: {unet_params / 1e6:.2f} M UNet weights change (and the text encoder's "
-      f"{text_params / 1e6:.2f} M); a rank-16 LoRA on the UNet would train "
-      f"{lora_params / 1e6:.2f} M ({lora_params / unet_params:.1%} of the UNet)")
 
 # %% [markdown]
 # ## 5. Before and after, in a new context
@@ -275,6 +294,24 @@ else:
 #   a terminal with `accelerate launch -m sdcourse train dreambooth --instance-dir my_dog
 #   --instance-prompt "a photo of sks dog" --class-prompt "a photo of a dog" --base …`.
 #
+# How much smaller is what a LoRA trains? Counted on this notebook's UNet:
+
+# %%
+from diffusers import UNet2DConditionModel
+
+from sdcourse.train.dreambooth import UNET_LORA_TARGETS, add_lora
+
+unet_params = sum(p.numel() for p in base.unet.parameters())
+text_params = sum(p.numel() for p in base.text_encoder.parameters())
+with torch.device("meta"):  # the UNet's architecture alone: shapes, no memory for weights
+    lora_unet = UNet2DConditionModel.from_config(base.unet.config)
+    add_lora(lora_unet, 16, UNET_LORA_TARGETS)
+lora_params = sum(p.numel() for p in lora_unet.parameters() if p.requires_grad)
+print(f"full fine-tune: {unet_params / 1e6:.2f} M UNet weights change (and the text encoder's "
+      f"{text_params / 1e6:.2f} M); a rank-16 LoRA on the UNet would train "
+      f"{lora_params / 1e6:.2f} M ({lora_params / unet_params:.1%} of the UNet)")
+
+# %% [markdown]
 # ## Exercises
 # 1. Train a LoRA (`lora=True`, 450 steps) with and without `train_text_encoder=True` and
 #    compare `subject_fidelity` on the green background with the full fine-tune's. Start from
