@@ -334,7 +334,9 @@ def check_model_setting(model: str | None, notebooks: list[Path] = ()) -> str | 
     given relative to here, but each kernel runs in its notebook's folder."""
     from . import models
 
-    if model is not None:  # an empty --model is refused too, not ignored
+    if model is not None and not model.strip():  # (an unset $MODEL in a script): refused, not ignored
+        raise UsageError("--model is empty: give mini, real, a Hub id or a pipeline folder")
+    if model is not None:
         what = f"--model {model}"
     elif os.environ.get("SDCOURSE_MODEL"):
         model = os.environ["SDCOURSE_MODEL"]
@@ -874,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stable Diffusion course: run the notebooks, check the machine, train and "
         "evaluate the embedded mini model.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version('sdcourse')}")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {_version('sdcourse')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)

@@ -87,10 +87,11 @@ def test_command_line_errors_are_one_line_in_the_package_style(argv, message, ca
 def test_version_is_the_installed_packages(capsys):
     from importlib import metadata
 
-    with pytest.raises(SystemExit) as info:
-        cli.main(["--version"])
-    assert info.value.code == 0
-    assert capsys.readouterr().out == f"sdcourse {metadata.version('sdcourse')}\n"
+    for option in ("--version", "-V"):  # -V as python -V
+        with pytest.raises(SystemExit) as info:
+            cli.main([option])
+        assert info.value.code == 0
+        assert capsys.readouterr().out == f"sdcourse {metadata.version('sdcourse')}\n"
 
 
 def test_help_lists_the_choices_and_defaults(capsys, monkeypatch):
@@ -454,7 +455,8 @@ def test_empty_model_fails_before_any_kernel(tmp_path, capsys, no_kernel):
     """--model '' (an unset shell variable) is refused, not silently the default."""
     good = write_notebook(tmp_path / "good.ipynb", "print(1)")
     assert cli.main(["run", str(good), "--model", "", "--out", str(tmp_path / "out")]) == 2
-    assert "sdcourse: error: --model : '' is neither a folder nor a Hub id" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("sdcourse: error: --model is empty: give mini, real, a Hub id "
+                                       "or a pipeline folder\n")
 
 
 def test_doctor_says_when_the_chosen_checkpoint_cannot_load(monkeypatch, capsys, hub):
