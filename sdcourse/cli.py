@@ -343,14 +343,12 @@ def check_model_setting(model: str | None, notebooks: list[Path] = ()) -> str | 
         what = f"SDCOURSE_MODEL={model}"
     else:  # the notebooks choose automatically: nothing asked for can be wrong
         return None
-    try:
-        choice = models.choose_model("text2img", model)
-    except models.ModelChoiceError as error:
-        raise UsageError(f"{what}: {error}") from None
-    if choice.kind == "mini":
-        return model
-    if os.path.isdir(model):  # a pipeline folder (choose_model checked its model_index.json)
-        for notebook in notebooks:
+    if model.strip().lower() not in ("mini", "real") and os.path.isdir(model):  # a pipeline folder
+        try:
+            models.check_model_source(model)
+        except models.ModelChoiceError as error:
+            raise UsageError(f"{what}: {error}") from None
+        for notebook in notebooks:  # its UNet must serve what each notebook asks of it
             for task in tasks_of(notebook):
                 try:
                     models.check_folder_serves(task, Path(model))
@@ -358,6 +356,12 @@ def check_model_setting(model: str | None, notebooks: list[Path] = ()) -> str | 
                     raise UsageError(f"{what}: {notebook.name} needs {task}: {error}; or leave "
                                      f"{notebook.name} out of this run") from None
         return os.path.abspath(model)
+    try:
+        choice = models.choose_model("text2img", model)
+    except models.ModelChoiceError as error:
+        raise UsageError(f"{what}: {error}") from None
+    if choice.kind == "mini":
+        return model
     try:  # a Hub id (for "real", the text2img one)
         models.check_fetchable(choice.source, otherwise="use --model mini")
     except models.ModelChoiceError as error:

@@ -247,17 +247,7 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         online = hub_reachable() and _first_on_hub(task)
         return Choice(task, "real", online or REAL_MODELS[task][0], f"asked for by {origin}")
     if model is not None:  # a Hub id or a local folder
-        if os.path.isfile(model):  # e.g. a single-file .safetensors checkpoint
-            raise ModelChoiceError(f"{model} is a file, not a diffusers pipeline folder: give the "
-                                   "folder that holds model_index.json, or a Hub id")
-        if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
-            raise ModelChoiceError(f"{model} is a folder without model_index.json: "
-                                   "give a diffusers pipeline folder or a Hub id")
-        if not os.path.isdir(model) and not _is_hub_id(model):
-            raise ModelChoiceError(f"{model!r} is neither a folder nor a Hub id like "
-                                   "'stable-diffusion-v1-5/stable-diffusion-v1-5': check the path")
-        if os.path.isdir(model):
-            check_folder_serves(task, Path(model))
+        check_model_source(model, task)
         return Choice(task, "real", model, f"asked for by {origin}")
     if not _accelerator_present(device):
         return Choice(task, "mini", str(MINI_DIR), "no GPU: the embedded mini model runs on CPU")
@@ -300,6 +290,23 @@ def check_folder_serves(task: str, folder: Path) -> None:
         raise ModelChoiceError(f"{folder} is {article} {kind} checkpoint (its UNet takes {channels} input "
                                f"channels, {task} needs {UNET_INPUTS[task]}): give a checkpoint "
                                f"made for {task}, or mini or real")
+
+
+def check_model_source(model: str, task: str | None = None) -> None:
+    """A one-line ModelChoiceError unless ``model`` (neither "mini" nor "real") is a Hub id or a
+    diffusers pipeline folder; given a ``task``, a folder's UNet must serve it too
+    (:func:`check_folder_serves`)."""
+    if os.path.isfile(model):  # e.g. a single-file .safetensors checkpoint
+        raise ModelChoiceError(f"{model} is a file, not a diffusers pipeline folder: give the "
+                               "folder that holds model_index.json, or a Hub id")
+    if os.path.isdir(model) and not (Path(model) / "model_index.json").exists():
+        raise ModelChoiceError(f"{model} is a folder without model_index.json: "
+                               "give a diffusers pipeline folder or a Hub id")
+    if not os.path.isdir(model) and not _is_hub_id(model):
+        raise ModelChoiceError(f"{model!r} is neither a folder nor a Hub id like "
+                               "'stable-diffusion-v1-5/stable-diffusion-v1-5': check the path")
+    if task is not None and os.path.isdir(model):
+        check_folder_serves(task, Path(model))
 
 
 def _same_checkpoints(task_a: str, task_b: str) -> bool:

@@ -518,6 +518,11 @@ def test_run_refuses_a_model_folder_a_notebook_cannot_use_before_any_kernel(tmp_
     monkeypatch.setattr(cli, "run_notebook", lambda path, out, timeout, env: ran.append(path.name))
     assert cli.main(["run", str(text), "--model", str(folder), "--out", str(out)]) == 0
     assert ran == ["00_text.ipynb"]
+    (folder / "unet" / "config.json").write_text('{"in_channels": 9}')  # an inpainting folder
+    assert cli.main(["run", str(paint), "--model", str(folder), "--out", str(out)]) == 0
+    assert ran == ["00_text.ipynb", "05_paint.ipynb"]
+    assert cli.main(["run", str(text), "--model", str(folder), "--out", str(out)]) == 2
+    assert "00_text.ipynb needs text2img: " in capsys.readouterr().err
 
 
 def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch, hub):
