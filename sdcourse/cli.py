@@ -567,8 +567,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a part of the mini model (reproduces the shipped one)",
                        description="Train a part of the embedded mini model. Checkpoints go to "
                        "--out every few hundred steps; running the same command again resumes. "
-                       "Trains on the GPU when PyTorch sees one, else on the CPU (SDCOURSE_DEVICE "
-                       "does not apply).")
+                       "The mini model's parts train on the CPU, as the shipped weights did (the "
+                       "same seed gives the same weights); dreambooth trains on the GPU when "
+                       "PyTorch sees one (SDCOURSE_DEVICE does not apply).")
     p.add_argument("model", choices=TRAINERS, metavar="MODEL",
                    help=f"which part to train: {', '.join(TRAINERS)}")
     p.add_argument("--out", type=folder_arg, default=None, metavar="DIR",

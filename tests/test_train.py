@@ -466,6 +466,18 @@ def test_save_folder_leaves_the_old_config_whole_when_saving_fails(tmp_path):
     assert DDIMScheduler.from_pretrained(target).config.num_train_timesteps == 500
 
 
+def test_the_mini_trainers_run_on_the_cpu_even_where_a_gpu_is(monkeypatch):
+    """Their loops keep batches on the CPU, and there the same seed gives the shipped weights:
+    the accelerator they run under must not move the models to a GPU PyTorch sees."""
+    from sdcourse.train import depth_estimator, text2img, vae
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert common.mini_accelerator().device.type == "cpu"
+    for module in (vae, text2img, depth_estimator):  # and each trainer takes that one
+        source = Path(module.__file__).read_text()
+        assert "common.mini_accelerator()" in source and "Accelerator(" not in source, module
+
+
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """Killed after logging steps 10-30 with its checkpoint at 20, a run trains 21-30 again:
     the log keeps one row per step, the newer one; rows before the resume point stay."""

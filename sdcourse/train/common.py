@@ -39,6 +39,17 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def mini_accelerator():
+    """The accelerate ``Accelerator`` the mini model's trainers run under: on the CPU, even
+    where PyTorch sees a GPU. The models are small (a GPU would gain little at these sizes),
+    the shipped weights were trained on the CPU, and there the same seed gives the same
+    weights; the loops also keep their batches on the CPU. (DreamBooth, which trains real
+    checkpoints too, picks the GPU itself.)"""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
 def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict | None = None) -> Path:
     """Write models (by name), optimizer and step to ``out/checkpoint`` atomically."""
     final, old = Path(out) / CHECKPOINT, Path(out) / f"{CHECKPOINT}.old"

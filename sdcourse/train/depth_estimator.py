@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from transformers import DPTConfig, DPTForDepthEstimation
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 
@@ -64,7 +63,7 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
     ckpt = common.resume_point(out, "depth-estimator", settings)  # before out is made
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = common.mini_accelerator()
     processor = image_processor()
     with common.resuming(ckpt):
         model = (DPTForDepthEstimation.from_pretrained(ckpt / "depth_estimator", use_safetensors=True)

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -234,7 +233,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     # where the run started (checkpoints from before it was recorded: the init given now)
     started_from = state["init"] if "init" in state else (str(init) if init is not None else None)
     torch.manual_seed(seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = common.mini_accelerator()
     vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
     if ckpt is not None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from diffusers import AutoencoderKL
 
 from .. import world
@@ -105,7 +104,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     ckpt = common.resume_point(out, "vae", settings)  # before out is made or anything loads
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = common.mini_accelerator()
     with common.resuming(ckpt):
         vae = (AutoencoderKL.from_pretrained(ckpt / "vae", use_safetensors=True) if ckpt
                else AutoencoderKL(**VAE_CONFIG))
