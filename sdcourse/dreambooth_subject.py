@@ -200,20 +200,22 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
     from diffusers import StableDiffusionPipeline
 
     from .models import mini_model_path
-    from .train.dreambooth import load_dreambooth
+    from .train.dreambooth import load_dreambooth, mini_base
 
     base = mini_model_path("text2img")
     settings = EVAL_SETTINGS | {"seed": train_seed} | overrides
     root = Path(cache_dir) if cache_dir else cache_root()
     result: dict = {"n": n, "steps": settings["steps"], "train_seed": settings["seed"]}
     for prior, suffix in ((True, ""), (False, "_no_prior")):
-        key = json.dumps({"base": str(base), "prior": prior, "subject": [LEFT, RIGHT],
+        # the base by its contents: the assembled folder's name changes with a reinstall
+        key = json.dumps({"base": mini_base(), "prior": prior, "subject": [LEFT, RIGHT],
                           "prompts": instance_prompts(),
                           "class_prompts": class_prompts(settings["num_class_images"]),
                           **settings}, sort_keys=True)
         out = root / "dreambooth" / hashlib.sha256(key.encode()).hexdigest()[:12]
-        train_subject(out, prior=prior, **settings)
-        for name, value in measure(load_dreambooth(out), n, seed).items():
+        train_subject(out, prior=prior, cpu=True, **settings)  # (on the CPU, as recorded)
+        token = settings.get("token", TOKEN)
+        for name, value in measure(load_dreambooth(out), n, seed, token=token).items():
             result[name + suffix] = value
         record = json.loads((out / "dreambooth.json").read_text())
         result["train_seconds" + suffix] = record["train_seconds"]

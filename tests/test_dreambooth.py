@@ -1290,10 +1290,11 @@ def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, mo
     seen, runs = [], {}
 
     def train(images, prompts, class_prompts, out, **kw):
+        assert kw["cpu"] is True  # measured on the CPU, as the recorded numbers were
         seen.append((kw["seed"], kw["prior_preservation"], out))
         runs[out] = "prior" if kw["prior_preservation"] else "no_prior"
         seconds = {"prior": 11, "no_prior": 22}[runs[out]]
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # (a finished run, asked again, is reused)
         (out / "dreambooth.json").write_text(json.dumps({"train_seconds": seconds,
                                                          "train_cpu_seconds": seconds + 1}))
         return out
@@ -1308,7 +1309,7 @@ def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, mo
     measured = {"prior": (0.9, 0.8), "no_prior": (0.7, 0.1), "base": (0.0, 0.95)}
     calls = []
 
-    def measure(pipe, n, seed):
+    def measure(pipe, n, seed, token="sks"):
         calls.append((pipe.name, n, seed))
         fidelity, kept = measured[pipe.name]
         return {"subject_fidelity": fidelity, "prior_kept": kept}
@@ -1329,6 +1330,13 @@ def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, mo
     assert (result["train_seconds"], result["train_seconds_no_prior"]) == (11, 22)
     assert (result["train_cpu_seconds"], result["train_cpu_seconds_no_prior"]) == (12, 23)
     subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=4)
+    assert len({out for _, _, out in seen}) == 4
+    # a reinstall renames the assembled mini folder (its name hashes the files' times): the
+    # runs are found again by the model's contents
+    from sdcourse import models
+
+    monkeypatch.setattr(models, "mini_model_path", lambda task="text2img": tmp_path / "elsewhere")
+    subject.evaluate_dreambooth(n=2, cache_dir=tmp_path, train_seed=3)
     assert len({out for _, _, out in seen}) == 4
 
 

@@ -882,7 +882,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                      seed: int = 0, save_every: int = 100, validate_every: int = 100,
                      validation_prompts: list[str] | None = None,
                      token_init: str | list[str] | None = None,
-                     gradient_checkpointing: bool = False) -> Path:
+                     gradient_checkpointing: bool = False, cpu: bool = False) -> Path:
     """Fine-tune ``base`` on the subject in ``instance``; returns the path to load the result.
 
     ``instance``: a folder of 3 or more pictures (3–5 is typical), or a list of PIL images.
@@ -903,6 +903,9 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     (one more forward pass each); the usual way to fit a LoRA on Stable Diffusion at 512 px
     into a 16 GB GPU. Like every setting it belongs to the run: a folder trained without it
     does not resume with it.
+    ``cpu``: train on the CPU even where PyTorch sees a GPU (``sdcourse evaluate dreambooth``
+    does, so that its numbers compare with the ones recorded on a CPU); otherwise a CUDA GPU
+    trains it, in fp16 mixed precision.
 
     Returns ``out`` (holding ``pytorch_lora_weights.safetensors``) for a LoRA, else
     ``out/pipeline`` (a complete diffusers folder); :func:`load_dreambooth` loads either.
@@ -1011,7 +1014,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
     try:
         return _train(out, files, images, settings, tokenizer, steps, save_every, validate_every,
                       validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir,
-                      drawer)
+                      drawer, cpu)
     finally:
         _release_models()
 
@@ -1057,13 +1060,13 @@ def _release_models() -> None:
 
 def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, save_every: int,
            validate_every: int, validation_prompts: list[str], class_dir: Path,
-           drawer: str) -> Path:
+           drawer: str, cpu: bool = False) -> Path:
     from accelerate import Accelerator
 
     from .text2img import tokenize
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not cpu
     accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
     torch.manual_seed(s.seed)
     frozen = frozen_dtype(accelerator.device)
