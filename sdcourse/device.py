@@ -76,11 +76,12 @@ def _device_name(device: str | torch.device, what: str | None = None, unknown: s
 
     The name half of :func:`check_device`, for questions about a device rather than moving
     anything to it (:func:`is_gpu`): "gpu" gets one ValueError line instead of torch's list.
-    "cpu:0" is the CPU, as in torch; there is no other CPU index.
+    "cpu:0" is the CPU and "mps:0" the Apple GPU, as torch names them (``pipe.device``,
+    ``tensor.device``); there is no other CPU or MPS index.
     """
     text = str(device).strip().lower()
     # as torch spells them: no empty index ("cuda:"), no leading zero ("cuda:01")
-    if not re.fullmatch(r"cpu(:0)?|cuda(:(0|[1-9][0-9]*))?|mps", text):
+    if not re.fullmatch(r"cpu(:0)?|cuda(:(0|[1-9][0-9]*))?|mps(:0)?", text):
         raise ValueError(f"{what or f'device {text!r}'} is not a device: use one of cpu, cuda, "
                          f"cuda:N, mps {unknown}".rstrip())
     return text

@@ -219,8 +219,16 @@ def _content_length(response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+#: How resolvers say that a host name has no address (glibc, macOS, Windows, urllib3).
+_DNS_WORDS = ("name or service not known", "nodename nor servname", "getaddrinfo failed",
+              "temporary failure in name resolution", "no address associated with hostname",
+              "failed to resolve")
+
+
 def _network_error(url: str, exc: Exception, timeout) -> DownloadError:
     """Turn a requests exception into a DownloadError that names the cause in plain words."""
+    import socket
+
     import requests
     from urllib3.exceptions import NameResolutionError, ReadTimeoutError
 
@@ -234,10 +242,13 @@ def _network_error(url: str, exc: Exception, timeout) -> DownloadError:
             isinstance(c, ReadTimeoutError) for c in causes):
         return DownloadError(url, f"the server did not answer within {read} s (timeout)",
                              "Try again later, or pass a larger timeout.", "timeout")
-    if any(isinstance(c, NameResolutionError) for c in causes) or "resolve" in text.lower():
+    # by type, else by the resolver's and the socket's own words ("resolve" alone would match
+    # every Hugging Face file URL, whose path holds /resolve/main/)
+    if any(isinstance(c, (NameResolutionError, socket.gaierror)) for c in causes) or any(
+            words in text.lower() for words in _DNS_WORDS):
         return DownloadError(url, "the host name could not be found (DNS failure)",
                              "Check the URL and your internet connection.", "dns")
-    if any(isinstance(c, ConnectionRefusedError) for c in causes) or "refused" in text.lower():
+    if any(isinstance(c, ConnectionRefusedError) for c in causes) or "connection refused" in text.lower():
         return DownloadError(url, "the connection was refused (nothing is serving there)",
                              "Check the URL and port, or whether the server is running.",
                              "refused")

@@ -40,7 +40,7 @@ def test_env_override(machine, monkeypatch, value, expected):
     assert dev.pick_device() == expected
 
 
-@pytest.mark.parametrize("value", ["gpu", "tpu", "cuda:x", "mps:0", "cpu:1"])
+@pytest.mark.parametrize("value", ["gpu", "tpu", "cuda:x", "mps:1", "cpu:1"])
 def test_env_override_unknown_value(machine, monkeypatch, value):
     machine()
     monkeypatch.setenv(dev.ENV_VAR, value)
@@ -228,6 +228,16 @@ def test_public_names():
     assert sdcourse.pick_device is dev.pick_device
     assert sdcourse.pick_dtype is dev.pick_dtype
     assert sdcourse.make_generator is dev.make_generator
+
+
+def test_mps_0_is_the_apple_gpu_as_in_torch(machine):
+    """On a Mac, pipe.device and tensor.device say "mps:0": passed on (make_generator(0,
+    pipe.device)), it was refused as "not a device" where "cuda:0" worked."""
+    machine(cuda=False, mps=True)
+    assert dev.check_device("mps:0") == "mps:0"
+    assert dev.check_device(torch.device("mps", 0)) == "mps:0"
+    assert dev.is_gpu("mps:0") is True and dev.pick_dtype("mps:0") == torch.float16
+    assert dev.make_generator(0, "mps:0").device.type == "cpu"  # MPS draws with a CPU generator
 
 
 def test_cpu_0_is_the_cpu_as_in_torch(machine):

@@ -324,6 +324,24 @@ def test_connection_refused(cache):
     assert cached_files(cache) == []
 
 
+def test_a_hub_file_url_that_is_refused_is_not_called_a_dns_failure(cache):
+    """Hugging Face file URLs hold /resolve/main/ in their path: the word "resolve" in the
+    error text (which quotes the URL) once made every failure there a DNS failure."""
+    url = dead_url().replace("/gone.png", "/datasets/x/resolve/main/gone.png")
+    with pytest.raises(DownloadError, match="refused") as caught:
+        download_image(url, timeout=TIMEOUT)
+    assert caught.value.reason == "refused"
+
+
+def test_a_host_that_does_not_exist_is_a_dns_failure(cache, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)  # a proxy would answer for the host itself
+    url = "http://no-such-host.invalid/picture.png"  # .invalid never resolves (RFC 2606)
+    with pytest.raises(DownloadError, match=r"DNS failure") as caught:
+        download_image(url, timeout=TIMEOUT)
+    assert caught.value.reason == "dns"
+
+
 # -------------------------------------------------------------------------------------------
 # offline: bundled stand-ins
 
