@@ -1003,6 +1003,40 @@ def test_gradient_checkpointing_saves_memory_not_results(tmp_path, base, monkeyp
         db.train_dreambooth(images, out=tmp_path / "gc", **args)
 
 
+def test_a_base_folder_is_recorded_resolved_so_its_spellings_resume_and_load_anywhere(
+        tmp_path, base, monkeypatch):
+    """`--base models/sd` from the repository root, then `models/sd/`, or load_dreambooth from
+    notebooks/: one model. Recorded as typed, the second spelling was 'other settings' and the
+    LoRA's base was looked up relative to the new working folder (as a Hub id)."""
+    shutil.copytree(base, tmp_path / "models" / "sd")
+    monkeypatch.chdir(tmp_path)
+    images = subject.make_instance_images(3)
+    args = dict(instance_prompt="a sks circle", prior_preservation=False, **(FAST | {"steps": 1}))
+    out = db.train_dreambooth(images, out=tmp_path / "run", base="models/sd", **args)
+    assert db.read_record(tmp_path / "run")["settings"]["base"] == str((tmp_path / "models" / "sd").resolve())
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(db, "_train", no_training)
+    assert db.train_dreambooth(images, out=tmp_path / "run", base="./models/sd/", **args) == out
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert db.load_dreambooth(tmp_path / "run").unet.config.sample_size == 8
+
+
+def test_a_finished_run_asked_for_fewer_steps_is_refused_not_returned(tmp_path, base):
+    """A 2-step run asked again for 1 step (a learner shortening a notebook's run) returned the
+    2-step weights without a word; it is refused, saying how to get either run."""
+    images = subject.make_instance_images(3)
+    args = dict(instance_prompt="a sks circle", base=base, prior_preservation=False, **FAST)
+    out = db.train_dreambooth(images, out=tmp_path / "run", **(args | {"steps": 2}))
+    with pytest.raises(db.DreamBoothError, match=r"finished at step 2, more than steps \(--steps\) 1: "
+                       r"a shorter run is another run; give another out folder"):
+        db.train_dreambooth(images, out=tmp_path / "run", **(args | {"steps": 1}))
+    assert db.train_dreambooth(images, out=tmp_path / "run", **(args | {"steps": 2})) == out
+
+
 def test_runs_recorded_before_a_setting_existed_still_resume(tmp_path, base):
     """A dreambooth.json written before ``gradient_checkpointing`` existed holds no such key:
     it reads as the default, so the finished run is returned at once, not refused."""

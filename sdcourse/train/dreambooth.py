@@ -971,8 +971,9 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
         raise DreamBoothError(str(error)) from None
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     check_folders_apart(instance, out, class_dir if prior_preservation else None)
-    recorded_base = mini_base() if base is None else str(base)
-    drawer = recorded_base if base is None else class_base(base)  # as the class pictures record it
+    # one spelling per model (a folder resolved: the run loads from any working folder, and
+    # `sd`, `./sd/` resume each other), as the class pictures record the model that drew them
+    recorded_base = drawer = class_base(base)
     if prior_preservation:
         check_class_dir(class_dir, class_prompts, seed, drawer)
     if base is None:
@@ -999,8 +1000,14 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
         check_same_run(out, record, settings)
         if upgraded:  # and loadable after a reinstall or a cleaned cache
             _write_json(out / "dreambooth.json", record)
-        if record.get("done_step", 0) >= steps:
+        finished = record.get("done_step", 0)
+        if finished == steps:
             return out if lora else out / "pipeline"  # already trained
+        if finished > steps:  # its weights have taken more steps than asked: no shorter run in them
+            raise DreamBoothError(
+                f"{out} holds a DreamBooth run finished at step {finished}, more than steps "
+                f"(--steps) {steps}: a shorter run is another run; give another out folder "
+                f"(--out), delete this one to start over, or ask for {finished} steps to load it")
         check_same_schedule(out, record, steps)
     # the base model's files (a Hub checkpoint's are downloaded now): fp16 ones on a GPU,
     # where the frozen parts run in float16 (frozen_dtype); all there before out is made
