@@ -24,16 +24,20 @@ class NotDoneYet(NotImplementedError):
 def self_check(check: Callable[[], str], exercise: str) -> bool:
     """Run ``check`` (which asserts, and returns the message to show on success).
 
-    Returns True when it passed, False when the exercise is not done yet (``check`` raised
-    ``NotImplementedError``, or :class:`NotDoneYet` saying what is missing and where) or could
-    not be checked here (``CheckSkipped``); an ``AssertionError`` (a wrong answer) propagates
-    with its hint. A :class:`NotDoneYet` without a message says "complete it in the cell
-    above", like the stub; a check that returns nothing (None or "") prints "✓ <exercise> passed".
+    Returns True when it passed, False when the exercise is not done yet (``check`` raised a
+    bare ``NotImplementedError``, as the stubs do, or :class:`NotDoneYet` saying what is
+    missing and where) or could not be checked here (``CheckSkipped``); an ``AssertionError``
+    (a wrong answer) propagates with its hint, and so does a ``NotImplementedError`` with a
+    message: a library's ("operator ... not implemented for the MPS device"), not a stub's. A
+    :class:`NotDoneYet` without a message says "complete it in the cell above", like the
+    stub; a check that returns nothing (None or "") prints "✓ <exercise> passed".
     """
     try:
         message = check()
-    except NotImplementedError as missing:  # NotDoneYet, or the exercise's stub untouched
-        what = str(missing).strip() if isinstance(missing, NotDoneYet) else ""
+    except NotImplementedError as missing:
+        if not isinstance(missing, NotDoneYet) and str(missing).strip():
+            raise  # a library's, from inside a right or wrong answer: not "not done yet"
+        what = str(missing).strip()
         print(f"○ {exercise} is not done yet: {what or 'complete it in the cell above'}, "
               f"then run this cell again")
         return False

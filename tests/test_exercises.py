@@ -63,3 +63,14 @@ def test_empty_messages_still_read_as_sentences(capsys):
     for returned in (None, ""):
         assert sdc.self_check(lambda: returned, "exercise 2") is True
         assert capsys.readouterr().out == "✓ exercise 2 passed\n"
+
+
+def test_a_librarys_not_implemented_error_is_no_stub(capsys):
+    """PyTorch says "The operator ... is not currently implemented for the MPS device" with a
+    NotImplementedError: inside a check, that is a failure to show, not "not done yet"."""
+    def check():
+        raise NotImplementedError("The operator 'aten::foo' is not currently implemented for the MPS device")
+
+    with pytest.raises(NotImplementedError, match="MPS device"):
+        sdc.self_check(check, "exercise 2")
+    assert "not done yet" not in capsys.readouterr().out
