@@ -24,20 +24,21 @@ class NotDoneYet(NotImplementedError):
 def self_check(check: Callable[[], str], exercise: str) -> bool:
     """Run ``check`` (which asserts, and returns the message to show on success).
 
-    Returns True when it passed, False when the exercise is not done yet (``check`` raised a
-    bare ``NotImplementedError``, as the stubs do, or :class:`NotDoneYet` saying what is
-    missing and where) or could not be checked here (``CheckSkipped``); an ``AssertionError``
-    (a wrong answer) propagates with its hint, and so does a ``NotImplementedError`` with a
-    message: a library's ("operator ... not implemented for the MPS device"), not a stub's. A
-    :class:`NotDoneYet` without a message says "complete it in the cell above", like the
-    stub; a check that returns nothing (None or "") prints "✓ <exercise> passed".
+    Returns True when it passed, False when the exercise is not done yet (``check`` raised
+    ``NotImplementedError`` from the notebook's code, as the stubs do, or :class:`NotDoneYet`
+    saying what is missing and where) or could not be checked here (``CheckSkipped``); an
+    ``AssertionError`` (a wrong answer) propagates with its hint, and so does a
+    ``NotImplementedError`` raised inside an installed library (PyTorch's "operator ... not
+    implemented for the MPS device"): that is no stub. A :class:`NotDoneYet` without a
+    message says "complete it in the cell above", like the stub; a check that returns
+    nothing (None or "") prints "✓ <exercise> passed".
     """
     try:
         message = check()
     except NotImplementedError as missing:
-        if not isinstance(missing, NotDoneYet) and str(missing).strip():
-            raise  # a library's, from inside a right or wrong answer: not "not done yet"
-        what = str(missing).strip()
+        if not isinstance(missing, NotDoneYet) and _raised_in_a_library(missing):
+            raise
+        what = str(missing).strip() if isinstance(missing, NotDoneYet) else ""
         print(f"○ {exercise} is not done yet: {what or 'complete it in the cell above'}, "
               f"then run this cell again")
         return False
@@ -47,3 +48,12 @@ def self_check(check: Callable[[], str], exercise: str) -> bool:
     text = "" if message is None else str(message)
     print(f"✓ {text if text.strip() else f'{exercise} passed'}")
     return True
+
+
+def _raised_in_a_library(error: BaseException) -> bool:
+    """Whether the innermost Python frame of ``error``'s traceback is an installed package's
+    (site-packages): not the notebook's own code nor this course's."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in ("site-packages", "dist-packages"))
