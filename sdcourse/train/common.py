@@ -105,7 +105,21 @@ def resuming(checkpoint: Path | None):
     except Exception as error:  # noqa: BLE001 - whatever the libraries raise on a bad file
         if checkpoint is None:
             raise
-        raise _damaged(checkpoint, first_line(error, limit=120, named=True)) from error
+        reason = _missing_part(Path(checkpoint), error) or first_line(error, limit=120, named=True)
+        raise _damaged(checkpoint, reason) from error
+
+
+def _missing_part(checkpoint: Path, error: BaseException) -> str | None:
+    """"no vae/config.json in it" when ``error`` names a part of the checkpoint whose config is
+    missing (a half-copied run): diffusers and transformers then take the path for a Hub id
+    and report a failed connection to huggingface.co, which is not the problem."""
+    import re
+
+    for part in re.findall(re.escape(str(checkpoint)) + r"/([\w.-]+)", str(error)):
+        part = part.rstrip(".")  # (the end of the library's sentence)
+        if part and not (checkpoint / part / "config.json").is_file():
+            return f"no {part}/config.json in it"
+    return None
 
 
 def checkpoint_state(checkpoint: Path) -> dict:
