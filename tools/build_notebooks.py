@@ -101,7 +101,9 @@ def build(src: Path, run: bool = True, allow_errors: bool = False) -> Path:
         # them, also when this runs on a GPU machine: on the CPU the course picks the mini model
         # itself, so they say what a learner's CPU says. Set SDCOURSE_DEVICE to build elsewhere
         os.environ.setdefault("SDCOURSE_DEVICE", "cpu")
-        NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=allow_errors,
+        from sdcourse.cli import this_python_kernel  # this Python's kernel, as `sdcourse run` takes
+
+        NotebookClient(nb, timeout=900, km=this_python_kernel(), allow_errors=allow_errors,
                        resources={"metadata": {"path": str(OUT)}}).execute()
     for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
         cell["id"] = f"{src.stem[:2]}-{i:02d}"
