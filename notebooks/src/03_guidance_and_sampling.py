@@ -3,7 +3,8 @@
 #
 # **What you will learn**
 # - the whole text-to-image loop written out from its five parts — tokenizer, text encoder,
-#   UNet, scheduler, VAE — and proof that it gives *exactly* the pipeline's result;
+#   UNet, scheduler, VAE — and proof that it gives *exactly* the pipeline's result, with
+#   DDIM and with Euler (what the scheduler's `init_noise_sigma` and `scale_model_input` are for);
 # - classifier-free guidance (CFG): why it works (caption dropout during training) and how
 #   (two noise predictions, combined);
 # - what `guidance_scale` and negative prompts do, seen in a grid, with a slider, and measured
