@@ -847,11 +847,9 @@ def cmd_evaluate(args) -> int:
             raise UsageError(f"--train-seed is for `evaluate dreambooth` (it trains); "
                              f"`evaluate {args.model}` measures the shipped model as it is")
         extra["train_seed"] = args.train_seed
-    from .models import ModelChoiceError
+    from .models import ModelChoiceError, quiet_loaders
     from .train.common import CheckpointError
     from .train.dreambooth import DreamBoothError
-
-    from .models import quiet_loaders
 
     quiet_loaders()  # the suite's own bar says how far it is; --json prints one line
     suite = getattr(evaluate, f"evaluate_{args.model}")

@@ -219,23 +219,22 @@ def evaluate_text2img(n: int = 200, seed: int = 1234, steps: int = 25, batch: in
     scenes = random_scenes(n, seed)
     result: dict = {"n": n, "steps": steps}
     singles = scenes[:5]
-    bar = _progress(2 * n + len(singles), "text2img")
-    for guidance, suffix in ((7.5, ""), (1.0, "_g1")):
+    with _progress(2 * n + len(singles), "text2img") as bar:
+        for guidance, suffix in ((7.5, ""), (1.0, "_g1")):
+            start = time.perf_counter()
+            images = _in_batches(pipe, n, batch, seed, bar, prompt=[s.caption for s in scenes],
+                                 num_inference_steps=steps, guidance_scale=guidance)
+            seconds = time.perf_counter() - start
+            for key, value in score(images, scenes).items():
+                result[key + suffix] = round(value, 4)
+            if guidance == 7.5:
+                result["seconds_per_image"] = round(seconds / n, 4)
+        # one image at a time, as a learner runs it (batching hides per-call overhead)
         start = time.perf_counter()
-        images = _in_batches(pipe, n, batch, seed, bar, prompt=[s.caption for s in scenes],
-                             num_inference_steps=steps, guidance_scale=guidance)
-        seconds = time.perf_counter() - start
-        for key, value in score(images, scenes).items():
-            result[key + suffix] = round(value, 4)
-        if guidance == 7.5:
-            result["seconds_per_image"] = round(seconds / n, 4)
-    # one image at a time, as a learner runs it (batching hides per-call overhead)
-    start = time.perf_counter()
-    for s in singles:
-        pipe(s.caption, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
-    result["seconds_per_single_image"] = round((time.perf_counter() - start) / len(singles), 4)
-    bar.update(len(singles))
-    bar.close()
+        for s in singles:
+            pipe(s.caption, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+        result["seconds_per_single_image"] = round((time.perf_counter() - start) / len(singles), 4)
+        bar.update(len(singles))
     return result
 
 
@@ -298,16 +297,16 @@ def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
     targets = [_new_color(rng, s.color, s.background) for s in scenes]
     prompts = [caption(c, s.shape, s.background) for c, s in zip(targets, scenes)]
     result: dict = {"n": n, "steps": steps}
-    bar = _progress(2 * n, "img2img")
-    for strength in (0.8, 0.3):
-        images = _in_batches(pipe, n, batch, seed, bar, prompt=prompts, image=[x.image for x in inputs],
-                             strength=strength, num_inference_steps=steps, guidance_scale=7.5)
-        readings = [read_image(im) for im in images]
-        tag = f"s{int(strength * 10):02d}"
-        result[f"color_adopt_{tag}"] = round(sum(r.color == c for r, c in zip(readings, targets)) / n, 4)
-        result[f"layout_iou_{tag}"] = round(float(np.mean(
-            [mask_iou(r.mask, x.mask > 0.5) for r, x in zip(readings, inputs)])), 4)
-    bar.close()
+    with _progress(2 * n, "img2img") as bar:
+        for strength in (0.8, 0.3):
+            images = _in_batches(pipe, n, batch, seed, bar, prompt=prompts,
+                                 image=[x.image for x in inputs], strength=strength,
+                                 num_inference_steps=steps, guidance_scale=7.5)
+            readings = [read_image(im) for im in images]
+            tag = f"s{int(strength * 10):02d}"
+            result[f"color_adopt_{tag}"] = round(sum(r.color == c for r, c in zip(readings, targets)) / n, 4)
+            result[f"layout_iou_{tag}"] = round(float(np.mean(
+                [mask_iou(r.mask, x.mask > 0.5) for r, x in zip(readings, inputs)])), 4)
     return result
 
 
