@@ -932,6 +932,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     with pytest.raises(db.DreamBoothError, match=r"holds no finished DreamBooth run: train it first$"):
         db.load_dreambooth(out)
     monkeypatch.setattr(common, "save_checkpoint", real_save)
+    common.append_log(out, 3, loss=9.0)  # as a run killed after logging step 3 leaves its log
     assert json.loads((out / "checkpoint" / "state.json").read_text())["kind"] == "dreambooth"
     # the learning rate decays over all 4 steps: the run cannot go on on another schedule
     before = _contents(out)
@@ -947,6 +948,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
     assert common.checkpoint_step(common.find_checkpoint(out)) == 4
     assert not list(out.glob("*.tmp")) and not (out / "checkpoint.old").exists()
     assert (out / db.LORA_FILE).exists()
+    logged = [row.split(",")[0] for row in (out / "log.csv").read_text().splitlines()]
+    assert logged == ["4"]  # step 3, trained again after the resume, is not there twice
     # the same weights as a run never killed: a resume that restarted the LoRA (or the
     # optimizer's moments, or the batches) from scratch would end elsewhere
     from safetensors.torch import load_file

@@ -482,12 +482,13 @@ def test_the_mini_trainers_run_on_the_cpu_even_where_a_gpu_is(monkeypatch):
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """Killed after logging steps 10-30 with its checkpoint at 20, a run trains 21-30 again:
     the log keeps one row per step, the newer one; rows before the resume point stay."""
-    for step in (10, 20, 30):
+    for step in (10, 20, 25, 30):
         common.append_log(tmp_path, step, loss=1.0)
-    common.append_log(tmp_path, 30 - 5, loss=0.5)  # (a step between: 25 replaces 30 too)
+    common.trim_log(tmp_path, 20)  # the run resumes at its checkpoint, step 20
     common.append_log(tmp_path, 30, loss=0.25)
-    assert (tmp_path / "log.csv").read_text() == "10,loss=1\n20,loss=1\n25,loss=0.5\n30,loss=0.25\n"
+    assert (tmp_path / "log.csv").read_text() == "10,loss=1\n20,loss=1\n30,loss=0.25\n"
     assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # rewritten in place, atomically
+    common.trim_log(tmp_path / "nothing_yet", 0)  # a run's first start: no log, nothing to do
 
 
 def test_progress_bars_honour_tqdm_disable_in_a_notebook_too(monkeypatch):

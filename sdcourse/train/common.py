@@ -326,19 +326,22 @@ def load_optimizer(optimizer, checkpoint: Path) -> int:
 
 
 def append_log(out: Path, step: int, **values) -> None:
-    """One CSV line per logged step: ``step,name=value,...`` (easy to grep and to plot).
+    """One CSV line per logged step: ``step,name=value,...`` (easy to grep and to plot)."""
+    with open(Path(out) / "log.csv", "a") as f:
+        f.write(f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n")
 
-    A run killed after its last checkpoint logged steps it then trains again when resumed:
-    rows of this step or later are that lost stretch, and are dropped (the file rewritten
-    atomically) before this one is added, so each step appears once."""
+
+def trim_log(out: Path, start: int) -> None:
+    """Called once as a run (re)starts at step ``start``: drop the log rows past it. A run killed
+    after its last checkpoint logged steps it now trains again; without this they would
+    appear twice. The file is rewritten atomically, and only when there is something to drop."""
     path = Path(out) / "log.csv"
-    line = f"{step}," + ",".join(f"{k}={v:.6g}" for k, v in values.items()) + "\n"
-    rows = path.read_text().splitlines(keepends=True) if path.exists() else []
-    kept = [row for row in rows if not _logged_step(row) >= step]
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    kept = [row for row in rows if not _logged_step(row) > start]
     if len(kept) < len(rows):
         write_atomic(path, "".join(kept))
-    with open(path, "a") as f:
-        f.write(line)
 
 
 def _logged_step(row: str) -> float:

@@ -72,6 +72,7 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
         start = common.load_optimizer(optimizer, ckpt) if ckpt else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    common.trim_log(out, start)
     bar = common.progress(range(start, steps), initial=start, total=steps, desc="depth estimator",
                           mininterval=5)
     for step in bar:

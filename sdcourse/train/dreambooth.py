@@ -1150,6 +1150,8 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
     text_encoder.train(s.train_text_encoder)
     n_inst, n_cls = len(images), len(class_images)
     rank, world_size = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:  # (the one that writes the log)
+        common.trim_log(out, start)
     bar = common.progress(range(start, steps), initial=start, total=steps, desc="dreambooth",
                           mininterval=2, **({} if accelerator.is_main_process else {"disable": True}))
     for step in bar:

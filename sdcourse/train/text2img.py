@@ -284,6 +284,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     unet.train()
     text_encoder.train()
     end = min(steps, stop_at or steps)
+    common.trim_log(out, start)
     bar = common.progress(range(start, end), initial=start, total=end, desc=task, mininterval=5)
     for step in bar:
         if not frozen and step == freeze_text_encoder_at:

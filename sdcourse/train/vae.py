@@ -127,6 +127,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     vae, optimizer = accelerator.prepare(vae, optimizer)
     vae.train()
     end = min(steps, stop_at or steps)
+    common.trim_log(out, start)
     bar = common.progress(range(start, end), initial=start, total=end, desc="vae", mininterval=5)
     for step in bar:
         if not frozen and step == freeze_encoder_at:  # from here on only the decoder learns
