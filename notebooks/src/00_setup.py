@@ -137,7 +137,7 @@ else:
     print("The pixel evaluator reads the mini model's world; on a real model, look at the image.")
 
 # %% [markdown]
-# One image can be lucky. Twelve fresh prompts, all at once (a batch is faster per image):
+# One image can be lucky. Twelve fresh prompts, in one batch:
 
 # %%
 import random

@@ -180,8 +180,9 @@ print(f"round trip PSNR: {psnr(decoded, x):.1f} dB")
 # ## 3. The scaling factor
 # The diffusion model expects inputs of roughly unit variance, but a VAE's latents have
 # whatever spread training gave them. So each VAE carries a `scaling_factor`: latents are
-# multiplied by it before diffusion and divided by it before decoding. SD 1.x's VAE has
-# 0.18215 — found exactly this way, as 1 / (standard deviation of latents over many images).
+# multiplied by it before diffusion and divided by it before decoding. The VAE of SD 1.x and
+# 2.x has 0.18215 — found this way, as 1 / (standard deviation of the latents of a batch of
+# training images).
 # The mini VAE's factor was measured on its own data when it was trained. (On a real
 # checkpoint this cell measures the real VAE on the mini world's flat shapes, far simpler than
 # the photos 0.18215 came from, so expect its 1/std to differ from the shipped factor.)
@@ -245,7 +246,7 @@ def check_exercise_1() -> str:
 
 def check_exercise_2() -> str:
     if saving is None:
-        raise NotImplementedError
+        raise sdc.NotDoneYet("set `saving` in the exercise cell (the one that starts with `changes = None`)")
     measured = large["GFLOP"] / attention_cost(16)["GFLOP"]  # 128×128 positions (section 1) vs 16×16
     assert saving != pixel_positions / latent_positions, "that is the saving in positions, not in attention work"
     assert math.isclose(saving, measured, rel_tol=1e-6), "how does attention's work grow with the number of positions?"

@@ -248,9 +248,7 @@ print(f"padding (positions 9-76): {mean_ratio[9:].mean():.2f}")
 #   up the prompt *up to that word*:
 #   "on" and "a", after "red circle", also carry "red circle". A token's map shows where its
 #   position is read, not only where its own word matters: so the colour word is the first
-#   token that lights up the object, not the only one. (Split by layer, no layer of the
-#   mini model singles it out either: in some every token sits near 1, in the others every
-#   word from the colour on rises together.)
+#   token that lights up the object, not the only one.
 # - One picture can disagree with the average. In section 3's picture (a blue background)
 #   "blue" lit up the object and "background" the border around it; on these white
 #   backgrounds the object reads "background" more than the white does (1.42). The later

@@ -79,10 +79,10 @@ sdc.show_images([init_image] + sweep, titles=["input"] + [f"strength {s}" for s 
 # %% [markdown]
 # One picture is an anecdote: on the mini model, at strength 1.0 this one happens to keep its
 # triangle where the input had it (a centred object is a likely guess), and at 0.6 it has lost the yellow without
-# taking the new colour: a pale, almost white triangle. Section 3 measures 24 pictures. How far each one moved from the input,
-# on any model: the PSNR between output and input
-# (higher is closer; `sdcourse.evaluate.psnr` is the usual 10·log10(255² / mean squared
-# difference)).
+# taking the new colour: a pale, almost white triangle (section 3 measures 24 pictures). How
+# far each picture of the sweep moved from the input, on any model: the PSNR between output
+# and input (higher is closer; `sdcourse.evaluate.psnr` is the usual 10·log10(255² / mean
+# squared difference)).
 
 # %%
 for s, out in zip(strengths, sweep):

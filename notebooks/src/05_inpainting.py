@@ -79,8 +79,9 @@ print(f"the UNet's input at a step: {seen[0]} = (2 for guidance, 4 noisy latents
 # %% [markdown]
 # The trick that needs no special model ("blended" sampling): run the ordinary text-to-image
 # UNet, and after every step overwrite the latents outside the mask with the original
-# picture's latents, noised to the level of the next step. The model never sees the
-# surroundings while it predicts, so what it paints inside may not fit. (Give
+# picture's latents, noised to the level of the next step. The model sees the surroundings
+# only as noisy latents, with no mask and no clean copy of the picture, and was never trained
+# to match them, so what it paints inside may not fit. (Give
 # `StableDiffusionInpaintPipeline` a plain 4-channel UNet, e.g.
 # `StableDiffusionInpaintPipeline(**t2i.components)`, and it runs this same blending itself.)
 # Written out:
@@ -142,7 +143,7 @@ print(f"PSNR outside the mask: inpainting UNet {psnr(result, init_image, ~hole):
 # as the circle it replaces: the inpainting UNet, which sees the whole picture, draws a whole square whose
 # corners reach past the mask (the lower PSNR outside is those corners, not a change of the
 # surroundings); blending cannot change the latents outside the mask (the pixels there change
-# only by the VAE's loss and the blur across the mask's edge), so its square is squeezed into
+# only by the VAE's loss and along the mask's edge), so its square is squeezed into
 # the circle. On a real model, look for the same two signs: what the new object does at the
 # mask's edge, and whether anything outside it changed. Section 3 measures both on masks with
 # room to spare around the object.
@@ -217,8 +218,10 @@ else:
 # — almost: the VAE alone, encoding and decoding the input, keeps those pixels far better
 # (the `VAE round trip` line). The loss is the price of repainting in latent space: one latent value
 # covers 8×8 pixels, so along the mask's edge the repainted latents reach past it, and the
-# decoder blends every latent with its neighbours; blending, which copies the input's latents
-# back outside the mask, loses a little more. Where the original pixels must survive exactly,
+# decoder blends every latent with its neighbours. Blending, which copies the input's latents
+# back outside the mask, loses a little more: in the latent cells that the mask's edge cuts
+# through it repaints the outside part too, with a UNet that saw the surroundings only through
+# noise, where the inpainting UNet is given them clean. Where the original pixels must survive exactly,
 # paste them back with
 # `pipe.image_processor.apply_overlay(mask_image, init_image, result)`. Blending
 # only pastes the surroundings back into the latents at every step; the plain UNet never

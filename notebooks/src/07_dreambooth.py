@@ -14,7 +14,7 @@
 # pictures, 10 to 30 seconds; a 450-step training run with prior preservation, one to two
 # minutes; a 150-step run without it, under half a minute; then the measurements, under a
 # minute).
-# GPU with a real model (SD 2.1 at 512 px): 5 minutes on an H200 (100 class pictures in 41 s,
+# GPU with a real model (SD 2.1-base at 512 px): 5 minutes on an H200 (100 class pictures in 41 s,
 # 400 + 133 LoRA steps in 3.6 minutes); a free Colab T4 is many times slower: expect about half
 # an hour, plus the download (an estimate: not timed on a T4).
 
@@ -136,8 +136,8 @@ sdc.image_grid(class_images[:8], rows=1, size=thumb)
 # move is what carries the subject to backgrounds it was never shown on. We give it a
 # head start, as textual inversion does with its "initializer token": `token_init="white
 # black"` sets the embedding of "sks" to the mean of the embeddings of two words that
-# describe the subject (with it, the subject reached green with 8 of 9 training seeds
-# instead of 5). The class pictures' loss counts as much as the subject's (`prior_loss_weight=1.0`,
+# describe the subject (with it, the subject reached green in at least 80% of the pictures
+# with 8 of 9 training seeds instead of 5). The class pictures' loss counts as much as the subject's (`prior_loss_weight=1.0`,
 # the paper's choice; at half weight the subject reached green less often). The rate peaks at 4e-4 and decays to zero
 # over 450 steps. Two runs from the same base model: the full recipe with prior
 # preservation, and one without it that is only a third as long — language drift does not
@@ -282,14 +282,14 @@ else:
 #   `train_text_encoder=True`.
 # - On Colab, the same call with a real checkpoint and your own pictures (512 px):
 #
-# ```python
-# train_dreambooth("my_dog/", "a photo of sks dog", "a photo of a dog",
-#                  base="stable-diffusion-v1-5/stable-diffusion-v1-5", lora=True,
-#                  lr=1e-4, steps=400, num_class_images=200, out="runs/my_dog",
-#                  batch_size=1, gradient_checkpointing=True)
-# ```
+#   ```python
+#   train_dreambooth("my_dog/", "a photo of sks dog", "a photo of a dog",
+#                    base="stable-diffusion-v1-5/stable-diffusion-v1-5", lora=True,
+#                    lr=1e-4, steps=400, num_class_images=200, out="runs/my_dog",
+#                    batch_size=1, gradient_checkpointing=True)
+#   ```
 #   It runs in fp16 mixed precision on the GPU. Start it in a fresh runtime (or first
-#   `del base, tuned` and `torch.cuda.empty_cache()`): drawing 200 class pictures takes up to
+#   `del base, tuned, pipe`, `gc.collect()` and `torch.cuda.empty_cache()`): drawing 200 class pictures takes up to
 #   13 GiB, which the pipelines this notebook keeps on the GPU would not leave. On several GPUs, start the same trainer from
 #   a terminal with `accelerate launch -m sdcourse train dreambooth --instance-dir my_dog
 #   --instance-prompt "a photo of sks dog" --class-prompt "a photo of a dog" --base …`.

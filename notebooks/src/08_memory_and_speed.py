@@ -153,7 +153,7 @@ del unet_half, unet_full
 
 # %% [markdown]
 # The bytes halve everywhere; the time depends on the size of the work. The mini UNet's step is
-# 15–30 ms of small matrix products: too little work per kernel for bfloat16's
+# about 15 ms at 64 px (30 ms at 128 px) of small matrix products: too little work per kernel for bfloat16's
 # faster arithmetic to pay on a CPU, so its time changes little (it can also grow). On the SD 2.1 UNet at 256 px, on a CPU
 # with bf16 units, the course's benchmark measured a bfloat16 step at 1.4 s against 2.2 s in
 # float32; on a CPU without them, 140 s against 5 s (`benchmarks/RESULTS.md`).
