@@ -40,6 +40,37 @@ def cache_root() -> Path:
     return Path(root).expanduser().absolute()
 
 
+def cache_fix() -> str:
+    """What to do when the course's cache folder (:func:`cache_root`) cannot be used, as the
+    end of a one-line error."""
+    if os.environ.get("SDCOURSE_CACHE"):
+        return "point SDCOURSE_CACHE at a writable folder or unset it"
+    return "set SDCOURSE_CACHE to a writable folder"
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why the folder ``folder`` cannot be made and written to (None: it can), in a few words
+    for a one-line error. Leaves nothing behind (a test file is created in the folder, or in
+    its nearest existing parent, and removed). Checked before work that ends by writing there:
+    a run must not compute for minutes and then fail to save what it computed."""
+    import tempfile
+
+    folder = Path(folder).absolute()
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path) and not path.exists():  # a link whose target is gone
+            return f"{path} is a link to {os.readlink(path)}, which does not exist"
+        if path.exists():
+            break
+    if not path.is_dir():
+        return "a file, not a folder" + ("" if path == folder else f" ({path} is)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        return f"cannot write in {path} ({error.strerror or error})"
+    return None
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:

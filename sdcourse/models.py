@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .files import cache_root
+from .files import cache_fix, cache_root
 from .messages import first_line
 
 TASKS = ("text2img", "img2img", "inpaint", "depth2img")
@@ -156,13 +156,24 @@ def hub_address() -> tuple[str, int]:
     from urllib.parse import urlsplit
     from urllib.request import getproxies, proxy_bypass
 
-    endpoint = urlsplit((os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"))
-    scheme = endpoint.scheme or "https"
+    def host_and_port(url: str, setting: str, scheme: str) -> tuple[str, int]:
+        address = urlsplit(url if "://" in url else f"{scheme}://{url}")
+        try:  # a port that is no number ("host:abc") raises only when asked for
+            port = address.port or (443 if address.scheme == "https" else 80)
+        except ValueError:
+            port = None
+        if not address.hostname or port is None:
+            raise ModelChoiceError(f"{setting}={url!r} is not a web address (host[:port]): fix it "
+                                   "or unset it")
+        return address.hostname, port
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    host, port = host_and_port(endpoint.rstrip("/"), "HF_ENDPOINT", "https")
+    scheme = urlsplit(endpoint).scheme or "https"
     proxy = getproxies().get(scheme)
-    if proxy and not proxy_bypass(endpoint.hostname):
-        address = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        return address.hostname, address.port or (443 if address.scheme == "https" else 80)
-    return endpoint.hostname, endpoint.port or (443 if scheme == "https" else 80)
+    if proxy and not proxy_bypass(host):
+        return host_and_port(proxy, f"{scheme.upper()}_PROXY", "http")
+    return host, port
 
 
 def hub_offline(source) -> bool:
@@ -278,7 +289,7 @@ def unet_in_channels(folder: Path) -> int | None:
         return None
 
 
-def check_folder_serves(task: str, folder: Path) -> None:
+def check_folder_serves(task: str, folder: Path, otherwise: str = "mini or real") -> None:
     """A one-line ModelChoiceError when the pipeline folder's UNet is another task's (a
     text-to-image folder given for inpaint): found from its config, before minutes of loading
     and drawing end in a shape error. A folder without a readable UNet config passes here;
@@ -289,7 +300,7 @@ def check_folder_serves(task: str, folder: Path) -> None:
         article = "an" if kind[0] in "aeiou" else "a"
         raise ModelChoiceError(f"{folder} is {article} {kind} checkpoint (its UNet takes {channels} input "
                                f"channels, {task} needs {UNET_INPUTS[task]}): give a checkpoint "
-                               f"made for {task}, or mini or real")
+                               f"made for {task}, or {otherwise}")
 
 
 def check_model_source(model: str, task: str | None = None) -> None:
@@ -303,8 +314,12 @@ def check_model_source(model: str, task: str | None = None) -> None:
         raise ModelChoiceError(f"{model} is a folder without model_index.json: "
                                "give a diffusers pipeline folder or a Hub id")
     if not os.path.isdir(model) and not _is_hub_id(model):
+        import difflib
+
+        close = difflib.get_close_matches(model.strip().lower(), ["mini", "real"], n=1, cutoff=0.5)
         raise ModelChoiceError(f"{model!r} is neither a folder nor a Hub id like "
-                               "'stable-diffusion-v1-5/stable-diffusion-v1-5': check the path")
+                               "'stable-diffusion-v1-5/stable-diffusion-v1-5': " +
+                               (f"did you mean {close[0]}?" if close else "check the path"))
     if task is not None and os.path.isdir(model):
         check_folder_serves(task, Path(model))
 
@@ -316,11 +331,12 @@ def _same_checkpoints(task_a: str, task_b: str) -> bool:
 
 
 def _is_hub_id(text: str) -> bool:
-    """Whether ``text`` is spelled like a Hub id (``owner/name`` or ``name``) and is not a file
-    here: a path to a file is never meant as a Hub id."""
+    """Whether ``text`` is spelled like a Hub id (``owner/name``) and is not a file here: a path
+    to a file is never meant as a Hub id. A bare ``name`` is not one: every diffusers
+    checkpoint on the Hub has an owner, and a bare word is a typo far more often ("mni")."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if os.path.isfile(text):
+    if os.path.isfile(text) or text.count("/") != 1:
         return False
 
     try:
@@ -369,14 +385,16 @@ def mini_model_path(task: str = "text2img", cache_dir: str | os.PathLike | None 
         (tmp / "model_index.json").write_text(text)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        fix = ("point SDCOURSE_CACHE at a writable folder or unset it" if os.environ.get("SDCOURSE_CACHE")
-               and not cache_dir else "set SDCOURSE_CACHE to a writable folder")
+        fix = cache_fix() if not cache_dir else "set SDCOURSE_CACHE to a writable folder"
         raise ModelChoiceError(f"cannot assemble the mini model's folder in {root} "
                                f"({error.strerror or error}): {fix}") from None
     try:
         tmp.rename(target)
-    except OSError:  # another process built it first
+    except OSError:  # another process built it first, or something else is in the way
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model_index.json").is_file():
+            raise ModelChoiceError(f"{target} is in the way of the mini model's folder and is not "
+                                   "one: delete it, then try again") from None
     return target
 
 

@@ -93,6 +93,19 @@ def test_a_changed_shipped_file_gives_a_new_folder(mini, tmp_path):
     assert models.mini_model_path("text2img", cache_dir=tmp_path) == second  # then reused
 
 
+def test_something_else_where_the_folder_goes_is_one_line_not_returned(mini, tmp_path):
+    """A file (or a stray folder) under the folder's name was printed by `models path` as
+    the model's folder: the rename that failed was taken for another process's build."""
+    name = models.mini_model_path("text2img", cache_dir=tmp_path / "a").name
+    (tmp_path / "b" / "mini").mkdir(parents=True)
+    (tmp_path / "b" / "mini" / name).write_text("x")
+    with pytest.raises(models.ModelChoiceError) as info:
+        models.mini_model_path("text2img", cache_dir=tmp_path / "b")
+    assert str(info.value) == (f"{tmp_path / 'b' / 'mini' / name} is in the way of the mini model's "
+                               "folder and is not one: delete it, then try again")
+    assert sorted(p.name for p in (tmp_path / "b" / "mini").iterdir()) == [name]
+
+
 def test_a_cache_that_cannot_be_written_is_one_line_naming_the_variable(mini, tmp_path, monkeypatch,
                                                                        capsys):
     """SDCOURSE_CACHE pointing at a file: the error names the variable and the fix, from the

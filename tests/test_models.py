@@ -145,7 +145,7 @@ def test_a_file_given_as_the_model_is_named_a_file_not_a_hub_id(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a pipeline")
     assert models._is_hub_id("model.safetensors") is False
-    assert models._is_hub_id("other.safetensors") is True  # no such file here: spelled like an id
+    assert models._is_hub_id("someone/other.safetensors") is True  # no such file here: spelled like an id
     for given in ("model.safetensors", str(tmp_path / "model.safetensors")):
         with pytest.raises(models.ModelChoiceError, match=r"is a file, not a diffusers pipeline "
                            r"folder: give the folder that holds model_index.json"):
@@ -177,6 +177,37 @@ def test_the_hub_probe_knocks_where_a_download_would_connect(monkeypatch, env, a
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert models.hub_address() == address
+
+
+@pytest.mark.parametrize("env, setting", [
+    ({"HTTPS_PROXY": "::::"}, "HTTPS_PROXY='::::'"),
+    ({"https_proxy": "proxy.school:port"}, "HTTPS_PROXY='proxy.school:port'"),
+    ({"HF_ENDPOINT": "https://hf-mirror.com:abc"}, "HF_ENDPOINT='https://hf-mirror.com:abc'"),
+])
+def test_a_malformed_proxy_or_endpoint_is_one_line_naming_the_variable(monkeypatch, env, setting):
+    """A port that is no number was urllib's traceback ("Port could not be cast to integer")."""
+    for name in ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(models.ModelChoiceError) as info:
+        models.hub_address()
+    assert str(info.value) == f"{setting} is not a web address (host[:port]): fix it or unset it"
+
+
+def test_a_bare_word_is_no_hub_id_and_a_near_miss_of_mini_or_real_is_named(tmp_path, monkeypatch):
+    """SDCOURSE_MODEL=mni was taken for a Hub id, and the user sent to the network."""
+    monkeypatch.chdir(tmp_path)
+    for typo, hint in (("mni", "did you mean mini?"), ("Reall", "did you mean real?"),
+                       ("sd15", "check the path")):
+        assert models._is_hub_id(typo) is False
+        with pytest.raises(models.ModelChoiceError) as info:
+            models.choose_model("text2img", model=typo)
+        assert str(info.value) == (f"{typo!r} is neither a folder nor a Hub id like "
+                                   f"'stable-diffusion-v1-5/stable-diffusion-v1-5': {hint}")
+    (tmp_path / "sd15").mkdir()  # a folder of that name is a folder
+    with pytest.raises(models.ModelChoiceError, match="is a folder without model_index.json"):
+        models.choose_model("text2img", model="sd15")
 
 
 def test_hub_probe_is_reused_for_a_while_then_asked_again(monkeypatch):
