@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import world
 from .evaluate import _in_batches, read_image, to_array
-from .files import atomic_path, cache_root
+from .files import atomic_path, cache_fix, cache_root, unwritable
 
 # The subject's two halves. White and black because the mini VAE, which never saw a two-tone
 # object, redraws light/dark contrasts faithfully; colourful pairs (yellow/blue...) bleed.
@@ -200,7 +200,7 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
     from diffusers import StableDiffusionPipeline
 
     from .models import mini_model_path
-    from .train.dreambooth import load_dreambooth, mini_base
+    from .train.dreambooth import DreamBoothError, load_dreambooth, mini_base
 
     base = mini_model_path("text2img")
     settings = EVAL_SETTINGS | {"seed": train_seed} | overrides
@@ -213,7 +213,14 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
                           "class_prompts": class_prompts(settings["num_class_images"]),
                           **settings}, sort_keys=True)
         out = root / "dreambooth" / hashlib.sha256(key.encode()).hexdigest()[:12]
-        train_subject(out, prior=prior, cpu=True, **settings)  # (on the CPU, as recorded)
+        try:
+            train_subject(out, prior=prior, cpu=True, **settings)  # (on the CPU, as recorded)
+        except DreamBoothError:
+            problem = unwritable(out)  # a cache that serves finished runs only (read-only)
+            if problem:  # the run's folder is the cache's: say which setting to change
+                raise DreamBoothError(f"cannot train in the cache folder {root} ({problem}): "
+                                      f"{cache_fix() if not cache_dir else 'give a writable cache_dir'}") from None
+            raise
         token = settings.get("token", TOKEN)
         for name, value in measure(load_dreambooth(out), n, seed, token=token).items():
             result[name + suffix] = value

@@ -184,8 +184,12 @@ def test_unsupported_files_in_the_instance_folder(tmp_path, monkeypatch, base, i
     for path in instance_dir.iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "notes.txt").write_text("my subject")
-    message = _expect_error(tmp_path, monkeypatch, folder, "unsupported", base=base)
-    assert "notes.txt" in message and "keep only" in message
+    message = _expect_error(tmp_path, monkeypatch, folder, "holds 1 thing that is not a picture", base=base)
+    assert "(notes.txt)" in message and "keep only" in message
+    (folder / "more.png").mkdir()  # a folder named like a picture is named a folder
+    message = _expect_error(tmp_path, monkeypatch, folder, "holds 2 things that are not pictures", base=base)
+    assert "(more.png/, notes.txt)" in message
+    (folder / "more.png").rmdir()
     (folder / "notes.txt").unlink()
     (folder / "broken.png").write_text("not a picture")
     _expect_error(tmp_path, monkeypatch, folder, "cannot be read as a picture", base=base)
@@ -523,6 +527,92 @@ def test_an_unreadable_scheduler_config_is_one_line(tmp_path, monkeypatch, base)
     message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
                             "could not read the scheduler config of base model", base=folder)
     assert message.endswith("give a complete diffusers Stable Diffusion folder, or a Hub id")
+
+
+@pytest.mark.parametrize("channels, kind", [(9, "an inpainting"), (5, "a depth-to-image")])
+def test_a_base_of_another_task_is_refused_before_out_is_made(tmp_path, monkeypatch, base,
+                                                               channels, kind):
+    """An inpainting or depth UNet (9 or 5 input channels) once drew the class pictures, then
+    failed on its first training step with a shape error; its config says so first."""
+    import json
+
+    folder = _copy_base(base, tmp_path / f"unet{channels}", replace="unet")
+    (folder / "unet").mkdir()
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").symlink_to(
+        base / "unet" / "diffusion_pytorch_model.safetensors")
+    config = json.loads((base / "unet" / "config.json").read_text()) | {"in_channels": channels}
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            "input channels", base=folder)
+    assert message == (f"base model {folder} is {kind} checkpoint (its UNet takes {channels} input "
+                       "channels, text2img needs 4): give a checkpoint made for text2img, or "
+                       "leave base (--base) out for the mini model")
+    assert not (tmp_path / "run").exists()
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for the loading of the base model's weights: the test has seen
+    what it wanted."""
+
+
+def test_damaged_base_weights_are_one_line_and_leave_no_run_behind(tmp_path, base):
+    """Weights cut short (an interrupted copy) fail to load: one line naming the base, and no
+    dreambooth.json that would make the corrected rerun a run "with other settings"."""
+    folder = _copy_base(base, tmp_path / "cut", replace="unet")
+    (folder / "unet").mkdir()
+    (folder / "unet" / "config.json").symlink_to(base / "unet" / "config.json")
+    whole = (base / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(db.DreamBoothError) as info:
+        db.train_dreambooth(subject.make_instance_images(3), "a sks circle", out=tmp_path / "run",
+                            base=folder, prior_preservation=False, **FAST)
+    message = str(info.value)
+    assert message.startswith(f"could not load base model {folder} (") and "\n" not in message
+    assert message.endswith("): give a complete diffusers Stable Diffusion folder, or a Hub id")
+    assert not (tmp_path / "run" / "dreambooth.json").exists()
+
+
+def test_base_mini_is_the_mini_model_and_real_asks_for_an_id(tmp_path, monkeypatch):
+    """`--base mini` and `--base real` are the course's own words (as `--model` takes them):
+    mini is the default model, not a Hub id to download; real names no single checkpoint."""
+    from sdcourse.models import mini_model_path
+
+    loaded = []
+
+    def stop(files, **kwargs):
+        loaded.append(files)
+        raise _Stop
+
+    monkeypatch.setattr(db, "load_components", stop)
+    with pytest.raises(_Stop):
+        db.train_dreambooth(subject.make_instance_images(3), "a sks circle", out=tmp_path / "run",
+                            base=" Mini", prior_preservation=False, **FAST)
+    assert loaded == [str(mini_model_path("text2img"))]
+    message = _expect_error(tmp_path, monkeypatch, subject.make_instance_images(3),
+                            "base model 'real'", base="real")
+    assert message.endswith("or leave base (--base) out for the mini model")
+
+
+def test_folders_that_cannot_be_written_are_refused_before_any_model_loads(tmp_path, monkeypatch,
+                                                                          base):
+    """The class pictures' folder (and the run's, given as a Python argument, which the command
+    line checks itself) must be writable before the base model draws for a minute; the class
+    folder must not be the current folder, which would be swapped out as a whole."""
+    (tmp_path / "afile").write_text("notes")
+    images = subject.make_instance_images(3)
+    message = _expect_error(tmp_path, monkeypatch, images, "class folder", base=base,
+                            class_dir=tmp_path / "afile" / "class")
+    assert message == (f"class folder (class_dir / --class-dir) {tmp_path / 'afile' / 'class'}: a "
+                       f"file, not a folder ({tmp_path / 'afile'} is): give a folder you can write to")
+    message = _expect_error(tmp_path, monkeypatch, images, "out folder", base=base,
+                            out=tmp_path / "afile" / "run")
+    assert message == (f"out folder (--out) {tmp_path / 'afile' / 'run'}: a file, not a folder "
+                       f"({tmp_path / 'afile'} is): give a folder you can write to")
+    monkeypatch.chdir(tmp_path)
+    for here in (".", str(tmp_path), ".."):
+        _expect_error(tmp_path, monkeypatch, images, "is the current folder or holds it",
+                      base=base, class_dir=here)
+    assert (tmp_path / "afile").read_text() == "notes"
 
 
 def test_cli_reports_an_incomplete_base_in_one_line(tmp_path, capsys, base, instance_dir):

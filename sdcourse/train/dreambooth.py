@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..files import atomic_path, write_atomic
+from ..files import atomic_path, unwritable, write_atomic
 from ..messages import first_line, is_number, is_whole
 from . import common
 
@@ -106,10 +106,12 @@ def load_instance_images(instance) -> tuple[list[Image.Image], list[str]]:
         if not entries:
             raise DreamBoothError(f"instance folder {folder} is empty: put {MIN_IMAGES} or more "
                                   "pictures (3–5 is typical) of the subject in it")
-        other = [p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file()]
+        other = [p.name + ("/" if p.is_dir() else "") for p in entries
+                 if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file()]
         if other:
             raise DreamBoothError(
-                f"instance folder {folder} holds {len(other)} unsupported file(s) "
+                f"instance folder {folder} holds {len(other)} "
+                f"{'thing that is not a picture' if len(other) == 1 else 'things that are not pictures'} "
                 f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): keep only the "
                 f"subject's pictures ({', '.join(IMAGE_SUFFIXES)}) in it")
         images, names = [], []
@@ -414,8 +416,12 @@ def check_hub_base(base) -> bool:
     """:func:`sdcourse.models.check_fetchable` for a base model's Hub id: True when it must be
     read from the local cache alone; one :class:`DreamBoothError` line when it cannot be had,
     before anything is loaded. A folder (the mini model's too) asks no network."""
-    from ..models import ModelChoiceError, check_fetchable
+    from ..models import ModelChoiceError, check_fetchable, hub_address
 
+    try:  # a malformed HTTPS_PROXY or HF_ENDPOINT: its own line, not the base model's
+        hub_address()
+    except ModelChoiceError as error:
+        raise DreamBoothError(str(error)) from None
     try:
         return check_fetchable(str(base), otherwise="give a local diffusers folder")
     except ModelChoiceError as error:
@@ -498,7 +504,8 @@ BASE_PARTS = {"unet": ("config.json", "diffusion_pytorch_model"),
 def check_base_folder(folder, fp16_files: bool = False) -> None:
     """The base model's folder holds all the trainer loads: ``model_index.json``, each part of
     :data:`BASE_PARTS` with its config, and the UNet's, VAE's and text encoder's weights as
-    safetensors (their fp16 files count where they are what is read: ``fp16_files``, on a GPU).
+    safetensors (their fp16 files count where they are what is read: ``fp16_files``, on a GPU);
+    its UNet is a text-to-image one (4 input channels, not an inpainting or depth UNet's).
 
     Why: diffusers finds a missing part only when it loads it, after the run's folder is made,
     and says so in its own words ("Error no file named diffusion_pytorch_model.safetensors
@@ -534,6 +541,12 @@ def check_base_folder(folder, fp16_files: bool = False) -> None:
             f"base model {folder} lacks {', '.join(missing)}: give a complete diffusers Stable "
             "Diffusion folder with safetensors weights (as pipe.save_pretrained(folder) writes "
             "it), or a Hub id")
+    from ..models import ModelChoiceError, check_folder_serves
+
+    try:  # an inpainting or depth UNet would fail on its first step, after the class pictures
+        check_folder_serves("text2img", folder, otherwise="leave base (--base) out for the mini model")
+    except ModelChoiceError as error:
+        raise DreamBoothError(f"base model {error}") from None
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -971,11 +984,18 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
         raise DreamBoothError(str(error)) from None
     class_dir = Path(class_dir) if class_dir is not None else out / "class_images"
     check_folders_apart(instance, out, class_dir if prior_preservation else None)
+    if isinstance(base, str) and base.strip().lower() in ("mini", "real"):  # the course's words
+        if base.strip().lower() == "real":
+            from ..models import REAL_MODELS
+
+            raise DreamBoothError(f"base model 'real': give a real checkpoint's Hub id, e.g. "
+                                  f"'{REAL_MODELS['text2img'][0]}', or leave base (--base) out "
+                                  "for the mini model")
+        base = None
     # one spelling per model (a folder resolved: the run loads from any working folder, and
     # `sd`, `./sd/` resume each other), as the class pictures record the model that drew them
     recorded_base = drawer = class_base(base)
-    if prior_preservation:
-        check_class_dir(class_dir, class_prompts, seed, drawer)
+    drawn = prior_preservation and check_class_dir(class_dir, class_prompts, seed, drawer)
     if base is None:
         from ..models import mini_model_path
 
@@ -1009,19 +1029,25 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                 f"(--steps) {steps}: a shorter run is another run; give another out folder "
                 f"(--out), delete this one to start over, or ask for {finished} steps to load it")
         check_same_schedule(out, record, steps)
+    where = [("out folder (--out)", out, [out])]
+    if prior_preservation and not drawn:  # the class pictures are swapped in from beside it
+        where.append(("class folder (class_dir / --class-dir)", class_dir,
+                      [class_dir, class_dir.absolute().parent]))
+    for what, folder, written in where:
+        problem = next(filter(None, map(unwritable, written)), None)
+        if problem:
+            raise DreamBoothError(f"{what} {folder}: {problem}: give a folder you can write to")
     # the base model's files (a Hub checkpoint's are downloaded now): fp16 ones on a GPU,
     # where the frozen parts run in float16 (frozen_dtype); all there before out is made
     fp16_files = torch.cuda.is_available()
     files = local_checkpoint(base, fp16_files=fp16_files)
     check_base_folder(files, fp16_files=fp16_files)
     check_prediction_type(files)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "dreambooth.json", {"done_step": 0, **(record or {}), "settings": settings.to_json(),
-                                          "steps": steps})
+    record = {"done_step": 0, **(record or {}), "settings": settings.to_json(), "steps": steps}
     try:
-        return _train(out, files, images, settings, tokenizer, steps, save_every, validate_every,
-                      validation_prompts or instance_prompts[:1] + class_prompts[:1], class_dir,
-                      drawer, cpu)
+        return _train(out, record, files, images, settings, tokenizer, steps, save_every,
+                      validate_every, validation_prompts or instance_prompts[:1] + class_prompts[:1],
+                      class_dir, drawer, cpu)
     finally:
         _release_models()
 
@@ -1044,6 +1070,10 @@ def check_folders_apart(instance, out: Path, class_dir: Path | None) -> None:
                 raise DreamBoothError(f"{what} {folder} is inside the instance folder {instance}, "
                                       "which holds the subject's pictures only: give a folder "
                                       "outside it")
+    if class_dir is not None and _within(Path.cwd(), class_dir):
+        raise DreamBoothError(f"class folder {class_dir} is the current folder or holds it, and is "
+                              "replaced as a whole when its pictures are drawn: give class_dir / "
+                              "--class-dir a folder of its own (default: out/class_images)")
     if class_dir is not None and _within(out, class_dir):
         raise DreamBoothError(f"class folder {class_dir} holds the run's out folder {out} and is "
                               "replaced as a whole when its pictures are drawn: give class_dir / "
@@ -1065,8 +1095,8 @@ def _release_models() -> None:
         torch.cuda.empty_cache()
 
 
-def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, save_every: int,
-           validate_every: int, validation_prompts: list[str], class_dir: Path,
+def _train(out: Path, record: dict, files: str, images, s: Settings, tokenizer, steps: int,
+           save_every: int, validate_every: int, validation_prompts: list[str], class_dir: Path,
            drawer: str, cpu: bool = False) -> Path:
     from accelerate import Accelerator
 
@@ -1077,7 +1107,13 @@ def _train(out: Path, files: str, images, s: Settings, tokenizer, steps: int, sa
     accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
     torch.manual_seed(s.seed)
     frozen = frozen_dtype(accelerator.device)
-    parts = load_components(files, vae_dtype=frozen, fp16_files=frozen == torch.float16)
+    try:  # damaged weights (a cut download): one line, and no run folder claimed by this base
+        parts = load_components(files, vae_dtype=frozen, fp16_files=frozen == torch.float16)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DreamBoothError(f"could not load base model {files} ({first_line(error)}): give a "
+                              "complete diffusers Stable Diffusion folder, or a Hub id") from None
+    out.mkdir(parents=True, exist_ok=True)  # the run's record: its settings, for a resume
+    _write_json(out / "dreambooth.json", record)
     parts["vae"].to(accelerator.device)
     size = resolution(parts)
     images = [to_resolution(im, size) for im in images]
