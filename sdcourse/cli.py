@@ -26,7 +26,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .files import write_atomic
+from .files import unwritable, write_atomic
 from .messages import INIT_HINT, first_line
 
 DEFAULT_OUT = Path("build") / "course"
@@ -51,18 +51,32 @@ class NotebookInterrupted(KeyboardInterrupt):
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line in the package's style, ``sdcourse: error:
     ...``, with where to look, instead of the whole usage (11 lines for ``train``) under the
-    subcommand's own prefix. Subparsers are of this class too (argparse makes them so)."""
+    subcommand's own prefix. Subparsers are of this class too (argparse makes them so).
+
+    Options are not matched by their beginnings (``--step`` is not ``--steps``, ``--stop``
+    not ``--stop-at``): a typo is refused instead of landing on another option."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"sdcourse: error: {message} (see `{self.prog} --help`)\n")
 
 
-def folder_arg(text: str) -> Path:
-    """An argparse type for output folders: an empty value (an unset ``$DIR`` in a script) would
-    otherwise mean the current folder and write there."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty folder name: give the folder to write to")
-    return Path(text)
+def given(what: str, convert=str):
+    """An argparse type refusing an empty value (an unset ``$DIR`` in a script), which would
+    otherwise be ignored or, for a path, mean the current folder; ``what`` says what to give."""
+    def parse(text: str):
+        if not text.strip():
+            empty = "an empty folder name" if convert is Path else "an empty value"
+            raise argparse.ArgumentTypeError(f"{empty}: give {what}")
+        return convert(text)
+    return parse
+
+
+#: Output folders: an empty value would write into the current folder.
+folder_arg = given("the folder to write to", Path)
 
 
 # --------------------------------------------------------------------------- run
@@ -165,27 +179,10 @@ def _check_readable(path: Path) -> None:
                          "download it again") from None
 
 
-def _unwritable(out: Path) -> str | None:
-    """Why the folder ``out`` cannot be made and written to (None: it can). Leaves nothing
-    behind (a test file is created in the folder, or in its nearest existing parent, and
-    removed)."""
-    import tempfile
-
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        return "a file, not a folder" + ("" if existing == out.absolute() else f" ({existing} is)")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        return f"cannot write in {existing} ({error.strerror or error})"
-    return None
-
-
 def check_out(out: Path, option: str = "--out", advice: str = "choose another folder") -> None:
     """Check, before any work, that the output folder can be made and written to: a run must
     not compute for minutes and then fail to save what it computed."""
-    problem = _unwritable(out)
+    problem = unwritable(out)
     if problem:
         raise UsageError(f"{option} {out}: {problem}: {advice}")
 
@@ -304,7 +301,7 @@ def check_cache_setting() -> None:
     from .files import cache_root
 
     root = cache_root()
-    problem = _unwritable(root)
+    problem = unwritable(root)
     if problem and os.environ.get("SDCOURSE_CACHE"):
         raise UsageError(f"SDCOURSE_CACHE={root}: {problem}: point it at a writable folder or unset it")
     if problem:
@@ -489,7 +486,8 @@ def cmd_doctor(args) -> int:
         except Exception as error:
             problem(task, error)
             continue
-        line = f"{task:<13} {choice.kind}: {choice.source} ({choice.reason})"
+        kind = "folder" if choice.kind == "real" and os.path.isdir(choice.source) else choice.kind
+        line = f"{task:<13} {kind}: {choice.source} ({choice.reason})"
         if choice.kind == "real" and hub is False and not models.available_offline([choice.source]):
             line += f": not downloaded before and {why}, so it cannot load; {fix}, or set SDCOURSE_MODEL=mini"
             problems.append(line)
@@ -579,7 +577,7 @@ def _add_train(sub) -> None:
                        f"{model} {steps}" for model, steps in DEFAULT_STEPS.items()) + ")")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop at this step of the --steps schedule (vae, text2img, inpaint, depth)")
-    p.add_argument("--init", type=Path, default=None, metavar="DIR",
+    p.add_argument("--init", type=given("the folder to start from", Path), default=None, metavar="DIR",
                    help="folder with a text2img unet and text_encoder to start from (inpaint/depth: "
                    "default the shipped mini model; text2img: fine-tune it, text encoder frozen)")
     p.add_argument("--caption-noise", type=float, default=None, metavar="P",
@@ -588,25 +586,27 @@ def _add_train(sub) -> None:
     p.add_argument("--publish", action="store_true",
                    help="when done, copy the weights into the package (sdcourse/mini)")
     db = p.add_argument_group("dreambooth", "teach a model a new subject (only with `train dreambooth`)")
-    db.add_argument("--instance-dir", type=Path, metavar="DIR",
+    db.add_argument("--instance-dir", type=given("the folder of the subject's pictures", Path), metavar="DIR",
                     help="3 or more pictures of the subject (3-5 is typical)")
     db.add_argument("--instance-prompt", action="append", metavar="PROMPT",
                     help="prompt with the rare token, e.g. 'a sks dog'; once for all pictures, "
                     "or once per picture in file-name order")
     db.add_argument("--class-prompt", action="append", metavar="PROMPT",
                     help="the subject's class without the token, e.g. 'a dog' (repeatable)")
-    db.add_argument("--token", default=None, help="the rare token (default sks)")
-    db.add_argument("--base", metavar="MODEL", help="diffusers folder or Hub id (default: the mini model)")
+    db.add_argument("--token", type=given("a rare token such as sks"), default=None,
+                    help="the rare token (default sks)")
+    db.add_argument("--base", type=given("a diffusers folder or Hub id, or leave --base out"), metavar="MODEL",
+                    help="diffusers folder or Hub id (default: the mini model, also `--base mini`)")
     db.add_argument("--full", action="store_true", help="fine-tune the whole UNet instead of a LoRA")
     db.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too")
     db.add_argument("--no-prior", action="store_true", help="without prior preservation")
     db.add_argument("--prior-loss-weight", type=float, default=None, metavar="W",
                     help="weight of the class pictures' loss (default 1.0, DreamBooth's, "
                     "as `sdcourse evaluate dreambooth` trains the mini model)")
-    db.add_argument("--class-dir", type=Path, metavar="DIR",
+    db.add_argument("--class-dir", type=folder_arg, metavar="DIR",
                     help="folder for the class pictures, reused when they are already there "
                     "(default: OUT/class_images)")
-    db.add_argument("--token-init", metavar="WORDS",
+    db.add_argument("--token-init", type=given("words describing the subject, e.g. 'white black'"), metavar="WORDS",
                     help="words describing the subject (e.g. 'white black'): the token's embedding "
                     "starts as their mean (full fine-tune only)")
     db.add_argument("--lr", type=float, default=None,
@@ -732,7 +732,8 @@ def check_init(init: Path) -> None:
     import json
 
     if not init.is_dir():
-        raise UsageError(f"--init {init}: no such folder: {INIT_HINT}")
+        what = "a file, not a folder" if init.exists() else "no such folder"
+        raise UsageError(f"--init {init}: {what}: {INIT_HINT}")
     missing = [f"{part}/{name}" for part, weights in (("unet", "diffusion_pytorch_model"),
                                                       ("text_encoder", "model"))
                for name in ("config.json", f"{weights}.safetensors")
@@ -805,6 +806,11 @@ def _report_checkpoint(model: str, out: Path) -> None:
         print(f"sdcourse train {model}: step {checkpoint_step(checkpoint)}, checkpoint in {checkpoint}")
 
 
+#: The most cases an evaluation takes (--n, and ``n=`` of the ``evaluate_*`` functions): more
+#: would take hours on a CPU (and 10**9 scenes fill the memory).
+MAX_CASES = 10_000
+
+
 #: Each suite's default number of cases, for --help: the ``n=`` defaults of the
 #: ``evaluate_*`` functions (a test keeps the two equal; the module is not imported for help).
 DEFAULT_CASES = {"vae": 256, "text2img": 200, "img2img": 100, "inpaint": 100, "depth2img": 100,
@@ -822,7 +828,7 @@ def _add_evaluate(sub) -> None:
     for suite, n in DEFAULT_CASES.items():
         by_count.setdefault(n, []).append(suite)
     p.add_argument("--n", type=int, default=None, help="how many cases (default " + ", ".join(
-        f"{n} {', '.join(suites)}" for n, suites in by_count.items()) + ")")
+        f"{n} {', '.join(suites)}" for n, suites in by_count.items()) + f"; at most {MAX_CASES})")
     p.add_argument("--seed", type=seed_value, default=1234, help="seed of the fresh cases (default 1234)")
     p.add_argument("--train-seed", type=seed_value, default=None, metavar="N",
                    help="dreambooth only: the seed its training runs use (default 0)")
@@ -838,9 +844,9 @@ def cmd_evaluate(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
-    if args.n is not None and args.n > evaluate.MAX_CASES:
+    if args.n is not None and args.n > MAX_CASES:
         raise UsageError(f"--n {args.n}: that many cases would take hours on a CPU: give "
-                         f"--n {evaluate.MAX_CASES} or fewer")
+                         f"--n {MAX_CASES} or fewer")
     extra = {} if args.n is None else {"n": args.n}
     if args.train_seed is not None:
         if args.model != "dreambooth":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .cli import MAX_SEED  # the CLI's --seed range: seed + i stays a torch seed
+from .cli import MAX_CASES, MAX_SEED  # the CLI's --n and --seed ranges (seed + i stays a torch seed)
 from .world import COLORS, Scene
 from .messages import is_whole
 
@@ -140,9 +140,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation suites behind `sdcourse evaluate ...`: fresh cases from a seed, one flat dict each.
-
-
-MAX_CASES = 10_000  # n above this: hours on a CPU (and 10**9 scenes fill the memory)
 
 
 def check_counts(seeds: dict, **counts) -> None:

@@ -123,7 +123,8 @@ def test_case_counts_in_the_help_are_the_suites():
         for suite in cli.EVALUATIONS}
     text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["evaluate"]
                     .format_help().split())
-    assert "(default 256 vae, 200 text2img, 100 img2img, inpaint, depth2img, 50 dreambooth)" in text
+    assert ("(default 256 vae, 200 text2img, 100 img2img, inpaint, depth2img, 50 dreambooth; "
+            "at most 10000)") in text
 
 
 def test_steps_defaults_in_the_help_are_the_trainers():
@@ -769,6 +770,17 @@ def test_doctor_lists_every_task(capsys, offline):
     assert not [line for line in lines if "error (" in line]
 
 
+def test_doctor_names_a_model_folder_a_folder(capsys, offline, monkeypatch, tmp_path):
+    """A local folder in SDCOURSE_MODEL is listed as a folder, not as "real"."""
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "unet" / "config.json").write_text('{"in_channels": 4}')
+    monkeypatch.setenv("SDCOURSE_MODEL", str(tmp_path))
+    cli.main(["doctor"])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"text2img      folder: {tmp_path} (asked for by SDCOURSE_MODEL)" in lines
+
+
 def test_doctor_hub_line_follows_hub_reachable(capsys, monkeypatch):
     # no test asks the Hub: every checkpoint is on it, none in the local cache
     monkeypatch.setattr(models, "on_hub", lambda repo: True)
@@ -868,6 +880,7 @@ def test_a_seed_outside_what_generators_take_is_a_usage_error(argv, seed, capsys
     (["train", "inpaint", "--caption-noise", "0.3"], "--caption-noise: only for `sdcourse train text2img`"),
     (["train", "text2img", "--caption-noise", "1.5"], "--caption-noise must be in [0, 1), got 1.5"),
     (["train", "inpaint", "--init", "/nonexistent"], "--init /nonexistent: no such folder"),
+    (["train", "inpaint", "--init", __file__], f"--init {__file__}: a file, not a folder: give a folder"),
     (["train", "vae", "--stop-at", "5000"], "--stop-at 5000: beyond the 4000 steps of vae's default "
      "schedule: give --steps too"),
     (["train", "vae", "--token", "foo"], "--token: only for `sdcourse train dreambooth`"),
@@ -880,6 +893,46 @@ def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path, 
     assert cli.main(argv + ["--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "text2img", "--init", ""], "argument --init: an empty folder name: give the folder to start from"),
+    (["train", "dreambooth", "--instance-dir", " ", "--instance-prompt", "a sks dog"],
+     "argument --instance-dir: an empty folder name: give the folder of the subject's pictures"),
+    (["train", "dreambooth", "--class-dir", ""], "argument --class-dir: an empty folder name: give "
+     "the folder to write to"),
+    (["train", "dreambooth", "--token-init", ""], "argument --token-init: an empty value: give words "
+     "describing the subject, e.g. 'white black'"),
+    (["train", "dreambooth", "--token", ""], "argument --token: an empty value: give a rare token such as sks"),
+    (["train", "dreambooth", "--base", ""], "argument --base: an empty value: give a diffusers folder or "
+     "Hub id, or leave --base out"),
+    (["train", "vae", "--step", "5"], "unrecognized arguments: --step 5 (see `sdcourse train --help`)"),
+    (["train", "vae", "--stop", "5"], "unrecognized arguments: --stop 5"),
+    (["evaluate", "dreambooth", "--train", "3"], "unrecognized arguments: --train 3"),
+])
+def test_empty_values_and_shortened_options_are_refused(argv, message, capsys, tmp_path, no_training):
+    """An empty value (an unset $VAR in a script) was ignored (--token-init) or read as the
+    current folder (--instance-dir, --init); an option's beginning (--step) was taken for the
+    option (--steps), so a typo could land on another one."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv + ["--out", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_that_is_a_link_to_nowhere_is_one_line(capsys, tmp_path, no_training, no_kernel):
+    """A dangling link passed the "can --out be written" check, then mkdir failed with a
+    traceback (FileExistsError)."""
+    (tmp_path / "link").symlink_to(tmp_path / "gone" / "x")
+    write_notebook(tmp_path / "a.ipynb", "print(1)")
+    for argv in (["train", "vae"], ["run", str(tmp_path / "a.ipynb")]):
+        assert cli.main(argv + ["--out", str(tmp_path / "link")]) == 2
+        assert capsys.readouterr().err == (
+            f"sdcourse: error: --out {tmp_path / 'link'}: {tmp_path / 'link'} is a link to "
+            f"{tmp_path / 'gone' / 'x'}, which does not exist: choose another folder\n")
+    assert not (tmp_path / "gone").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -967,6 +1020,25 @@ def test_a_cache_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys, mo
     assert capsys.readouterr().err == expected
     assert cli.main(["evaluate", "text2img", "--n", "1"]) == 1
     assert capsys.readouterr().err == expected
+
+
+def test_evaluate_dreambooth_in_a_cache_it_cannot_train_in_is_one_line(tmp_path, capsys,
+                                                                       monkeypatch):
+    """A cache that holds the mini model's folder but where the runs cannot be written (here
+    its dreambooth folder is a file; read-only in a classroom) was a traceback. It says which
+    setting to change, before any model loads."""
+    from sdcourse.train import dreambooth
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr(dreambooth, "load_components", refuse)
+    monkeypatch.setenv("SDCOURSE_CACHE", str(tmp_path))
+    (tmp_path / "dreambooth").write_text("not a folder")
+    assert cli.main(["evaluate", "dreambooth", "--n", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"sdcourse: error: cannot train in the cache folder {tmp_path} (a file, not a folder "
+        f"({tmp_path / 'dreambooth'} is)): point SDCOURSE_CACHE at a writable folder or unset it\n")
 
 
 @pytest.mark.parametrize("error", ["sdcourse.models.ModelChoiceError",
