@@ -445,8 +445,10 @@ def show_images(images, titles=None, cols: int | None = None, size: float = 2.5)
 
     Accepts one picture or a list (or any iterable) of them: PIL images, numpy arrays or torch
     tensors, channels first (C, H, W) or last (H, W, C), floats in [0, 1] or [-1, 1] (the range
-    the VAE uses), or uint8. A 4-D batch (N, C, H, W) counts as N pictures. One-channel
-    pictures are drawn in gray.
+    the VAE uses; floats above 2, 0..255 ones, are refused rather than drawn white), or whole
+    numbers 0..255 (uint8 or not; 0/1 ones as black and white). A 4-D batch (N, C, H, W)
+    counts as N pictures, a pipeline's output as its ``.images``. One-channel pictures are drawn
+    in gray.
     When the shape allows both layouts, the one with RGB channels wins (3x4x4 is CHW, 4x5x3 is
     HWC); if that does not decide, a tensor is read channels first and a numpy array last.
 
@@ -548,7 +550,10 @@ def _shown_once(fig):
 
 
 def _as_list(images) -> list:
-    """One picture, a list (or other iterable) of them, or a 4-D batch -> list of pictures."""
+    """One picture, a list (or other iterable) of them, a 4-D batch, or a pipeline's output
+    (its ``.images``) -> list of pictures."""
+    if hasattr(images, "images") and not hasattr(images, "__array__") and not hasattr(images, "detach"):
+        images = images.images  # pipe(prompt) rather than pipe(prompt).images
     if isinstance(images, (list, tuple)):
         return list(images)
     if isinstance(images, Image.Image):
@@ -569,7 +574,8 @@ def _refuse_non_picture(x, wanted: str) -> None:
 
 def _to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is not imported here: it is slow to load)
-        return x.detach().to("cpu").float().numpy()
+        x = x.detach().to("cpu")
+        return x.float().numpy() if x.is_floating_point() else x.numpy()  # (bfloat16: no numpy)
     return np.asarray(x)
 
 
@@ -606,7 +612,16 @@ def _to_display_array(x, index: int = 0) -> np.ndarray:
                          "goes on its own, not in a list")
     if array.dtype == np.uint8:
         return array
+    if np.issubdtype(array.dtype, np.integer):  # 0..255 as uint8 is; a 0/1 mask as 0 and 1
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"image {index} holds whole numbers from {low} to {high}: pictures of "
+                             "whole numbers take 0..255 (or floats in [0, 1] or [-1, 1])")
+        return array.astype(np.uint8) if high > 1 else array.astype(np.float32)
     array = array.astype(np.float32)
+    if array.max() > 2:  # 0..255 floats would all clip to white
+        raise ValueError(f"image {index} has values up to {array.max():.1f}: floats are read as "
+                         "[0, 1] or [-1, 1]; divide by 255, or convert to uint8")
     if array.min() < 0:  # [-1, 1], as the VAE and the pipelines' tensors use
         array = (array + 1) / 2
     return np.clip(array, 0, 1)

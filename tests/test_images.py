@@ -667,6 +667,36 @@ def test_show_images_draws_the_promised_conversion():
         plt.close(fig)
 
 
+def test_whole_numbers_are_0_to_255_and_0_to_255_floats_are_refused():
+    """int64 arrays, torch long tensors and 0..255 floats were all drawn plain white (clipped
+    to [0, 1]); a pipeline's output is drawn as its .images."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    u8 = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
+    mask = np.eye(4, dtype=np.int64)
+
+    class Output:  # what a diffusers pipeline returns
+        images = [Image.fromarray(u8)]
+
+    pictures = [u8.astype(np.int64), torch.from_numpy(u8.copy()).permute(2, 0, 1).long(), mask]
+    fig = images.show_images(pictures)
+    try:
+        shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
+        assert np.array_equal(shown[0], u8) and np.array_equal(shown[1], u8)
+        assert np.array_equal(shown[2], np.eye(4))  # 0/1: black and white
+    finally:
+        plt.close(fig)
+    assert np.array_equal(np.asarray(images.image_grid(u8.astype(np.int32))), u8)
+    assert np.array_equal(np.asarray(images.image_grid(Output())), u8)
+    with pytest.raises(ValueError, match=r"image 0 has values up to 235\.0: floats are read as "
+                       r"\[0, 1\] or \[-1, 1\]; divide by 255, or convert to uint8"):
+        images.show_images(u8.astype(np.float32))
+    with pytest.raises(ValueError, match="image 1 holds whole numbers from 300 to 300: pictures of "
+                       "whole numbers take 0..255"):
+        images.image_grid([u8, np.full((4, 4, 3), 300)])
+
+
 def test_tiny_chw_tensor_is_read_channels_first():
     """A 3x4x4 tensor is a 4x4 RGB picture, not a 3-row RGBA one; a 4x5x3 tensor is HWC; when
     the channel count does not decide (4x4x4), a tensor is CHW and a numpy array HWC."""
