@@ -84,8 +84,12 @@ def to_array(image) -> np.ndarray:
     in 0..255; anything else is a one-line ValueError (None, a grayscale or empty array, or
     a float array, whose 0..1 values would all read as black)."""
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as opened:
-            image = opened.convert("RGB")
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError) as error:  # missing, unreadable, not a picture
+            raise ValueError(f"{image} cannot be read as a picture ({type(error).__name__}): pass "
+                             "a PIL image, or the path of a picture file") from None
     if isinstance(image, Image.Image):
         image = image.convert("RGB")
     elif not isinstance(image, np.ndarray):
@@ -117,8 +121,22 @@ def read_image(image) -> Reading:
 
 
 def score(images, scenes: list[Scene]) -> dict[str, float]:
-    """Share of images whose object colour, shape and background match their scene."""
-    images, scenes = list(images), list(scenes)
+    """Share of images whose object colour, shape and background match their scene.
+
+    ``images``: a list of pictures (or one, or a pipeline's output: its ``.images``);
+    ``scenes``: one :class:`~sdcourse.world.Scene` per picture (or a world sample, read as its
+    ``.scene``)."""
+    if hasattr(images, "images") and not isinstance(images, (list, tuple)):
+        images = images.images  # pipe(prompt) rather than pipe(prompt).images
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    if isinstance(scenes, Scene) or hasattr(scenes, "scene"):
+        scenes = [scenes]
+    images, scenes = list(images), [getattr(s, "scene", s) for s in scenes]
+    odd = next((s for s in scenes if not isinstance(s, Scene)), None)
+    if odd is not None:
+        raise ValueError(f"score compares with scenes, got {type(odd).__name__} {odd!r:.40}: pass "
+                         "world.Scene objects (e.g. world.random_scene(rng), or a sample's .scene)")
     if len(images) != len(scenes) or not scenes:
         raise ValueError(f"score got {len(images)} images and {len(scenes)} scenes: pass one "
                          f"scene per image, at least one of each")
@@ -243,11 +261,28 @@ def _new_color(rng, *avoid: str) -> str:
 
 def psnr(a, b, where: np.ndarray | None = None) -> float:
     """PSNR (dB, 8-bit peak) between two same-size pictures (PIL or uint8 arrays), over the
-    pixels where the (H, W) mask ``where`` is true, or all of them. Higher: more alike."""
-    diff = to_array(a) - to_array(b)
+    pixels where the (H, W) mask ``where`` is set, or all of them. Higher: more alike.
+
+    ``where``: booleans, 0/1 numbers, or a picture of the mask (PIL "L" or uint8, 0/255: set
+    where 128 or more); it must select at least one pixel."""
+    x, y = to_array(a), to_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"psnr compares pictures of one size, got {x.shape[1]}x{x.shape[0]} and "
+                         f"{y.shape[1]}x{y.shape[0]}: resize one to the other's size")
+    diff = x - y
     if where is not None:
-        diff = diff[where]
-    mse = float((diff ** 2).mean()) if diff.size else 0.0
+        mask = np.asarray(where)
+        if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):  # an RGB(A) or one-channel mask picture
+            mask = mask[..., 0]
+        mask = mask >= 128 if mask.dtype == np.uint8 and mask.max() > 1 else mask.astype(float) > 0.5
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the pictures "
+                             f"{x.shape[1]}x{x.shape[0]}: give a mask of the pictures' size")
+        if not mask.any():
+            raise ValueError("the mask selects no pixel: PSNR over no pixels is undefined; give a "
+                             "mask with at least one pixel set (or where=None for all)")
+        diff = diff[mask]
+    mse = float((diff ** 2).mean())
     return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
 

@@ -464,6 +464,39 @@ def test_psnr_over_all_pixels_or_a_mask():
     assert evaluate.psnr(Image.fromarray(a), Image.fromarray(b), top) == pytest.approx(PSNR_OFF_BY_10)
     assert evaluate.psnr(a, b, ~top) > 100  # identical there: only the 1e-10 floor
     assert evaluate.psnr(a, b) == pytest.approx(20 * np.log10(255 / np.sqrt(50)))  # mean error 50
+    # the same mask as 0/1 numbers (once read as row indices), floats, or a picture of it
+    for mask in (top.astype(int), top.astype(np.float32), Image.fromarray(top.astype(np.uint8) * 255),
+                 np.stack([top.astype(np.uint8) * 255] * 3, axis=-1)):
+        assert evaluate.psnr(a, b, mask) == pytest.approx(PSNR_OFF_BY_10), type(mask)
+
+
+@pytest.mark.parametrize("where, b_shape, message", [
+    (np.zeros((4, 4), bool), (4, 4, 3), "the mask selects no pixel: PSNR over no pixels is undefined"),
+    (np.ones((2, 2), bool), (4, 4, 3), "the mask is 2x2, the pictures 4x4: give a mask of the pictures' size"),
+    (None, (2, 4, 3), "psnr compares pictures of one size, got 4x4 and 4x2: resize one"),
+])
+def test_psnr_refuses_an_empty_or_mismatched_mask_and_pictures_of_two_sizes(where, b_shape, message):
+    """An empty mask gave 148 dB, as if the pictures were identical; sizes, numpy's errors."""
+    a = np.full((4, 4, 3), 100, np.uint8)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate.psnr(a, np.full(b_shape, 100, np.uint8), where)
+
+
+def test_score_takes_a_pipelines_output_single_pictures_and_samples():
+    """A pipeline's output iterated its keys ("images" opened as a file); samples, as a
+    sample's scene; what is no scene is named."""
+    samples = world.dataset(2)
+
+    class Output:  # what a diffusers pipeline returns
+        images = [s.image for s in samples]
+
+    perfect = {"color_acc": 1.0, "shape_acc": 1.0, "background_acc": 1.0}
+    assert evaluate.score(Output(), samples) == perfect
+    assert evaluate.score(samples[0].image, samples[0]) == perfect
+    with pytest.raises(ValueError, match="score compares with scenes, got str 'a red"):
+        evaluate.score([samples[0].image], ["a red circle on a blue background"])
+    with pytest.raises(ValueError, match=r"^missing\.png cannot be read as a picture \(FileNotFoundError\)"):
+        evaluate.read_image("missing.png")
 
 
 # the depth pipeline's float32 autocast notice, which sdcourse filters at import (pytest
