@@ -31,8 +31,12 @@ def self_check(check: Callable[[], str], exercise: str) -> bool:
     ``NotImplementedError`` raised inside an installed library (PyTorch's "operator ... not
     implemented for the MPS device"): that is no stub. A :class:`NotDoneYet` without a
     message says "complete it in the cell above", like the stub; a check that returns
-    nothing (None or "") prints "✓ <exercise> passed".
+    nothing (None or "") prints "✓ <exercise> passed"; one that returns False failed, like
+    a failed assert (a check asserts: its False would otherwise read as passed).
     """
+    if not callable(check):
+        raise TypeError(f"self_check takes the check function itself, got {type(check).__name__} "
+                        f"{check!r:.40}: write self_check(check_exercise_1, ...), without ()")
     try:
         message = check()
     except NotImplementedError as missing:
@@ -45,6 +49,9 @@ def self_check(check: Callable[[], str], exercise: str) -> bool:
     except CheckSkipped as reason:
         print(f"– {exercise} not checked: {reason}")
         return False
+    if message is False:
+        raise AssertionError(f"{exercise}: the check returned False (not passed): look again at "
+                             "what the exercise asks")
     text = "" if message is None else str(message)
     print(f"✓ {text if text.strip() else f'{exercise} passed'}")
     return True

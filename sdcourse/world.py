@@ -160,14 +160,25 @@ def _whole(name: str, value) -> int:
     return int(value)
 
 
+def _seed(value) -> int:
+    """A seed as :func:`_whole` takes it, and not negative: ``random.Random(-1)`` is
+    ``Random(1)``, so seed -1 would repeat seed 1's picture (and a training set could overlap
+    an evaluation's)."""
+    seed = _whole("seed", value)
+    if seed < 0:
+        raise ValueError(f"seed {seed} is negative: pass 0 or more (seed -1 would draw seed 1's "
+                         "picture again)")
+    return seed
+
+
 def sample(seed: int, **fixed) -> Sample:
     """The sample for one seed (same seed, same picture); ``fixed`` pins colour/shape/background."""
-    return render(random_scene(random.Random(_whole("seed", seed)), **fixed))
+    return render(random_scene(random.Random(_seed(seed)), **fixed))
 
 
 def dataset(n: int, seed: int = 0) -> list[Sample]:
     """``n`` samples; sample ``i`` comes from seed ``seed * 1_000_003 + i``."""
-    n, seed = _whole("n", n), _whole("seed", seed)
+    n, seed = _whole("n", n), _seed(seed)
     if n < 0:
         raise ValueError(f"n={n} is not a number of samples: pass n=0 or more")
     return [sample(seed * 1_000_003 + i) for i in range(n)]

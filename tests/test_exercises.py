@@ -30,6 +30,17 @@ def test_a_wrong_answer_fails_with_the_hint():
         sdc.self_check(_check(lambda: 64), "exercise 2")
 
 
+def test_a_check_returning_false_fails_and_a_result_is_no_check(capsys):
+    """`return False` printed "✓ False" and counted as passed; passing check() instead of check
+    was "'str' object is not callable"."""
+    with pytest.raises(AssertionError, match="exercise 1: the check returned False"):
+        sdc.self_check(lambda: False, "exercise 1")
+    with pytest.raises(TypeError, match=r"self_check takes the check function itself, got str "
+                       r"'done': write self_check\(check_exercise_1, ...\), without \(\)"):
+        sdc.self_check("done", "exercise 1")
+    assert capsys.readouterr().out == ""
+
+
 def test_a_check_that_cannot_judge_here_says_so_without_a_tick(capsys):
     def check():
         raise sdc.CheckSkipped("the pixel reader knows the mini world only")

@@ -111,6 +111,11 @@ def test_unknown_names_are_refused_where_the_scene_is_made():
     (lambda: world.dataset(-1), ValueError, "n=-1 is not a number of samples: pass n=0 or more"),
     (lambda: world.dataset(True), TypeError, "n True is not a whole number: pass an int, e.g. n=0"),
     (lambda: world.dataset(2.0), TypeError, "n 2.0 is not a whole number: pass an int, e.g. n=0"),
+    # random.Random(-1) is Random(1): seed -1 drew seed 1's picture
+    (lambda: world.sample(-1), ValueError, "seed -1 is negative: pass 0 or more (seed -1 would draw "
+     "seed 1's picture again)"),
+    (lambda: world.dataset(3, seed=-2), ValueError, "seed -2 is negative: pass 0 or more (seed -1 "
+     "would draw seed 1's picture again)"),
 ])
 def test_seeds_and_counts_must_be_whole_numbers(call, error, message):
     with pytest.raises(error) as info:
