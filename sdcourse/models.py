@@ -245,8 +245,16 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
     """Decide which checkpoint ``task`` loads: argument > SDCOURSE_MODEL > automatic."""
     check_task(task)
     origin = "argument"
-    if model is None and os.environ.get("SDCOURSE_MODEL"):
+    if model is None and os.environ.get("SDCOURSE_MODEL", "").strip():  # blank: not set
         model, origin = os.environ["SDCOURSE_MODEL"], "SDCOURSE_MODEL"
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, Choice):
+        raise TypeError(f"model is already a choice ({model}): pass it to "
+                        "load_pipeline(task, model=choice) as it is")
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"model {model!r:.40} is not a model name: pass 'mini', 'real', a Hub id "
+                        "or a folder path (a string), or None to choose")
     if isinstance(model, str) and model.strip().lower() in ("mini", "real"):
         model = model.strip().lower()  # "Mini" is no Hub id anyone means
     if model == "mini":
@@ -258,7 +266,12 @@ def choose_model(task: str, model: str | None = None, device: str | None = None)
         online = hub_reachable() and _first_on_hub(task)
         return Choice(task, "real", online or REAL_MODELS[task][0], f"asked for by {origin}")
     if model is not None:  # a Hub id or a local folder
-        check_model_source(model, task)
+        try:
+            check_model_source(model, task)
+        except ModelChoiceError as error:  # a learner who never typed it: where it came from
+            if origin == "argument":
+                raise
+            raise ModelChoiceError(f"SDCOURSE_MODEL={model}: {error}; or unset it") from None
         return Choice(task, "real", model, f"asked for by {origin}")
     if not _accelerator_present(device):
         return Choice(task, "mini", str(MINI_DIR), "no GPU: the embedded mini model runs on CPU")
@@ -437,6 +450,7 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
         else:
             choice = choose_model(task, model, device)
         mini_path = mini_model_path(task) if choice.kind == "mini" else None  # says what is missing
+        real = _real_candidates(task, choice.source) if choice.kind == "real" else None
 
         import diffusers
 
@@ -451,7 +465,7 @@ def load_pipeline(task: str = "text2img", model: str | Choice | None = None,
         if choice.kind == "mini":
             pipe = cls.from_pretrained(mini_path, dtype=dtype, use_safetensors=True)
     if choice.kind == "real":  # downloads can take minutes: the collector runs as usual
-        pipe = _load_real(cls, task, choice.source, dtype)
+        pipe = _load_real(cls, *real, dtype)
     pipe = pipe.to(device)
     if quiet:
         pipe.set_progress_bar_config(disable=True)
@@ -479,8 +493,11 @@ def _check_dtype(dtype):
     """``dtype`` as a ``torch.dtype`` (None stays None), a name in :data:`DTYPE_NAMES` converted."""
     import torch
 
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None or dtype in (torch.float16, torch.bfloat16, torch.float32):
         return dtype
+    if isinstance(dtype, torch.dtype):  # torch.int8, torch.float64: diffusers fails mid-load
+        raise ValueError(f"dtype {dtype} is not a precision the pipelines run in: pass "
+                         "torch.float16, torch.bfloat16 or torch.float32, or None to choose")
     name = DTYPE_NAMES.get(dtype.strip().lower()) if isinstance(dtype, str) else None
     if name is None:
         raise ValueError(f"dtype {dtype!r} is not a dtype: pass torch.float16, torch.bfloat16 or "
@@ -520,11 +537,11 @@ def _gc_paused():
             gc.enable()
 
 
-def _load_real(cls, task: str, source: str, dtype):
-    """Load a real checkpoint: ``source``, then (if it is one of the registry's) the task's
-    other registry entries in order, should it fail to load (a repository deleted or renamed).
-    Offline and not downloaded before, it stops at once with what to do; offline and
-    downloaded before, it reads the local cache without asking the Hub."""
+def _real_candidates(task: str, source: str) -> tuple[list[str], dict]:
+    """What :func:`_load_real` tries: ``source``, then (if it is one of the registry's) the
+    task's other registry entries in order, and how (offline, the local cache alone: diffusers
+    would otherwise ask the Hub first and log that it can't). Offline and not downloaded
+    before, it stops at once with what to do, before diffusers' slow import."""
     fallbacks = [repo for repo in REAL_MODELS[task] if repo != source]
     candidates = [source] + (fallbacks if source in REAL_MODELS[task] else [])
     offline = hub_offline(source)
@@ -532,8 +549,13 @@ def _load_real(cls, task: str, source: str, dtype):
         raise ModelChoiceError(f"{source} is not in the local Hugging Face cache and huggingface.co "
                                "cannot be reached: connect to the internet to download it, or use "
                                "the embedded model (SDCOURSE_MODEL=mini)")
-    # offline, the cache alone: diffusers would otherwise ask the Hub first and log that it can't
-    cache_only = {"local_files_only": True} if offline else {}
+    return candidates, {"local_files_only": True} if offline else {}
+
+
+def _load_real(cls, candidates: list[str], cache_only: dict, dtype):
+    """Load the first of ``candidates`` (:func:`_real_candidates`) that loads: a repository
+    deleted or renamed falls back to the next; offline and downloaded before, it reads the
+    local cache without asking the Hub."""
     for i, repo in enumerate(candidates):
         try:
             return from_pretrained(cls, repo, dtype, **cache_only)

@@ -6,6 +6,7 @@ import shutil
 import weakref
 
 import pytest
+import torch
 
 from sdcourse import models
 
@@ -447,24 +448,58 @@ def test_two_installs_do_not_share_a_mini_model_folder(monkeypatch, tmp_path):
 
 
 def test_load_pipeline_rejects_bad_input_before_importing_diffusers(tmp_path):
-    """A bad task or model id fails in one line before diffusers' slow import."""
+    """A bad task or model id fails in one line before diffusers' slow import; so does a Hub
+    id that is not downloaded while offline (it once printed its choice and imported first)."""
     import subprocess
     import sys
 
     code = ("import sys\n"
             "from sdcourse.models import load_pipeline, ModelChoiceError\n"
-            "for kwargs in ({'task': 'bogus'}, {'task': 'text2img', 'model': 'not an id', 'device': 'cpu'}):\n"
+            "for kwargs in ({'task': 'bogus'}, {'task': 'text2img', 'model': 'not an id', 'device': 'cpu'},\n"
+            "               {'task': 'text2img', 'model': 'someone/never-downloaded', 'device': 'cpu'}):\n"
             "    try:\n"
             "        load_pipeline(**kwargs)\n"
             "    except ModelChoiceError as error:\n"
             "        print(str(error).splitlines()[0])\n"
             "print('diffusers' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "SDCOURSE_CACHE": str(tmp_path)}, check=True).stdout
+                         env={**os.environ, "SDCOURSE_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1",
+                              "HF_HOME": str(tmp_path / "hf")}, check=True).stdout
     lines = out.splitlines()
     assert lines[0].startswith("unknown task 'bogus': choose one of text2img"), out
     assert "neither a folder nor a Hub id" in lines[1], out
-    assert lines[-1] == "False", out
+    assert lines[2].startswith("someone/never-downloaded is not in the local Hugging Face cache"), out
+    assert lines[-1] == "False" and len(lines) == 4, out
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: models.load_pipeline("text2img", dtype=torch.int8), ValueError,
+     "dtype torch.int8 is not a precision the pipelines run in: pass torch.float16"),
+    (lambda: models.choose_model("text2img", 5), TypeError,
+     "model 5 is not a model name: pass 'mini', 'real', a Hub id or a folder path (a string)"),
+    (lambda: models.choose_model("text2img", models.choose_model("text2img", "mini")), TypeError,
+     "model is already a choice ("),
+])
+def test_model_and_dtype_of_the_wrong_kind_are_one_line_before_any_load(call, error, message,
+                                                                       monkeypatch):
+    """torch.int8 failed inside diffusers after loading began; 5 was an AttributeError."""
+    monkeypatch.setattr(models, "mini_model_path", lambda *a, **k: pytest.fail("loading began"))
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_sdcourse_model_errors_name_the_variable_and_a_blank_one_is_unset(monkeypatch):
+    """A learner who never typed 'mnii' could not tell where it came from."""
+    monkeypatch.setenv("SDCOURSE_MODEL", "mnii")
+    with pytest.raises(models.ModelChoiceError) as info:
+        models.choose_model("text2img")
+    assert str(info.value) == ("SDCOURSE_MODEL=mnii: 'mnii' is neither a folder nor a Hub id like "
+                               "'stable-diffusion-v1-5/stable-diffusion-v1-5': did you mean mini?; "
+                               "or unset it")
+    monkeypatch.setenv("SDCOURSE_MODEL", "  ")
+    assert models.choose_model("text2img", device="cpu").reason == "no GPU: the embedded mini model runs on CPU"
+
 
 
 def test_garbage_collector_paused_for_the_mini_load_only_and_restored(monkeypatch, fake_pipeline):
