@@ -1057,6 +1057,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, base, monkeypatch
         f"{out} holds a DreamBooth run with other settings: rank was 16, now 4; seed (--seed) was "
         "0, now 2: to resume it, give the settings it was trained with; for a new run, give "
         "another out folder (--out), or delete this one to start over")
+    # a full fine-tune asked of a LoRA run: said as the option to drop; the learning rate's
+    # default follows the kind, and is said to
+    with pytest.raises(db.DreamBoothError) as info:
+        db.train_dreambooth(images, **(args | {"lora": False}))
+    assert ("lora (False with --full) was True, now False (the run is a LoRA: drop --full); "
+            "lr (--lr) was 0.003, now 0.0003 (each kind's default, unless given): ") in str(info.value)
 
 
 def _checkpointing(model) -> bool:

@@ -337,8 +337,13 @@ _AGAIN = ("to resume it, give the settings it was trained with; for a new run, g
 def check_same_run(out: Path, record: dict, settings: Settings) -> None:
     """A run resumes only under the settings it started with: anything else is another run,
     refused in one line that names each setting changed, its old and new value."""
-    differences = common.describe_changes(Settings.stored(record), settings.to_json(),
-                                          SETTING_NAMES, hidden={"images_digest"})
+    old = Settings.stored(record)
+    notes = {}
+    if old["lora"] != settings.lora:  # say it as typed; the learning rate's default follows it
+        notes["lora"] = " (the run is a LoRA: drop --full)" if old["lora"] else " (the run is a full fine-tune: add --full)"
+        notes["lr"] = " (each kind's default, unless given)"
+    differences = common.describe_changes(old, settings.to_json(), SETTING_NAMES, notes,
+                                          hidden={"images_digest"})
     if differences:
         raise DreamBoothError(f"{out} holds a DreamBooth run with other settings: {differences}: "
                               f"{_AGAIN}")
