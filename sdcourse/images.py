@@ -85,8 +85,8 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
     - ``size``: resize the result, an int for a square (``512``) or a ``(width, height)`` pair,
       at most :data:`MAX_SIZE` (4096) pixels per side: more than any SD pipeline uses.
     - ``timeout``: seconds to wait for the server to connect or to send more data.
-    - ``max_bytes``: refuse bigger files (``None`` for no limit): a wrong link to a huge file
-      should fail fast instead of filling the memory.
+    - ``max_bytes``: refuse bigger downloads (``None`` for no limit): a wrong link to a huge
+      file should fail fast instead of filling the memory. (A local file is opened as it is.)
     - ``cache_dir``: where downloads are kept; default ``~/.cache/sdcourse/images``, or
       ``$SDCOURSE_CACHE/images`` when that environment variable is set. A second call with the
       same URL reads the file from there: no network, same picture.
@@ -99,10 +99,10 @@ def download_image(url, size=None, *, timeout: float = 10, max_bytes: int | None
     if not isinstance(url, (str, os.PathLike)):
         raise TypeError(f"download_image needs a URL or a file path as text, got "
                         f"{type(url).__name__} {url!r:.60}")
-    url = os.fspath(url)
+    url = os.fspath(url).strip()  # (a space copied along with a link)
     _check_download_args(size, timeout, max_bytes)  # before any file, cache or network access
-    if not url.startswith(("http://", "https://")):
-        return _finish(_open_local(url), size)
+    if not url.lower().startswith(("http://", "https://")):
+        return _finish(_open_local(os.path.expanduser(url)), size)
 
     cache_file = _cache_file(url, cache_dir)
     cached = _read_cache(cache_file)
@@ -432,6 +432,10 @@ def image_grid(images, rows: int | None = None, cols: int | None = None, size=No
                          "array or tensor, or a non-empty list of them")
     rows, cols = _grid_shape(len(pictures), rows, cols)
     width, height = wh or pictures[0].size
+    if cols * width > MAX_SIZE * 4 or rows * height > MAX_SIZE * 4:  # (10000 x 10000 cells: killed)
+        raise ValueError(f"a grid of {rows}x{cols} pictures of {width}x{height} would be "
+                         f"{cols * width}x{rows * height} pixels: more than {MAX_SIZE * 4} per side; "
+                         "give fewer rows/cols or a smaller size")
 
     from diffusers.utils import make_image_grid
 
@@ -495,6 +499,12 @@ def plot_latent_channels(latents, title: str | None = None, size: float = 2.5):
     _check_inches(size)
     import matplotlib.pyplot as plt
 
+    if hasattr(latents, "latent_dist"):  # vae.encode(x), an AutoencoderKLOutput
+        latents = latents.latent_dist
+    if hasattr(latents, "mean") and hasattr(latents, "sample") and not hasattr(latents, "detach"):
+        raise TypeError(f"{type(latents).__name__} is a distribution over latents, not a latent: "
+                        "pass vae.encode(x).latent_dist.mean, or .sample() for a noisy draw")
+    _refuse_non_picture(latents, "a latent tensor (C, H, W) or (1, C, H, W)")
     array = _to_numpy(latents).astype(np.float32)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
@@ -502,6 +512,9 @@ def plot_latent_channels(latents, title: str | None = None, size: float = 2.5):
         raise ValueError(f"expected one latent of shape (C, H, W) or (1, C, H, W), got "
                          f"{tuple(array.shape)}: pick one, e.g. latents[0]")
     channels = array.shape[0]
+    if 0 in array.shape:
+        raise ValueError(f"the latent of shape {tuple(array.shape)} is empty: pass one with at "
+                         "least one channel, row and column")
     if channels > 16:  # SD's latents have 4 channels, SD3's and Flux's 16
         raise ValueError(f"expected a latent of a few channels (SD: 4), got {channels} of shape "
                          f"{tuple(array.shape)}: a picture (H, W, C)? pass a latent (C, H, W)")

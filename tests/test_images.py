@@ -697,6 +697,37 @@ def test_whole_numbers_are_0_to_255_and_0_to_255_floats_are_refused():
         images.image_grid([u8, np.full((4, 4, 3), 300)])
 
 
+def test_latent_plots_and_grids_refuse_what_would_fail_deep_or_fill_the_memory():
+    """vae.encode(x) (an output holding a distribution) was float()'s TypeError, an empty latent
+    matplotlib's; a 10000 x 10000 grid got the process killed."""
+    import torch
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    dist = DiagonalGaussianDistribution(torch.zeros(1, 8, 2, 2))
+
+    class Encoded:  # what vae.encode(x) returns
+        latent_dist = dist
+
+    for given in (dist, Encoded()):
+        with pytest.raises(TypeError, match="DiagonalGaussianDistribution is a distribution over "
+                           "latents, not a latent: pass vae.encode"):
+            images.plot_latent_channels(given)
+    with pytest.raises(ValueError, match=r"the latent of shape \(4, 0, 8\) is empty"):
+        images.plot_latent_channels(torch.zeros(4, 0, 8))
+    with pytest.raises(ValueError, match="a grid of 10000x10000 pictures of 4x4 would be 40000x40000 "
+                       "pixels: more than 16384 per side; give fewer rows/cols or a smaller size"):
+        images.image_grid([colored((1, 2, 3), 4)], rows=10000, cols=10000)
+
+
+def test_a_link_with_spaces_and_a_home_path_are_read(tmp_path, monkeypatch):
+    """' https://…' (copied with a space) was "neither an http(s) URL nor an existing file", as
+    was '~/x.png'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    colored((9, 8, 7), 4).save(tmp_path / "x.png")
+    assert download_image("~/x.png").getpixel((0, 0)) == (9, 8, 7)
+    assert download_image("  ~/x.png\n").size == (4, 4)
+
+
 def test_tiny_chw_tensor_is_read_channels_first():
     """A 3x4x4 tensor is a 4x4 RGB picture, not a 3-row RGBA one; a 4x5x3 tensor is HWC; when
     the channel count does not decide (4x4x4), a tensor is CHW and a numpy array HWC."""
