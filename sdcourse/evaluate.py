@@ -17,7 +17,7 @@ from PIL import Image
 
 from .cli import MAX_CASES, MAX_SEED  # the CLI's --n and --seed ranges (seed + i stays a torch seed)
 from .world import COLORS, Scene
-from .messages import is_whole
+from .messages import is_number, is_whole
 
 _NAMES = list(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)
@@ -184,6 +184,10 @@ def check_counts(seeds: dict, **counts) -> None:
 def check_steps(steps: int, strength: float) -> None:
     """One-line ValueError unless ``steps`` leaves a denoising step at ``strength``: diffusers
     runs ``int(steps * strength)`` of them, and with none it fails deep inside the pipeline."""
+    if not is_whole(steps) or steps < 1:
+        raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
+    if not is_number(strength) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
     if int(steps * strength) < 1:
         least = next(s for s in range(1, 1000) if int(s * strength) >= 1)
         raise ValueError(f"steps={steps} leaves no denoising step at strength {strength} "

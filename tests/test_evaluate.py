@@ -195,6 +195,18 @@ def test_suites_refuse_steps_that_leave_no_denoising_step(monkeypatch, suite, kw
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize("steps, strength, message", [
+    (10, 0, "strength must be a number in (0, 1], got 0"),
+    (10, -0.5, "strength must be a number in (0, 1], got -0.5"),
+    ("10", 0.5, "steps must be a whole number of at least 1, got '10'"),
+])
+def test_check_steps_says_what_is_wrong(steps, strength, message):
+    """Strength 0 was a bare StopIteration, steps '10' a TypeError about sequences."""
+    with pytest.raises(ValueError) as info:
+        evaluate.check_steps(steps, strength)
+    assert str(info.value) == message
+
+
 def test_largest_seed_and_the_seeds_derived_from_it_are_valid():
     evaluate.check_counts({"seed": evaluate.MAX_SEED}, n=evaluate.MAX_CASES)
     torch.Generator().manual_seed(evaluate.MAX_SEED + evaluate.MAX_CASES - 1)  # seed + i
