@@ -185,8 +185,20 @@ def dataset(n: int, seed: int = 0) -> list[Sample]:
 
 
 def images_to_tensor(images) -> "torch.Tensor":
-    """PIL images -> float tensor (N, 3, H, W) in [-1, 1], the range SD's VAE expects."""
+    """PIL images (a list, or one) -> float tensor (N, 3, H, W) in [-1, 1], the range SD's VAE
+    expects. What is no PIL image, or a size that differs from the first's, is one line."""
     import torch
 
+    images = [images] if isinstance(images, Image.Image) else list(images)
+    if not images:
+        raise ValueError("images_to_tensor needs at least one PIL image")
+    for i, im in enumerate(images):
+        if not isinstance(im, Image.Image):
+            raise TypeError(f"image {i} is {type(im).__name__}, not a PIL image: pass PIL images "
+                            "(a world sample's .image, or Image.open(path))")
+        if im.size != images[0].size:
+            raise ValueError(f"image {i} is {im.size[0]}x{im.size[1]}, image 0 "
+                             f"{images[0].size[0]}x{images[0].size[1]}: one batch takes one size; "
+                             "resize them to one")
     arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0

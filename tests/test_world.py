@@ -1,4 +1,5 @@
 import random
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,19 @@ def test_seeds_and_counts_must_be_whole_numbers(call, error, message):
     with pytest.raises(error) as info:
         call()
     assert str(info.value) == message
+
+
+def test_images_to_tensor_takes_one_picture_and_names_what_it_cannot_stack():
+    """A single picture was "'Image' object is not iterable", an array "no attribute 'convert'",
+    two sizes numpy's "all input arrays must have the same shape"."""
+    picture = world.sample(0).image
+    assert tuple(world.images_to_tensor(picture).shape) == (1, 3, 64, 64)
+    for given, error, message in (
+            ([], ValueError, "images_to_tensor needs at least one PIL image"),
+            ([picture, np.asarray(picture)], TypeError, "image 1 is ndarray, not a PIL image"),
+            ([picture, picture.resize((32, 32))], ValueError, "image 1 is 32x32, image 0 64x64")):
+        with pytest.raises(error, match=re.escape(message)):
+            world.images_to_tensor(given)
 
 
 def test_numpy_integer_seeds_give_the_int_seeds_picture():
