@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .messages import is_whole
+from .messages import is_number, is_whole
 
 SIZE = 64  # pixels per side
 SUPERSAMPLE = 4  # shapes are drawn 4x larger and shrunk: smooth (anti-aliased) edges
@@ -51,6 +51,11 @@ class Scene:
 
     def __post_init__(self):
         _check_names(self.color, self.shape, self.background)
+        for name in ("cx", "cy", "size"):  # a NaN or far-off centre drew no object, silently
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value <= SIZE or (name == "size" and value < 1):
+                raise ValueError(f"{name} must be a number from {1 if name == 'size' else 0} to "
+                                 f"{SIZE} (pixels of the {SIZE}x{SIZE} picture), got {value!r}")
 
     @property
     def caption(self) -> str:
@@ -142,7 +147,8 @@ def background_depth() -> np.ndarray:
 
 
 def render(scene: Scene) -> Sample:
-    """Draw a scene: image, mask and depth."""
+    """Draw a scene: image, mask and depth (a sample is drawn again from its ``.scene``)."""
+    scene = getattr(scene, "scene", scene)
     mask = draw_mask(scene.shape, scene.cx, scene.cy, scene.size)
     fg = np.array(COLORS[scene.color], dtype=np.float32)
     bg = np.array(COLORS[scene.background], dtype=np.float32)

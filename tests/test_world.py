@@ -137,6 +137,19 @@ def test_images_to_tensor_takes_one_picture_and_names_what_it_cannot_stack():
             world.images_to_tensor(given)
 
 
+def test_a_scene_off_the_picture_is_refused_and_a_sample_renders_again():
+    """size=-5 was PIL's "x1 must be greater than or equal to x0", NaN or cx=1000 a picture
+    with no object; render(sample) an AttributeError."""
+    for kwargs, shown in (({"size": -5}, "size must be a number from 1 to 64"),
+                          ({"cx": 1000}, "cx must be a number from 0 to 64"),
+                          ({"cy": float("nan")}, "cy must be a number from 0 to 64"),
+                          ({"size": "30"}, "size must be a number from 1 to 64")):
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            world.Scene("red", "circle", "blue", **kwargs)
+    drawn = world.sample(3)
+    assert world.render(drawn).image.tobytes() == drawn.image.tobytes()
+
+
 def test_numpy_integer_seeds_give_the_int_seeds_picture():
     assert world.sample(np.int64(7)).image.tobytes() == world.sample(7).image.tobytes()
     assert world.dataset(0) == []
