@@ -227,6 +227,22 @@ def this_python_kernel():
     return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
 
 
+def notebook_client(nb, **kwargs):
+    """An nbclient ``NotebookClient`` for ``nb`` on :func:`this_python_kernel`, which shuts its
+    kernel down when the notebook has run.
+
+    Why: nbclient shuts down only the kernels of managers it made itself ("owns"); given one,
+    it leaves the kernel running until the process exits. `sdcourse run` then kept every
+    notebook's kernel alive to the end, each with its models in memory (about 600 MB) and
+    threads still taking CPU time from the notebooks after it.
+    """
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nb, km=this_python_kernel(), **kwargs)
+    client.owns_km = True  # a new manager, made for this notebook alone: nbclient cleans it up
+    return client
+
+
 def run_notebook(path: Path, out: Path, timeout: int, env: dict) -> str | None:
     """Execute one notebook in a fresh kernel; write what ran. None if it passed, else why not.
 
@@ -235,7 +251,6 @@ def run_notebook(path: Path, out: Path, timeout: int, env: dict) -> str | None:
     Ctrl-C stops it: what ran is written, then NotebookInterrupted says where.
     """
     import nbformat
-    from nbclient import NotebookClient
     from tqdm.auto import tqdm
 
     nb = nbformat.read(path, as_version=4)
@@ -251,8 +266,8 @@ def run_notebook(path: Path, out: Path, timeout: int, env: dict) -> str | None:
         failed = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
         bar.update(cell_index + (not failed) - bar.n)
 
-    client = NotebookClient(
-        nb, timeout=timeout, km=this_python_kernel(),
+    client = notebook_client(
+        nb, timeout=timeout,
         resources={"metadata": {"path": str(path.resolve().parent)}},
         on_cell_execute=before, on_cell_executed=after,
         # the kernel's own log (not the cells' output) would break the progress bar and the

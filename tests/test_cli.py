@@ -276,6 +276,22 @@ def test_the_kernel_is_this_python_whatever_kernelspec_jupyter_finds_first(tmp_p
     assert Path(printed).resolve() == Path(sys.executable).resolve()
 
 
+def test_each_notebooks_kernel_is_gone_before_the_next_starts(tmp_path):
+    """nbclient keeps a kernel alive to the end of the process unless it owns its manager: a
+    whole course run kept nine kernels (600 MB and busy threads each) alongside notebook 07's
+    training. The second notebook looks for the first one's kernel process."""
+    pid_file = tmp_path / "first.pid"
+    first = write_notebook(tmp_path / "a.ipynb", f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))")
+    second = write_notebook(tmp_path / "b.ipynb", "import os\n"
+                            f"pid = int(open({str(pid_file)!r}).read())\n"
+                            "try:\n    os.kill(pid, 0)\n    print('alive', pid)\n"
+                            "except ProcessLookupError:\n    print('gone')")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(first), str(second), "--out", str(out), "--timeout", "120"]) == 0
+    printed = nbformat.read(out / "b.ipynb", as_version=4).cells[0].outputs[0]["text"].strip()
+    assert printed == "gone"
+
+
 def test_ctrl_c_stops_the_run_in_one_line_with_what_ran_written(tmp_path):
     """Ctrl-C in a terminal (SIGINT to the process group, the kernel's too) is an interruption,
     status 130, not a notebook that failed; the executed part is written."""

@@ -19,7 +19,6 @@ import textwrap
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC, OUT = ROOT / "notebooks" / "src", ROOT / "notebooks"
@@ -101,10 +100,10 @@ def build(src: Path, run: bool = True, allow_errors: bool = False) -> Path:
         # them, also when this runs on a GPU machine: on the CPU the course picks the mini model
         # itself, so they say what a learner's CPU says. Set SDCOURSE_DEVICE to build elsewhere
         os.environ.setdefault("SDCOURSE_DEVICE", "cpu")
-        from sdcourse.cli import this_python_kernel  # this Python's kernel, as `sdcourse run` takes
+        from sdcourse.cli import notebook_client  # this Python's kernel, as `sdcourse run` takes
 
-        NotebookClient(nb, timeout=900, km=this_python_kernel(), allow_errors=allow_errors,
-                       resources={"metadata": {"path": str(OUT)}}).execute()
+        notebook_client(nb, timeout=900, allow_errors=allow_errors,
+                        resources={"metadata": {"path": str(OUT)}}).execute()
     for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
         cell["id"] = f"{src.stem[:2]}-{i:02d}"
         cell.get("metadata", {}).pop("execution", None)
