@@ -126,13 +126,11 @@ def score(images, scenes: list[Scene]) -> dict[str, float]:
     ``images``: a list of pictures (or one, or a pipeline's output: its ``.images``);
     ``scenes``: one :class:`~sdcourse.world.Scene` per picture (or a world sample, read as its
     ``.scene``)."""
-    if hasattr(images, "images") and not isinstance(images, (list, tuple)):
-        images = images.images  # pipe(prompt) rather than pipe(prompt).images
-    if isinstance(images, (Image.Image, np.ndarray)):
-        images = [images]
+    from .images import _as_list  # (as show_images takes them: one, a list, a pipeline's output)
+
     if isinstance(scenes, Scene) or hasattr(scenes, "scene"):
         scenes = [scenes]
-    images, scenes = list(images), [getattr(s, "scene", s) for s in scenes]
+    images, scenes = _as_list(images), [getattr(s, "scene", s) for s in scenes]
     odd = next((s for s in scenes if not isinstance(s, Scene)), None)
     if odd is not None:
         raise ValueError(f"score compares with scenes, got {type(odd).__name__} {odd!r:.40}: pass "
