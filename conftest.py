@@ -7,6 +7,8 @@ showing the widget (no front end answers it, and widget messages can hang the ru
 jupyter/nbclient#312).
 """
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("SDCOURSE_HEADLESS", "1")
@@ -15,3 +17,16 @@ os.environ.setdefault("SDCOURSE_HEADLESS", "1")
 # gigabytes and differ. Set either variable to run the notebooks elsewhere.
 os.environ.setdefault("SDCOURSE_MODEL", "mini")
 os.environ.setdefault("SDCOURSE_DEVICE", "cpu")
+# The course's cache (mini model folders, downloads, DreamBooth runs) in a folder of this test
+# run's own, removed at its end: the tests neither depend on nor change ~/.cache/sdcourse, and
+# two runs at once do not share one.
+if "SDCOURSE_CACHE" not in os.environ:
+    _TEST_CACHE = os.environ["SDCOURSE_CACHE"] = tempfile.mkdtemp(prefix="sdcourse-tests-")
+else:
+    _TEST_CACHE = None
+
+
+def pytest_unconfigure(config):
+    if _TEST_CACHE:
+        shutil.rmtree(_TEST_CACHE, ignore_errors=True)
+
