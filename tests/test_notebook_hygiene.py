@@ -41,3 +41,34 @@ def test_every_notebook_opens_with_goals_and_needs():
     for path in NOTEBOOKS:
         first = "".join(json.loads(path.read_text())["cells"][0]["source"])
         assert "What you will learn" in first and "What you need" in first, path.name
+
+
+def test_the_notebooks_are_there_and_each_source_is_built():
+    """The tests above loop over NOTEBOOKS: an empty glob (a checkout without them) would pass."""
+    sources = sorted(p.stem for p in (ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py"))
+    assert len(NOTEBOOKS) >= 9
+    assert [p.stem for p in NOTEBOOKS] == sources
+
+
+def test_a_cell_that_skips_its_lesson_is_reported_as_skipped(tmp_path):
+    """nbval alone counts a cell printing "SKIPPED: needs a CUDA GPU" as passed; the project's
+    conftest turns it into a skip with that reason, and leaves other cells passed."""
+    import os
+    import subprocess
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print('a lesson that ran')"),
+        nbformat.v4.new_code_cell("print('SKIPPED: needs a CUDA GPU')"),
+        nbformat.v4.new_code_cell("print('no SKIPPED: at the start of a line, so it ran')"),
+    ])
+    nbformat.write(nb, tmp_path / "lesson.ipynb")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(tmp_path), "-p", "conftest",
+         "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", "-rs", "lesson.ipynb"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "SKIPPED [1] lesson.ipynb" in result.stdout and "needs a CUDA GPU" in result.stdout
