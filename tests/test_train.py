@@ -765,3 +765,72 @@ def test_the_training_time_glance_measures_the_shipped_model_as_the_evaluation_d
     assert glance["color_acc"] >= 0.8 and glance["background_acc"] >= 0.9
     assert glance["color_acc"] > glance["color_acc_g1"]
     assert pipe.text_encoder.training
+
+
+MINI = Path(__file__).resolve().parent.parent / "sdcourse" / "mini"
+
+
+@pytest.fixture(scope="module")
+def shipped_vae():
+    return AutoencoderKL.from_pretrained(MINI / "vae", torch_dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def test_the_shipped_scaling_factor_gives_latents_unit_variance(shipped_vae):
+    """What the factor is for: scaled latents of pictures it was not measured on have a
+    standard deviation near 1, the noise's, so the scheduler's noise levels mean what they say."""
+    x = world.images_to_tensor([s.image for s in world.dataset(128, seed=4242)])
+    z = shipped_vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+    std = float((z * shipped_vae.config.scaling_factor).std())
+    assert 0.9 < std < 1.1, std
+
+
+@torch.no_grad()
+def test_depth_training_condition_is_what_the_depth2img_pipeline_feeds_its_unet():
+    """The depth UNet learns from depth_condition(); at generation it gets the pipeline's
+    prepare_depth_map() of the same map. Called here on real depth maps, they must agree."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionDepth2ImgPipeline
+
+    from sdcourse.train.text2img import depth_condition
+
+    samples = world.dataset(4, seed=5)
+    depth = torch.from_numpy(__import__("numpy").stack([s.depth for s in samples])).float()
+    images = world.images_to_tensor([s.image for s in samples])
+    pipeline_side = StableDiffusionDepth2ImgPipeline.prepare_depth_map(
+        SimpleNamespace(vae_scale_factor=8), images, depth, 4, False, torch.float32, torch.device("cpu"))
+    ours = depth_condition(depth, 8)
+    assert ours.shape == pipeline_side.shape == (4, 1, 8, 8)
+    torch.testing.assert_close(ours, pipeline_side)
+
+
+@torch.no_grad()
+def test_inpaint_training_condition_is_what_the_inpaint_pipeline_feeds_its_unet(shipped_vae):
+    """The inpainting UNet's extra channels at training (mask, then the masked picture's
+    latents) against StableDiffusionInpaintPipeline.prepare_mask_latents() on the same
+    pictures and masks: the same mask, and latents that differ only by the VAE's sampling
+    noise (the pipeline samples the posterior; training takes its mean)."""
+    import random
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from sdcourse.train.text2img import encode_dataset, random_inpaint_mask
+
+    data, scenes = encode_dataset(shipped_vae, 4, seed=5, task="inpaint")
+    samples = world.dataset(4, seed=5)
+    rng = random.Random(5)
+    mask = torch.stack([random_inpaint_mask(s.scene, rng) for s in samples])[:, None]
+    image = world.images_to_tensor([s.image for s in samples])
+    pipe = SimpleNamespace(vae=shipped_vae, vae_scale_factor=8)
+    pipe._encode_vae_image = lambda im, generator: StableDiffusionInpaintPipeline._encode_vae_image(
+        pipe, im, generator)
+    mask_in, latents_in = StableDiffusionInpaintPipeline.prepare_mask_latents(
+        pipe, mask, image * (mask < 0.5), 4, 64, 64, torch.float32, torch.device("cpu"),
+        torch.Generator().manual_seed(0), False)
+    assert data["extra"].shape == (4, 5, 8, 8)
+    torch.testing.assert_close(data["extra"][:, :1], mask_in)
+    noise = shipped_vae.config.scaling_factor * shipped_vae.encode(image * (mask < 0.5)).latent_dist.std
+    z = (latents_in - data["extra"][:, 1:]) / noise  # the pipeline's draw, in posterior stds
+    assert float(z.abs().max()) < 5 and 0.8 < float(z.std()) < 1.2 and abs(float(z.mean())) < 0.2
