@@ -1684,3 +1684,20 @@ def test_the_mini_model_and_local_folders_ask_no_network(tmp_path, monkeypatch, 
                                 out=tmp_path / "run", base=given, prior_preservation=False)
     assert seen == [str(models.mini_model_path("text2img")), str(base)]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("checkpoint_at, refused", [(200, True), (400, False)])
+def test_a_run_killed_after_its_last_checkpoint_may_still_be_extended(tmp_path, checkpoint_at, refused):
+    """A run of 400 steps killed between its checkpoint at step 400 and writing its result
+    (validation, saving a pipeline: minutes on a real model) has finished its schedule: 600
+    steps go on from it, as from a run whose result was written. Part-way (step 200), the
+    schedule cannot change."""
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps({"step": checkpoint_at}))
+    record = {"steps": 400, "done_step": 0}
+    if refused:
+        with pytest.raises(db.DreamBoothError, match=r"stopped at step 200 of 400: steps \(--steps\) "
+                           r"was 400, now 600"):
+            db.check_same_schedule(tmp_path, record, 600)
+    else:
+        db.check_same_schedule(tmp_path, record, 600)

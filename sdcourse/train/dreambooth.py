@@ -359,7 +359,7 @@ def check_same_schedule(out: Path, record: dict, steps: int) -> None:
         return
     checkpoint = common.find_checkpoint(out)
     done = common.checkpoint_step(checkpoint) if checkpoint is not None else 0
-    if done > record.get("done_step", 0):
+    if record.get("done_step", 0) < done < planned:  # (at `planned`: finished, result unwritten)
         raise DreamBoothError(
             f"{out} holds a DreamBooth run stopped at step {done} of {planned}: steps "
             f"(--steps) was {planned}, now {steps} (the learning rate decays over all of a run's "
