@@ -804,8 +804,10 @@ def _train_mini(args, out: Path) -> int:
             extra = {"task": task, "init": args.init or MINI_DIR}
         text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer",
                        **extra, **kwargs, **stop)
-        if args.publish:
-            text2img.publish(out / "checkpoint", MINI_DIR, task=task)
+        if args.publish:  # (a kill between a checkpoint's renames leaves it as checkpoint.old)
+            from .train.common import find_checkpoint
+
+            text2img.publish(find_checkpoint(out), MINI_DIR, task=task)
             print(f"published the {task} UNet into {MINI_DIR}")
     _report_checkpoint(args.model, out)
     return 0
