@@ -750,6 +750,60 @@ def test_depth_estimator_killed_and_resumed_is_the_uninterrupted_run(tmp_path, m
     assert all(-1 <= float(row["depth_corr"]) <= 1 for row in measured)
 
 
+def test_a_logged_step_that_is_also_a_checkpoint_is_one_log_row(tmp_path, monkeypatch):
+    """The depth estimator logs its loss every LOG_EVERY steps and loss + correlation at each
+    checkpoint: where both fall on one step, one row (it wrote two before)."""
+    from sdcourse.train import depth_estimator
+
+    monkeypatch.setattr(depth_estimator, "LOG_EVERY", 1)
+    depth_estimator.train(tmp_path, steps=2, batch_size=2, save_every=2)
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["1", "2"]
+    assert "depth_corr=" not in rows[0] and "loss=" in rows[1] and "depth_corr=" in rows[1]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda out: vae.train(out, save_every=0), r"save_every must be a whole number of at least 1, got 0"),
+    (lambda out: vae.train(out, stop_at=0), r"stop_at must be .* at least 1, got 0"),
+    (lambda out: vae.train(out, steps=2.5), r"steps must be .* got 2.5"),
+    (lambda out: __import__("sdcourse.train.depth_estimator").train.depth_estimator.train(out, steps=0),
+     r"steps must be .* at least 1, got 0"),
+    (lambda out: __import__("sdcourse.train.text2img").train.text2img.train(
+        out, vae_path=out, tokenizer_path=out, save_every=0), r"save_every must be"),
+])
+def test_the_trainers_refuse_bad_counts_before_any_work(tmp_path, call, message):
+    """save_every=0 used to stop with a division by zero after the training set was encoded,
+    stop_at=0 meant "no stop" and steps=0 returned an untrained model."""
+    with pytest.raises(ValueError, match=message):
+        call(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stop_before_the_checkpoint_is_refused_not_passed_over(tmp_path, vae_steps, capsys):
+    """A run at step 2 asked to stop at 1 would train nothing and return (or --publish) the
+    model of step 2: refused in one line, in the API and on the command line (status 2)."""
+    from sdcourse.cli import main
+
+    args = dict(steps=4, batch_size=2, freeze_encoder_at=None, save_every=2, eval_every=100)
+    vae.train(tmp_path, stop_at=2, **args)
+    with pytest.raises(common.RunMismatchError, match=r"already at step 2, past --stop-at 1: .*another --out"):
+        vae.train(tmp_path, stop_at=1, **args)
+    vae.train(tmp_path, stop_at=2, **args)  # where it is: nothing to do, no error
+    assert main(["train", "vae", "--out", str(tmp_path), "--steps", "4", "--stop-at", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdcourse: error: ") and "past --stop-at 1" in err and "\n" not in err
+
+
+def test_a_checkpoint_folder_without_its_state_is_damaged_not_absent(tmp_path, vae_steps):
+    """A checkpoint/ with no state.json (a partial copy) was taken for no checkpoint: training
+    began again from step 0 and the whole log was dropped."""
+    (tmp_path / "checkpoint" / "vae").mkdir(parents=True)
+    (tmp_path / "log.csv").write_text("20,loss=0.1\n")
+    with pytest.raises(common.CheckpointError, match=r"checkpoint cannot be resumed from \(no state.json"):
+        vae.train(tmp_path, steps=2, batch_size=2, save_every=1)
+    assert (tmp_path / "log.csv").read_text() == "20,loss=0.1\n"
+
+
 def test_the_training_time_glance_measures_the_shipped_model_as_the_evaluation_does():
     """``quick_eval`` (logged during text2img training) scores prompt fidelity at guidance 7.5
     and 1.0: on the shipped model guidance must matter there too, and the text encoder goes

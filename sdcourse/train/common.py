@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..files import write_atomic
-from ..messages import first_line
+from ..messages import first_line, is_whole
 from ..models import unet_in_channels
 
 CHECKPOINT = "checkpoint"
@@ -90,6 +90,8 @@ def find_checkpoint(out: Path) -> Path | None:
         if (path / "state.json").exists():
             checkpoint_step(path)  # a damaged state.json fails here
             return path
+        if path.is_dir() and name == CHECKPOINT:  # save_checkpoint renames it in whole: never so
+            raise _damaged(path, "no state.json in it: a partial copy?")
     return None
 
 
@@ -255,13 +257,34 @@ def check_settings(checkpoint: Path, kind: str, settings: dict) -> None:
             "run, choose another --out")
 
 
-def resume_point(out: Path, kind: str, settings: dict) -> Path | None:
+def check_counts(**counts) -> None:
+    """One ValueError unless each count (``steps``, ``save_every``, ...) is a whole number of
+    at least 1, or None where that means "never" (``stop_at``, ``eval_every`` and the
+    ``freeze_..._at`` steps, which may also be 0): what a trainer checks first, so that
+    ``save_every=0`` stops at once, not with a division by zero after minutes of encoding,
+    and ``stop_at=0`` is not taken for "no stop"."""
+    for name, value in counts.items():
+        least = 0 if name.startswith("freeze") or name == "eval_every" else 1
+        if value is None and (least == 0 or name == "stop_at"):
+            continue
+        if not is_whole(value) or value < least:
+            raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
+
+
+def resume_point(out: Path, kind: str, settings: dict, stop_at: int | None = None) -> Path | None:
     """The checkpoint a ``kind`` run with these ``settings`` resumes from in ``out`` (None: it
     starts from scratch), after :func:`check_kind` and :func:`check_settings`: before any
-    model loads and before ``out`` is made."""
+    model loads and before ``out`` is made. A ``stop_at`` before the checkpoint's step is
+    refused: the run is past it, and going on would return (and publish) the later model."""
     check_kind(out, kind)
     checkpoint = find_checkpoint(out)
     if checkpoint is not None:
+        step = checkpoint_step(checkpoint)
+        if stop_at is not None and stop_at < step:
+            raise RunMismatchError(
+                f"{Path(out)} holds {_article(kind)} {kind} run already at step {step}, past "
+                f"--stop-at {stop_at}: a run cannot go back; for the model of step {stop_at}, "
+                "train it in another --out")
         check_settings(checkpoint, kind, settings)
     return checkpoint
 

@@ -27,6 +27,9 @@ DPT_CONFIG = dict(
 )
 
 
+LOG_EVERY = 25  # steps between the loss log's rows (and a row at each checkpoint)
+
+
 def image_processor() -> DPTImageProcessorPil:
     """DPT's preprocessing at 64x64 (the PIL backend: it needs no torchvision)."""
     return DPTImageProcessorPil(size={"height": world.SIZE, "width": world.SIZE},
@@ -60,6 +63,7 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
     ``steps``."""
     out = Path(out)
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    common.check_counts(steps=steps, batch_size=batch_size, save_every=save_every)
     ckpt = common.resume_point(out, "depth-estimator", settings)  # before out is made
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -87,13 +91,15 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
         optimizer.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.5f}")
         done = step + 1
-        if done % 25 == 0:
-            common.append_log(out, done, loss=loss.item())
-        if done % save_every == 0 or done == steps:
+        values = {"loss": loss.item()}
+        checkpoint = done % save_every == 0 or done == steps
+        if checkpoint:
             model.eval()
-            corr = depth_correlation(accelerator.unwrap_model(model), processor)
+            values["depth_corr"] = depth_correlation(accelerator.unwrap_model(model), processor)
             model.train()
-            common.append_log(out, done, loss=loss.item(), depth_corr=corr)
+        if done % LOG_EVERY == 0 or checkpoint:  # one row per step
+            common.append_log(out, done, **values)
+        if checkpoint:
             common.save_checkpoint(out, done, {"depth_estimator": accelerator.unwrap_model(model)},
                                    optimizer, common.run_record("depth-estimator", settings))
     return accelerator.unwrap_model(model).eval()

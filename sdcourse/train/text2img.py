@@ -226,7 +226,10 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, n_images=n_images,
                     caption_dropout=caption_dropout, caption_noise=caption_noise,
                     ema_decay=ema_decay, freeze_text_encoder_at=freeze_text_encoder_at)
-    ckpt = common.resume_point(out, task, settings)  # before out is made or anything loads
+    common.check_counts(steps=steps, batch_size=batch_size, n_images=n_images,
+                        freeze_text_encoder_at=freeze_text_encoder_at, save_every=save_every,
+                        eval_every=eval_every, stop_at=stop_at)
+    ckpt = common.resume_point(out, task, settings, stop_at)  # before out is made or anything loads
     if ckpt is None and extra and init is None:
         raise ValueError(f"training the {task} UNet needs init=<folder with the text2img unet>")
     state = common.checkpoint_state(ckpt) if ckpt is not None else {}
@@ -283,7 +286,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     unet.train()
     text_encoder.train()
-    end = min(steps, stop_at or steps)
+    end = min(steps, stop_at if stop_at is not None else steps)
     common.trim_log(out, start)
     bar = common.progress(range(start, end), initial=start, total=end, desc=task, mininterval=5)
     for step in bar:

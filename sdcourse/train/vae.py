@@ -101,7 +101,9 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     out = Path(out)
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                     freeze_encoder_at=freeze_encoder_at, kl_weight=kl_weight)
-    ckpt = common.resume_point(out, "vae", settings)  # before out is made or anything loads
+    common.check_counts(steps=steps, batch_size=batch_size, freeze_encoder_at=freeze_encoder_at,
+                        save_every=save_every, eval_every=eval_every, stop_at=stop_at)
+    ckpt = common.resume_point(out, "vae", settings, stop_at)  # before out is made or anything loads
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     accelerator = common.mini_accelerator()
@@ -126,7 +128,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
 
     vae, optimizer = accelerator.prepare(vae, optimizer)
     vae.train()
-    end = min(steps, stop_at or steps)
+    end = min(steps, stop_at if stop_at is not None else steps)
     common.trim_log(out, start)
     bar = common.progress(range(start, end), initial=start, total=end, desc="vae", mininterval=5)
     for step in bar:
@@ -155,7 +157,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
         bar.set_postfix(loss=f"{loss.item():.5f}")
         done = step + 1
         values = {"loss": loss.item()}
-        if done % eval_every == 0 or done == end:
+        if (eval_every and done % eval_every == 0) or done == end:
             vae.eval()
             values["psnr"] = evaluate_psnr(accelerator.unwrap_model(vae))
             vae.train()
