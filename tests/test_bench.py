@@ -157,9 +157,15 @@ def test_table_and_markdown_render_skipped_and_measured_rows():
 # --------------------------------------------------------------------------- the whole run
 
 
-def _fake_run(monkeypatch, to_image_s=3.5, seconds_per_image=0.8, real_step=2.0):
-    """bench.run with the measurements replaced by known numbers (mini UNet step 10 ms)."""
+def _fake_run(monkeypatch, to_image_s=3.5, seconds_per_image=0.8, real_step=2.0, elapsed_s=100.0):
+    """bench.run with the measurements replaced by known numbers (mini UNet step 10 ms), and
+    its clock by one on which the whole run takes ``elapsed_s``."""
+    import itertools
+
     from sdcourse.train.text2img import UNET_CONFIG
+
+    clock = itertools.chain([1000.0], itertools.repeat(1000.0 + elapsed_s))
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
 
     mini = {"first_image": {"to_image_s": to_image_s, "total_s": 5.0, "import_s": 1.6,
                             "load_s": 1.4, "generate_s": 0.4,
@@ -189,7 +195,34 @@ def test_summary_and_targets_of_a_full_run(monkeypatch):
     assert "real 512 px / mini UNet step: 200x" in bench.format_summary(report)
     assert "3.50 s (start, import and load 3.10 s, 25 steps 0.40 s)" in bench.format_summary(report)
     assert bench.format_summary(report).count(" -> PASS") == 4
-    assert report.targets[-1]["name"] == "the whole benchmark"  # (seconds here: all faked)
+    assert report.targets[-1] == dict(name="the whole benchmark", target="<= 10 min",
+                                      value="100 s", ok=True)
+
+
+@pytest.mark.parametrize("elapsed_s, ok", [(600.0, True), (601.0, False)])
+def test_the_whole_benchmark_passes_within_ten_minutes(monkeypatch, elapsed_s, ok):
+    report = _fake_run(monkeypatch, elapsed_s=elapsed_s)
+    assert report.targets[-1]["ok"] is ok and report.targets[-1]["value"] == f"{elapsed_s:.0f} s"
+    assert bench.format_summary(report).splitlines()[-1].endswith("-> PASS" if ok else "-> FAIL")
+
+
+def test_out_of_memory_is_a_row_and_any_other_error_propagates():
+    """On a GPU a setting that does not fit is a result ("out of memory"), not the end of the
+    run; any other failure is a bug to see."""
+    def raising(error):
+        def factory():
+            raise error
+        return factory
+
+    report = bench.Report(machine={}, quick=False)
+    row = bench.measure(report, "SD 2.1 UNet", "fp32", "512 px",
+                        raising(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")),
+                        "cpu", weights=0, reps=1)
+    assert (row.seconds, row.note) == (None, "out of memory") and report.rows == [row]
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bench.measure(report, "SD 2.1 UNet", "fp32", "512 px", raising(RuntimeError("shape mismatch")),
+                      "cpu", weights=0, reps=1)
+    assert report.rows == [row]
 
 
 def test_missed_targets_fail_and_an_unmeasured_one_is_na(monkeypatch):
