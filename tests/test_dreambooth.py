@@ -1701,3 +1701,18 @@ def test_a_run_killed_after_its_last_checkpoint_may_still_be_extended(tmp_path, 
             db.check_same_schedule(tmp_path, record, 600)
     else:
         db.check_same_schedule(tmp_path, record, 600)
+
+
+def test_pictures_of_another_size_are_centre_cropped_and_resized():
+    """What every real base at 512 px relies on (the mini tests' pictures are all 64 px): a
+    100x60 picture in three vertical bands keeps the middle 60x60 square, resized to 64x64."""
+    bands = np.zeros((60, 100, 3), np.uint8)
+    bands[:, :20] = (255, 0, 0)     # cropped away on the left
+    bands[:, 20:80] = (0, 255, 0)   # the centre square
+    bands[:, 80:] = (0, 0, 255)     # cropped away on the right
+    out = db.to_resolution(Image.fromarray(bands), 64)
+    assert out.size == (64, 64)
+    pixels = np.asarray(out).reshape(-1, 3)
+    assert (np.abs(pixels.astype(int) - (0, 255, 0)) <= 2).all()
+    already = Image.fromarray(bands[:, :64].repeat(2, axis=0)[:64])
+    assert db.to_resolution(already, 64) is already  # the right size: left as it is

@@ -656,3 +656,22 @@ def test_float16_on_the_cpu_is_refused_before_loading(monkeypatch, fake_pipeline
     assert fake_pipeline.loaded == []
     models.load_pipeline("inpaint", model="mini", device="cpu", dtype="bf16", verbose=False)
     assert fake_pipeline.loaded[-1][1]["dtype"] == torch.bfloat16
+
+
+def test_in_local_cache_reads_the_hugging_face_cache(tmp_path, monkeypatch):
+    """What the automatic choice and offline loading rest on (the other tests replace it): a
+    checkpoint counts as cached when its model_index.json is in the Hub cache's snapshot of
+    main; a repository cached without it, or not at all, does not."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    for repo, files in (("a/b", ["model_index.json", "unet/config.json"]), ("a/c", ["unet/config.json"])):
+        folder = tmp_path / f"models--{repo.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text("0123abc")
+        for name in files:
+            (folder / "snapshots" / "0123abc" / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / "snapshots" / "0123abc" / name).write_text("{}")
+    assert models.in_local_cache("a/b") is True
+    assert models.in_local_cache("a/c") is False
+    assert models.in_local_cache("a/d") is False
