@@ -888,3 +888,35 @@ def test_inpaint_training_condition_is_what_the_inpaint_pipeline_feeds_its_unet(
     noise = shipped_vae.config.scaling_factor * shipped_vae.encode(image * (mask < 0.5)).latent_dist.std
     z = (latents_in - data["extra"][:, 1:]) / noise  # the pipeline's draw, in posterior stds
     assert float(z.abs().max()) < 5 and 0.8 < float(z.std()) < 1.2 and abs(float(z.mean())) < 0.2
+
+
+def test_a_new_accelerator_with_other_settings_replaces_the_processs_one():
+    """accelerate keeps one state per process: a mini trainer (CPU, no mixed precision) and
+    then DreamBooth (fp16 on a GPU) in one notebook stopped with "restart your runtime".
+    On a CPU the same happens with bf16; the second accelerator now gets its own settings."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        assert common.mini_accelerator().mixed_precision == "no"
+        assert common.new_accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+        assert common.mini_accelerator().mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_the_fp16_loss_scale_goes_through_the_checkpoint(tmp_path):
+    """A run resumed on a GPU in fp16 goes on at the loss scale it had reached, not 2**16
+    again (whose overflowing first steps would be skipped while the step count went on)."""
+    from types import SimpleNamespace
+
+    trained = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trained._growth_tracker = torch.tensor(37)  # (what steps without overflow count up)
+    model, optimizer = torch.nn.Linear(2, 2), None
+    optimizer = torch.optim.AdamW(model.parameters())
+    common.save_checkpoint(tmp_path, 5, {}, optimizer,
+                           {"kind": "dreambooth", **common.scaler_state(SimpleNamespace(scaler=trained))})
+    resumed = torch.amp.GradScaler("cpu")  # a fresh one: 65536
+    common.restore_scaler(SimpleNamespace(scaler=resumed), common.find_checkpoint(tmp_path))
+    assert resumed.get_scale() == 1024.0 and resumed.state_dict()["_growth_tracker"] == 37
+    assert common.scaler_state(SimpleNamespace(scaler=None)) == {}  # no fp16: nothing kept
+    common.restore_scaler(SimpleNamespace(scaler=None), common.find_checkpoint(tmp_path))

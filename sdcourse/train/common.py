@@ -39,15 +39,55 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def new_accelerator(**settings):
+    """An accelerate ``Accelerator(**settings)``, also where this process made one with other
+    settings before.
+
+    Why: accelerate keeps one state per process, and a second Accelerator with another device
+    or mixed precision stops with "AcceleratorState has already been initialized ... restart
+    your runtime" (a notebook that ran a mini trainer on the CPU, then DreamBooth on the GPU
+    in fp16). In a single process that state only records the last choice, and it is reset
+    (what accelerate's own tests do); under ``accelerate launch`` on several processes the
+    launch decides the settings, and the error stands."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    try:
+        return Accelerator(**settings)
+    except ValueError as error:
+        if "already been initialized" not in str(error) or PartialState().num_processes > 1:
+            raise
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(**settings)
+
+
 def mini_accelerator():
     """The accelerate ``Accelerator`` the mini model's trainers run under: on the CPU, even
     where PyTorch sees a GPU. The models are small (a GPU would gain little at these sizes),
     the shipped weights were trained on the CPU, and there the same seed gives the same
     weights; the loops also keep their batches on the CPU. (DreamBooth, which trains real
     checkpoints too, picks the GPU itself.)"""
-    from accelerate import Accelerator
+    return new_accelerator(cpu=True, mixed_precision="no")  # (None: whatever the process had)
 
-    return Accelerator(cpu=True)
+
+def scaler_state(accelerator) -> dict:
+    """``{"scaler": ...}``, the state of the accelerator's fp16 loss scaler (plain numbers),
+    for a checkpoint's ``state.json``; ``{}`` without one (no fp16 mixed precision).
+
+    Why: resumed without it, the scaler starts again at 2**16; the first steps' gradients
+    then overflow and their optimizer steps are skipped while the step count goes on, so a
+    run stopped and resumed would be neither run."""
+    scaler = getattr(accelerator, "scaler", None)
+    return {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
+
+
+def restore_scaler(accelerator, checkpoint: Path) -> None:
+    """Give the accelerator's loss scaler the state :func:`scaler_state` saved in
+    ``checkpoint`` (nothing to do without a scaler, or a checkpoint that has none)."""
+    scaler = getattr(accelerator, "scaler", None)
+    state = checkpoint_state(checkpoint).get("scaler")
+    if scaler is not None and scaler.is_enabled() and isinstance(state, dict):
+        scaler.load_state_dict(state)
 
 
 def save_checkpoint(out: Path, step: int, models: dict, optimizer, extra: dict | None = None) -> Path:

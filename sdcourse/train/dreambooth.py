@@ -1103,13 +1103,11 @@ def _release_models() -> None:
 def _train(out: Path, record: dict, files: str, images, s: Settings, tokenizer, steps: int,
            save_every: int, validate_every: int, validation_prompts: list[str], class_dir: Path,
            drawer: str, cpu: bool = False) -> Path:
-    from accelerate import Accelerator
-
     from .text2img import tokenize
 
     started, cpu_started = time.perf_counter(), time.process_time()
     cuda = torch.cuda.is_available() and not cpu
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
+    accelerator = common.new_accelerator(cpu=not cuda, mixed_precision="fp16" if cuda else "no")
     torch.manual_seed(s.seed)
     frozen = frozen_dtype(accelerator.device)
     try:  # damaged weights (a cut download): one line, and no run folder claimed by this base
@@ -1187,6 +1185,8 @@ def _train(out: Path, record: dict, files: str, images, s: Settings, tokenizer, 
     else:  # a frozen model must not be wrapped for distributed training
         unet, optimizer = accelerator.prepare(unet, optimizer)
         text_encoder.to(accelerator.device)
+    if ckpt is not None:  # (fp16 on a GPU: the loss scale the run had reached)
+        common.restore_scaler(accelerator, ckpt)
     unet.train()
     text_encoder.train(s.train_text_encoder)
     n_inst, n_cls = len(images), len(class_images)
@@ -1245,7 +1245,8 @@ def _train(out: Path, record: dict, files: str, images, s: Settings, tokenizer, 
                 models = {"unet": TrainedWeights(accelerator.unwrap_model(unet))}
                 if s.train_text_encoder:
                     models["text_encoder"] = TrainedWeights(accelerator.unwrap_model(text_encoder))
-                common.save_checkpoint(out, done, models, optimizer, {"kind": "dreambooth"})
+                common.save_checkpoint(out, done, models, optimizer,
+                                       {"kind": "dreambooth", **common.scaler_state(accelerator)})
         accelerator.wait_for_everyone()
     bar.close()
 
