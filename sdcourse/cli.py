@@ -767,6 +767,11 @@ def check_init(init: Path) -> None:
 
 def _train_mini(args, out: Path) -> int:
     """`sdcourse train vae|text2img|inpaint|depth|depth-estimator`, options checked."""
+    from .train import common
+
+    # another trainer's --out, a damaged checkpoint or a --stop-at it is past: refused before
+    # torch and the libraries load (seconds); the trainer compares the settings it records
+    common.resume_point(out, args.model, {}, args.stop_at)
     from .models import MINI_DIR, quiet_loaders
 
     quiet_loaders()  # the trainer's own bar and lines say how far it is

@@ -1,4 +1,5 @@
 """The ``sdcourse`` command: run (with real kernels on tiny notebooks), doctor, models path."""
+import json
 import subprocess
 import sys
 import types
@@ -1139,12 +1140,18 @@ def trainers(monkeypatch, tmp_path):
     def fake(name, result=None):
         return lambda *args, **kwargs: calls.append((name, args, kwargs)) or result
 
+    def unet_train(out, **kwargs):  # recorded; leaves the checkpoint that publishing reads
+        calls.append(("text2img.train", (out,), kwargs))
+        (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoint" / "state.json").write_text(json.dumps(
+            {"step": kwargs.get("stop_at") or kwargs.get("steps", 1), "kind": kwargs.get("task", "text2img")}))
+
     for module, name, result in [(vae, "train", "trained vae"), (vae, "publish", 0.18215),
                                  (depth_estimator, "train", "trained estimator"),
-                                 (depth_estimator, "publish", None), (text2img, "train", None),
-                                 (text2img, "publish", None)]:
+                                 (depth_estimator, "publish", None), (text2img, "publish", None)]:
         short = module.__name__.rsplit(".", 1)[1]  # vae, text2img, depth_estimator
         monkeypatch.setattr(module, name, fake(f"{short}.{name}", result))
+    monkeypatch.setattr(text2img, "train", unet_train)
     return types.SimpleNamespace(calls=calls, mini=mini)
 
 

@@ -15,8 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from ..files import write_atomic
 from ..messages import first_line, is_whole
 from ..models import unet_in_channels
@@ -360,6 +358,8 @@ def save_optimizer(optimizer, path: Path) -> None:
     """An optimizer's ``state_dict`` through :func:`save_tensors`: each parameter's state
     tensors (Adam's moments and step) under ``<parameter index>.<name>``, the parameter groups
     (rates, betas, weight decay: plain numbers) in the metadata."""
+    import torch  # (here: the command line checks a run folder with this module before torch loads)
+
     state = optimizer.state_dict()
     tensors = {}
     for index, values in state["state"].items():
