@@ -904,6 +904,8 @@ def test_a_seed_outside_what_generators_take_is_a_usage_error(argv, seed, capsys
     (["train", "vae", "--prior-loss-weight", "2"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--prior-loss-weight", "0"], "--prior-loss-weight: only for `sdcourse train dreambooth`"),
     (["train", "depth", "--lr", "0"], "--lr: only for `sdcourse train dreambooth`"),
+    (["train", "vae", "--class-dir", "classes"], "--class-dir: only for `sdcourse train dreambooth`"),
+    (["train", "vae", "--gradient-checkpointing"], "--gradient-checkpointing: only for `sdcourse train dreambooth`"),
     (["train", "vae", "--steps", "100", "--stop-at", "500"], "--stop-at 500: beyond --steps 100"),
 ])
 def test_train_rejects_bad_options_before_work(argv, message, capsys, tmp_path, no_training):
@@ -1295,7 +1297,7 @@ def test_train_inpaint_and_depth_start_from_the_mini_model_or_init(task, trainer
 
 
 @pytest.mark.parametrize("options, expected", [
-    ([], {"lora": True, "train_text_encoder": False, "seed": 0}),
+    ([], {"lora": True, "train_text_encoder": False, "seed": 0, "gradient_checkpointing": False}),
     (["--full", "--train-text-encoder", "--seed", "9"],
      {"lora": False, "train_text_encoder": True, "seed": 9}),
 ])

@@ -1385,32 +1385,6 @@ def test_cli_messages_name_the_options_typed(tmp_path, monkeypatch, capsys, inst
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_passes_the_class_dir_on(tmp_path, monkeypatch):
-    from sdcourse.cli import main
-
-    seen = {}
-    monkeypatch.setattr(db, "train_dreambooth", lambda *a, **kw: seen.update(kw) or tmp_path)
-    assert main(["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
-                 "a sks circle", "--class-prompt", "a circle", "--class-dir",
-                 str(tmp_path / "class"), "--out", str(tmp_path / "run")]) == 0
-    assert seen["class_dir"] == tmp_path / "class"
-    assert seen["gradient_checkpointing"] is False
-    assert main(["train", "vae", "--class-dir", str(tmp_path)]) == 2
-
-
-def test_cli_passes_gradient_checkpointing_on(tmp_path, monkeypatch, capsys):
-    from sdcourse.cli import main
-
-    seen = {}
-    monkeypatch.setattr(db, "train_dreambooth", lambda *a, **kw: seen.update(kw) or tmp_path)
-    assert main(["train", "dreambooth", "--instance-dir", str(tmp_path), "--instance-prompt",
-                 "a sks circle", "--class-prompt", "a circle", "--gradient-checkpointing",
-                 "--out", str(tmp_path / "run")]) == 0
-    assert seen["gradient_checkpointing"] is True
-    assert main(["train", "vae", "--gradient-checkpointing"]) == 2
-    assert "--gradient-checkpointing: only for `sdcourse train dreambooth`" in capsys.readouterr().err
-
-
 def test_evaluation_trains_with_the_given_seed_and_keeps_runs_apart(tmp_path, monkeypatch):
     """`evaluate dreambooth --train-seed N`: both training runs get seed N, in folders of their
     own (a run of another seed is never reused), and the result says which seed it measured.
