@@ -99,7 +99,8 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
         data["mean"].append(dist.mean)
         data["std"].append(dist.std)
         size = dist.mean.shape[-1]
-        if task == "inpaint":  # as StableDiffusionInpaintPipeline prepares its inputs
+        if task == "inpaint":  # as StableDiffusionInpaintPipeline prepares its inputs (it samples
+            # the masked picture's posterior where this takes its mean: they differ by the VAE's noise)
             mask = torch.stack([random_inpaint_mask(s.scene, rng) for s in chunk])[:, None]
             masked_latents = vae.encode(x * (mask < 0.5)).latent_dist.mean * scale
             data["extra"].append(torch.cat([F.interpolate(mask, size=(size, size)), masked_latents], 1))
