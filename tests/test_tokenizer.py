@@ -86,7 +86,19 @@ def test_the_builder_says_in_one_line_what_is_wrong_with_its_input(tmp_path, cap
     err = capsys.readouterr().err
     assert "is not a gzipped UTF-8 merges file (BadGzipFile)" in err and err.count("\n") == 1
     assert builder.main([str(out)]) == 2 and capsys.readouterr().err.startswith("usage: ")
+    import gzip
+
+    with gzip.open(tmp_path / "other.txt.gz", "wt") as f:  # gzipped text, not CLIP's merges
+        f.write("#version: 0.2\ni n\nt h\n")
+    assert builder.main([str(tmp_path / "other.txt.gz"), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'other.txt.gz'}: 2 merges where CLIP's file has 48894 pairs" in err
+    assert err.count("\n") == 1
     assert not out.exists() and not (tmp_path / "tokenizer.tmp").exists()
+    (tmp_path / "a file").write_text("")
+    assert builder.main([str(clip_merges_gz(tmp_path)), str(tmp_path / "a file" / "tok")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tokenizer: error: {tmp_path / 'a file' / 'tok'}: ") and err.count("\n") == 1
 
 
 def test_the_shipped_text_encoder_reads_an_as_a():

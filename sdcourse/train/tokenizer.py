@@ -41,8 +41,12 @@ def bytes_to_unicode() -> dict[int, str]:
 def vocab_and_merges(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     """CLIP's token -> id table and its merges, from the gzipped merges file."""
     with gzip.open(bpe_gz, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
+        lines = f.read().rstrip("\n").split("\n")
     merges = lines[1:N_MERGES + 1]  # line 0 is a version header
+    bad = next((m for m in merges if len(m.split()) != 2), None)
+    if len(merges) < N_MERGES or bad is not None:
+        found = f"a line {bad[:40]!r} that is no pair" if bad is not None else f"{len(merges)} merges"
+        raise ValueError(f"{found} where CLIP's file has {N_MERGES} pairs after its header")
     symbols = list(bytes_to_unicode().values())
     symbols += [s + "</w>" for s in symbols]
     symbols += ["".join(m.split()) for m in merges]
@@ -79,11 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenizer: error: no file {bpe_gz}: give CLIP's bpe_simple_vocab_16e6.txt.gz "
               "(open_clip/ inside the open-clip-torch wheel)", file=sys.stderr)
         return 1
+    from ..files import unwritable
+
+    problem = unwritable(out)
+    if problem:
+        print(f"tokenizer: error: {out}: {problem}: give a folder you can write to", file=sys.stderr)
+        return 1
     try:
         tok = build_tokenizer(bpe_gz, out)
     except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as error:
         print(f"tokenizer: error: {bpe_gz} is not a gzipped UTF-8 merges file "
               f"({type(error).__name__}): give CLIP's bpe_simple_vocab_16e6.txt.gz", file=sys.stderr)
+        return 1
+    except ValueError as error:  # gzipped text, but not CLIP's merges
+        print(f"tokenizer: error: {bpe_gz}: {error}: give CLIP's bpe_simple_vocab_16e6.txt.gz",
+              file=sys.stderr)
         return 1
     print(f"wrote {out} ({len(tok)} tokens)")
     return 0
