@@ -47,7 +47,7 @@ def self_check(check: Callable[[], str], exercise: str) -> bool:
               f"then run this cell again")
         return False
     except CheckSkipped as reason:
-        print(f"– {exercise} not checked: {reason}")
+        print(f"SKIPPED: {exercise} not checked: {reason}")  # (pytest reports the cell as skipped)
         return False
     if message is False:
         raise AssertionError(f"{exercise}: the check returned False (not passed): look again at "

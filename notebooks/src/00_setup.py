@@ -190,7 +190,7 @@ def check_exercise_1() -> str:
 if on_mini:
     sdc.self_check(check_exercise_1, "exercise 1")
 else:
-    print("Self-check skipped: it reads the mini model's world (you are on a real model).")
+    print("SKIPPED: the self-check reads the mini model's world (you are on a real model).")
 
 # %% [markdown]
 # **A solution** (try it yourself first):

@@ -233,7 +233,7 @@ if on_mini:
         print(f"{repr(negative) if negative else '(none)':<38} {sum(r.color == favourite for r in read):>11}/12 "
               f"{sum(r.background == 'blue' for r in read):>14}/12 {sum(r.color is None for r in read):>10}")
 else:
-    print("Skipped: the pixel reader knows the mini model's world only (judge the grid by eye).")
+    print("SKIPPED: the pixel reader knows the mini model's world only (judge the grid by eye).")
 
 # %% [markdown]
 # Read the table with the grid. The lone word is a prompt unlike any caption the mini model
@@ -323,14 +323,14 @@ if on_mini:  # the pixel reader's scores exist on the mini model only
     print("guidance 7.5 follows the colour far more often than guidance 1:", gain >= 0.2)
     print("guidance 30 draws worse shapes than guidance 7.5:", curve[30.0]["shape_acc"] < curve[7.5]["shape_acc"])
 else:
-    print("Skipped: the pixel reader's scores exist on the mini model only.")
+    print("SKIPPED: the pixel reader's scores exist on the mini model only.")
 
 # %%
 if on_mini:
     print(f"colour accuracy {curve[1.0]['color_acc']:.2f} at guidance 1, {curve[7.5]['color_acc']:.2f} at 7.5")
     print("shape accuracy by guidance:", {g: round(curve[g]["shape_acc"], 2) for g in scales})
 else:
-    print("Skipped: the pixel reader's scores exist on the mini model only.")
+    print("SKIPPED: the pixel reader's scores exist on the mini model only.")
 
 # %% [markdown]
 # ## Exercises
@@ -486,5 +486,5 @@ if on_mini:  # the backgrounds are read by the mini world's pixel reader
     backgrounds_at_3 = [read_image(im).background for im in gentle]
     assert sdc.self_check(check_exercise_3, "exercise 3")
 else:
-    print("Skipped: the solution reads backgrounds with the mini world's pixel reader; on a "
+    print("SKIPPED: the solution reads backgrounds with the mini world's pixel reader; on a "
           "real model, count the blue backgrounds of your 12 pictures by eye.")

@@ -123,7 +123,7 @@ if on_mini:  # the pixel reader knows the mini world only
                          for k, r in enumerate(readings_at_1)])
     print(f"strength 1.0 against an unrelated input's mask: layout IoU {unrelated:.2f}")
 else:
-    print("Skipped: the pixel reader knows the mini model's world only (judge the sweep above by eye).")
+    print("SKIPPED: the pixel reader knows the mini model's world only (judge the sweep above by eye).")
 
 # %%
 import matplotlib.pyplot as plt
@@ -136,7 +136,7 @@ if curve:
     ax.set(xlabel="strength", ylim=(0, 1.05), title="img2img: the strength trade-off")
     ax.legend();
 else:
-    print("Skipped: no curve without the pixel reader (mini model only).")
+    print("SKIPPED: no curve without the pixel reader (mini model only).")
 
 # %% [markdown]
 # The trade-off in numbers (the mini model's): at low strength the output keeps the input's layout and, mostly,
@@ -155,7 +155,7 @@ if curve:
     print("lower strength keeps the layout more:", curve[0.2][0] > curve[1.0][0])
     print("higher strength follows the prompt more:", curve[1.0][1] > curve[0.2][1])
 else:
-    print("Skipped: no curve without the pixel reader (mini model only).")
+    print("SKIPPED: no curve without the pixel reader (mini model only).")
 
 # %% [markdown]
 # ### Where the layout goes at low strength
@@ -192,7 +192,7 @@ if on_mini:
     for name, value in controls.items():
         print(f"{name:30s} layout IoU {value:.2f}")
 else:
-    print("Skipped: the pixel reader knows the mini model's world only.")
+    print("SKIPPED: the pixel reader knows the mini model's world only.")
 
 # %% [markdown]
 # The reader is nearly exact (0.98). The VAE alone keeps 0.92: outlines blur a little on
@@ -219,7 +219,7 @@ if on_mini:
     print("guidance 7.5 bends the outline more than none:",
           controls["0.2, own colour, guidance 1"] > controls["0.2, own colour, guidance 7.5"])
 else:
-    print("Skipped: the pixel reader knows the mini model's world only.")
+    print("SKIPPED: the pixel reader knows the mini model's world only.")
 
 # %% [markdown]
 # ## 4. Style transfer and super-resolution

@@ -243,7 +243,7 @@ if on_mini:
     print("the inpainting UNet puts the requested object in the mask in at least 70% of them:", hit_unet >= 0.7)
     print("and keeps the outside above 25 dB:", psnr_unet > 25)
 else:
-    print("Skipped: the pixel reader knows the mini model's world only.")
+    print("SKIPPED: the pixel reader knows the mini model's world only.")
 
 # %% [markdown]
 # ## Exercises

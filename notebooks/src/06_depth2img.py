@@ -68,7 +68,7 @@ if on_mini:
     est = depth[0].float().cpu().numpy().ravel()
     print(f"correlation with the true depth: {np.corrcoef(est, truth.depth.ravel())[0, 1]:.2f}")
 else:
-    print("Skipped: the true depth exists for the mini model's world only (judge the map by eye).")
+    print("SKIPPED: the true depth exists for the mini model's world only (judge the map by eye).")
 
 # %% [markdown]
 # ## 2. The depth-conditioned UNet
@@ -163,7 +163,7 @@ if on_mini:
     print("and takes the prompt's object and background colours at least 80% of the time:",
           min(scores["depth2img"][1:]) >= 0.8)
 else:
-    print("Skipped: the pixel reader knows the mini model's world only.")
+    print("SKIPPED: the pixel reader knows the mini model's world only.")
 
 # %% [markdown]
 # ## Exercises

@@ -67,7 +67,7 @@ before = base([unseen] * 8, num_inference_steps=25, generator=sdc.make_generator
 if on_mini:  # the detector reads the mini world's pixels
     print(f"'{unseen}': subject found in {sum(map(subject.detect_subject, before))}/8 pictures")
 else:
-    print("Skipped: the subject's detector reads the mini world's pixels (judge the row by eye).")
+    print("SKIPPED: the subject's detector reads the mini world's pixels (judge the row by eye).")
 sdc.image_grid(before, rows=1, size=thumb)
 
 # %% [markdown]
@@ -245,7 +245,7 @@ if on_mini:
     for name, s in scores.items():
         print(f"{name:>13}: subject_fidelity {s['subject_fidelity']:.2f}   prior_kept {s['prior_kept']:.2f}")
 else:
-    print("Skipped: these measures read the mini model's world (you are on a real model).")
+    print("SKIPPED: these measures read the mini model's world (you are on a real model).")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -254,7 +254,7 @@ if on_mini:
     print("prior preservation keeps the class better, by at least 0.1 (5 of 50 pictures):",
           scores["with prior"]["prior_kept"] - scores["without prior"]["prior_kept"] >= 0.1)
 else:
-    print("Skipped: these measures read the mini model's world (you are on a real model).")
+    print("SKIPPED: these measures read the mini model's world (you are on a real model).")
 
 # %% [markdown]
 # The run without the prior is short (150 steps), and already most of the class has drifted
