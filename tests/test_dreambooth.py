@@ -847,7 +847,8 @@ def test_the_mini_pipeline_draws_as_the_mini_base(base):
 def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, monkeypatch):
     """Two runs drawing into the same ``class_dir`` at once (two notebooks, or an evaluation
     beside a notebook) each write into a temporary folder of their own process: this one
-    neither deletes the other's nor leaves its own behind."""
+    neither deletes the other's nor leaves its own behind; the folder of a process that was
+    killed while writing (and is gone) is removed."""
     import os
 
     from diffusers import StableDiffusionPipeline
@@ -862,14 +863,16 @@ def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, mo
     pipe = StableDiffusionPipeline.from_pretrained(base)
     pipe.set_progress_bar_config(disable=True)
     folder = tmp_path / "class_images"
-    other = tmp_path / "class_images.tmp999999"  # another process, half-way through
+    other = tmp_path / f"class_images.tmp{os.getppid()}"  # a running process, half-way through
     other.mkdir()
     (other / "0000.png").write_bytes(b"being written")
+    killed = tmp_path / "class_images.tmp999999999"  # a process killed half-way: no clean-up ran
+    killed.mkdir()
     images = db.generate_class_images(pipe, ["a red circle", "a blue circle"], folder, seed=0,
                                       steps=2)
     assert len(images) == 2 and sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "0001.png"]
     assert (other / "0000.png").read_bytes() == b"being written"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_images", "class_images.tmp999999"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_images", other.name]  # killed's gone
     assert {p.parent.name for p in written} == {f"class_images.tmp{os.getpid()}"}
 
 

@@ -71,3 +71,26 @@ def test_cache_root_follows_sdcourse_cache(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SDCOURSE_CACHE", "relative")  # the same folder from any working folder
     assert files.cache_root() == tmp_path / "relative"
+
+
+def test_leftovers_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A writer killed mid-write (no clean-up runs) leaves ``.<name>.<pid>.tmp<suffix>`` that
+    the next run, with another pid, would never look for. The next atomic write removes those
+    of processes that are gone; its own and a running process's stay."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    names = {pid: tmp_path / f".result.{pid}.tmp.json" for pid in (gone, os.getppid(), "x1")}
+    for name in names.values():
+        name.write_text("half")
+    (tmp_path / f"class_images.tmp{gone}").mkdir()
+    (tmp_path / f"class_images.tmp{gone}" / "0000.png").write_text("half")
+    files.write_atomic(tmp_path / "result.json", "{}")
+    assert (tmp_path / "result.json").read_text() == "{}"
+    assert not names[gone].exists()
+    assert names[os.getppid()].exists() and names["x1"].exists()  # running; not a pid
+    files.remove_stale(tmp_path, "class_images.tmp")
+    assert not (tmp_path / f"class_images.tmp{gone}").exists()

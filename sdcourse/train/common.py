@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..files import write_atomic
+from ..files import remove_stale, write_atomic
 from ..messages import first_line, is_whole
 from ..models import unet_in_channels
 
@@ -465,7 +465,10 @@ def replace_dir(new: Path, target: Path, old: Path | None = None) -> None:
     meanwhile).
     """
     new, target = Path(new), Path(target)
-    old = Path(old) if old is not None else target.with_name(f"{target.name}.old{os.getpid()}")
+    if old is None:
+        remove_stale(target.parent, f"{target.name}.old")  # (a process killed mid-swap)
+        old = target.with_name(f"{target.name}.old{os.getpid()}")
+    old = Path(old)
     had_old = os.path.lexists(target)
     if had_old:
         shutil.rmtree(old, ignore_errors=True)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..files import atomic_path, unwritable, write_atomic
+from ..files import atomic_path, remove_stale, unwritable, write_atomic
 from ..messages import first_line, is_number, is_whole
 from . import common
 
@@ -701,6 +701,7 @@ def generate_class_images(pipe, prompts: list[str], folder: Path, seed: int,
         generator = torch.Generator().manual_seed(seed + i)
         images += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance,
                        generator=generator).images
+    remove_stale(folder.parent, f"{folder.name}.tmp")  # (a run killed while saving its pictures)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # interrupted (Ctrl-C, a full disk) it leaves nothing: its name is this process's
