@@ -261,12 +261,24 @@ def test_a_busy_machine_is_recorded_and_said_in_the_summary(monkeypatch):
     assert report.machine["busy"] is False and "busy" not in bench.format_summary(report)
 
 
-def test_the_run_records_the_commit_it_measured():
-    """Results outlive the code: each records the git commit (None outside a checkout)."""
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True)
-    expected = done.stdout.strip() if done.returncode == 0 else None
-    assert bench.machine_info("cpu")["commit"] == expected
+def test_the_run_records_the_commit_it_measured(tmp_path, monkeypatch):
+    """Results outlive the code: each records the git commit of the course it measured (the
+    checkout its module lies in), None outside a checkout (an installed wheel)."""
+    repo = tmp_path / "checkout"
+    (repo / "sdcourse").mkdir(parents=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "sdcourse" / "bench.py").write_text("")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "a commit"], check=True)
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.setattr(bench, "__file__", str(repo / "sdcourse" / "bench.py"))
+    assert bench.machine_info("cpu")["commit"] == head
+    (tmp_path / "installed" / "sdcourse").mkdir(parents=True)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # (a temp folder inside a checkout)
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "installed" / "sdcourse" / "bench.py"))
+    assert bench.machine_info("cpu")["commit"] is None
 
 
 def test_quick_benchmark_runs_end_to_end(tmp_path):
