@@ -12,6 +12,8 @@ import tempfile
 
 import pytest
 
+from sdcourse.messages import skip_reason
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("SDCOURSE_HEADLESS", "1")
 # The stored outputs nbval compares were recorded on the mini model on a CPU: a machine with
@@ -33,28 +35,11 @@ def pytest_unconfigure(config):
         shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 
-#: How a notebook cell says it did not run its lesson: a line of its own output starting so
-#: (e.g. "SKIPPED: needs a CUDA GPU"). `sdcourse run` shows the line; under pytest the cell is
-#: reported as skipped, with that reason, instead of passed.
-SKIP_MARK = "SKIPPED:"
-
-
-def skip_reason(outputs) -> str | None:
-    """The reason of the first ``SKIPPED: reason`` line a cell printed, or None."""
-    for output in outputs or ():
-        if output.get("output_type") != "stream":
-            continue
-        for line in output.get("text", "").splitlines():
-            if line.startswith(SKIP_MARK):
-                return line[len(SKIP_MARK):].strip() or "no reason given"
-    return None
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """nbval counts a cell that ran as passed; one that skipped its lesson (no GPU, no Hub,
-    not the mini model) shows up as a skip instead, so a run on a GPU machine can tell the
-    lessons it checked from those it did not."""
+    """nbval counts a cell that ran as passed; one that printed "SKIPPED: why" (no GPU, no
+    Hub, not the mini model: sdcourse.messages.SKIP_MARK) is reported as skipped with that
+    reason, so a run can tell the lessons it checked from those it did not."""
     outcome = yield
     report = outcome.get_result()
     if call.when == "call" and report.passed:

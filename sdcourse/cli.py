@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .files import unwritable, write_atomic
-from .messages import INIT_HINT, first_line
+from .messages import INIT_HINT, first_line, skip_reason
 
 DEFAULT_OUT = Path("build") / "course"
 
@@ -287,6 +287,10 @@ def run_notebook(path: Path, out: Path, timeout: int, env: dict) -> str | None:
         failure = None if interrupted else _failure_line(path, current["cell"], error)
     finally:
         bar.close()
+    for index, cell in enumerate(nb.cells, 1):  # what did not run here, and why
+        reason = skip_reason(cell.get("outputs")) if cell.cell_type == "code" else None
+        if reason:
+            print(f"sdcourse run: {path.name}: cell {index} skipped: {reason}", file=sys.stderr)
     try:
         _write_outputs(nb, path, out)
     except OSError as error:  # checked writable before, but a disk can fill up meanwhile

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .messages import SKIP_MARK
+
 
 class CheckSkipped(Exception):
     """Raised by a check that cannot judge the answer here; its message says why."""
@@ -47,7 +49,7 @@ def self_check(check: Callable[[], str], exercise: str) -> bool:
               f"then run this cell again")
         return False
     except CheckSkipped as reason:
-        print(f"SKIPPED: {exercise} not checked: {reason}")  # (pytest reports the cell as skipped)
+        print(f"{SKIP_MARK} {exercise} not checked: {reason}")  # (pytest reports the cell as skipped)
         return False
     if message is False:
         raise AssertionError(f"{exercise}: the check returned False (not passed): look again at "

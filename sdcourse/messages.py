@@ -5,6 +5,25 @@ from __future__ import annotations
 import numbers
 
 
+#: How a notebook cell says it did not run its lesson or check here (no GPU, no Hub, a real
+#: model where the pixel reader knows only the mini world): a line of its output starting so,
+#: e.g. "SKIPPED: needs a CUDA GPU". `sdcourse run` lists such cells; under pytest they are
+#: reported as skipped with that reason (conftest.py), not as passed.
+SKIP_MARK = "SKIPPED:"
+
+
+def skip_reason(outputs) -> str | None:
+    """The reason of the first ``SKIPPED: reason`` line in a notebook cell's ``outputs``
+    (nbformat output dicts), or None when the cell printed none."""
+    for output in outputs or ():
+        if output.get("output_type") != "stream":
+            continue
+        for line in "".join(output.get("text", "")).splitlines():
+            if line.startswith(SKIP_MARK):
+                return line[len(SKIP_MARK):].strip() or "no reason given"
+    return None
+
+
 #: What a trainer's ``--init`` (``init=``) folder must hold, for the errors that find it does not.
 INIT_HINT = ("give a folder holding the text2img unet and text_encoder as safetensors, e.g. "
              "runs/text2img/at_text_encoder_freeze")

@@ -194,6 +194,17 @@ def test_run_stops_at_failing_cell(tmp_path, capsys, monkeypatch):
     assert executed.cells[3].outputs == []
 
 
+def test_run_names_the_cells_that_skipped_their_lesson(tmp_path, capsys):
+    """A cell that needs what the machine lacks prints "SKIPPED: why"; the run goes on and
+    says which cells did not run here, so a teacher knows before the class."""
+    nb = write_notebook(tmp_path / "lesson.ipynb", "print('ran')", "# text",
+                        "print('SKIPPED: needs a CUDA GPU')", "print('a line; SKIPPED: not at the start')")
+    assert cli.main(["run", str(nb), "--out", str(tmp_path / "out"), "--timeout", "120"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "skipped" in line] == [
+        "sdcourse run: lesson.ipynb: cell 3 skipped: needs a CUDA GPU"]
+
+
 @pytest.mark.parametrize("name, message", [("missing.ipynb", "no such notebook"),
                                            ("notes.txt", "not a notebook"),
                                            ("folder.ipynb", "a folder, not a notebook: give .ipynb "
