@@ -71,4 +71,4 @@ def test_a_cell_that_skips_its_lesson_is_reported_as_skipped(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "2 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
-    assert "SKIPPED [1] lesson.ipynb" in result.stdout and "needs a CUDA GPU" in result.stdout
+    assert "SKIPPED [1] lesson.ipynb: Cell 1: needs a CUDA GPU" in result.stdout, result.stdout[-2000:]
