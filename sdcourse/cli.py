@@ -814,9 +814,7 @@ def _train_mini(args, out: Path) -> int:
         text2img.train(out, vae_path=MINI_DIR / "vae", tokenizer_path=MINI_DIR / "tokenizer",
                        **extra, **kwargs, **stop)
         if args.publish:  # (a kill between a checkpoint's renames leaves it as checkpoint.old)
-            from .train.common import find_checkpoint
-
-            text2img.publish(find_checkpoint(out), MINI_DIR, task=task)
+            text2img.publish(common.find_checkpoint(out), MINI_DIR, task=task)
             print(f"published the {task} UNet into {MINI_DIR}")
     _report_checkpoint(args.model, out)
     return 0
