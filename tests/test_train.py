@@ -568,6 +568,32 @@ def test_a_training_set_of_another_seed_is_refused_not_trained_on(tmp_path):
     assert text2img.cached_dataset(path, vae=None, n=2, seed=1005, task="text2img")["captions"] == ["a", "b"]
 
 
+def test_a_training_set_encoded_by_another_vae_is_refused(tmp_path):
+    """A run resumed after the VAE was trained again would denoise latents of two VAEs: the
+    set records which VAE encoded it, and the same weights read back from disk match."""
+    from sdcourse.train import text2img
+
+    torch.manual_seed(0)
+    first = AutoencoderKL(**vae.VAE_CONFIG)
+    first.save_pretrained(tmp_path / "first")
+    torch.manual_seed(1)
+    second = AutoencoderKL(**vae.VAE_CONFIG)
+    path = tmp_path / "dataset.safetensors"
+    data = {"mean": torch.zeros(2, 4, 8, 8), "captions": ["a", "b"]}
+    text2img.save_dataset(data, path, seed=1000, vae=text2img.vae_fingerprint(first))
+    reread = AutoencoderKL.from_pretrained(tmp_path / "first")
+    assert text2img.cached_dataset(path, vae=reread, n=2, seed=1000, task="text2img")["captions"] == ["a", "b"]
+    with pytest.raises(common.CheckpointError, match=rf"^{path} holds a training set encoded by "
+                       r"another VAE than this run's \(was the VAE trained again\?\): its UNet "
+                       r"learned those latents; give another --out$"):
+        text2img.cached_dataset(path, vae=second, n=2, seed=1000, task="text2img")
+    copy = AutoencoderKL(**vae.VAE_CONFIG)
+    copy.load_state_dict(first.state_dict())
+    assert text2img.vae_fingerprint(copy) == text2img.vae_fingerprint(first)
+    copy.register_to_config(scaling_factor=0.5)  # the same weights, another factor: other latents
+    assert text2img.vae_fingerprint(copy) != text2img.vae_fingerprint(first)
+
+
 # ------------------------------------------------------------ resume: same run, same settings
 
 

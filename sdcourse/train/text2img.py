@@ -114,9 +114,9 @@ def encode_dataset(vae: AutoencoderKL, n: int, seed: int, task: str = "text2img"
 def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str) -> dict:
     """:func:`encode_dataset` once per run folder: saved (atomically) and reloaded on resume.
 
-    A saved one that does not fit (another task's, another size, another seed: a run killed
-    before its first checkpoint, then started again differently) stops with one line, not
-    mid-training."""
+    A saved one that does not fit (another task's, another size, another seed, another VAE: a
+    run killed, then started again differently or after the VAE was trained again) stops with
+    one line, not mid-training: its latents are what the run's UNet learned to denoise."""
     if path.exists():
         try:
             data = read_dataset(path)
@@ -134,26 +134,45 @@ def cached_dataset(path: Path, vae: AutoencoderKL, n: int, seed: int, task: str)
             raise common.RunMismatchError(
                 f"{path} holds a training set drawn with another seed (--seed) than this "
                 "run's: delete it or give another --out")
+        saved_vae = data.pop("vae", None)  # (sets saved before the VAE was kept: not checked)
+        if saved_vae is not None and vae is not None and saved_vae != vae_fingerprint(vae):
+            raise common.RunMismatchError(
+                f"{path} holds a training set encoded by another VAE than this run's (was the "
+                "VAE trained again?): its UNet learned those latents; give another --out")
         return data
     data, scenes = encode_dataset(vae, n, seed=seed, task=task)
     data["captions"] = [s.caption for s in scenes]
     with atomic_path(path) as tmp:
-        save_dataset(data, tmp, seed=seed)
+        save_dataset(data, tmp, seed=seed, vae=vae_fingerprint(vae))
     return data
 
 
-def save_dataset(data: dict, path: Path, seed: int | None = None) -> None:
+def vae_fingerprint(vae: AutoencoderKL) -> str:
+    """A short digest of the VAE's weights and scaling factor: which VAE encoded a saved
+    training set (its file records it). Hashes every parameter's bytes (~10 ms here)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(vae.config.scaling_factor).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_dataset(data: dict, path: Path, seed: int | None = None, vae: str | None = None) -> None:
     """The encoded training set (:func:`common.save_tensors`): its tensors by name, the
-    captions and the seed that drew it in the metadata."""
+    captions, the seed that drew it and the VAE that encoded it (:func:`vae_fingerprint`) in
+    the metadata."""
+    kept = {key: value for key, value in (("seed", seed), ("vae", vae)) if value is not None}
     common.save_tensors(path, {k: v for k, v in data.items() if k != "captions"},
-                        captions=data["captions"], **({"seed": seed} if seed is not None else {}))
+                        captions=data["captions"], **kept)
 
 
 def read_dataset(path: Path) -> dict:
-    """What :func:`save_dataset` wrote (with "seed" where it was saved)."""
+    """What :func:`save_dataset` wrote (with "seed" and "vae" where they were saved)."""
     tensors, metadata = common.read_tensors(path)
     return {**tensors, "captions": metadata["captions"],
-            **({"seed": metadata["seed"]} if "seed" in metadata else {})}
+            **{key: metadata[key] for key in ("seed", "vae") if key in metadata}}
 
 
 def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
