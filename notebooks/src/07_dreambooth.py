@@ -297,6 +297,7 @@ else:
 # How much smaller is what a LoRA trains? Counted on this notebook's UNet:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from diffusers import UNet2DConditionModel
 
 from sdcourse.train.dreambooth import UNET_LORA_TARGETS, add_lora
