@@ -47,3 +47,39 @@ def pytest_runtest_makereport(item, call):
         if reason is not None:
             report.outcome = "skipped"  # (named by its cell: nbval's line numbers are all 0)
             report.longrepr = (str(item.location[0]), None, f"Skipped: {item.name}: {reason}")
+
+
+_HOLD_RUN = """import sys
+from sdcourse.train import common
+common.claim_run(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()  # until the test closes this stdin, or kills the process
+"""
+
+
+@pytest.fixture
+def hold_run_folder():
+    """``hold_run_folder(folder)``: a new process that claims the run folder
+    (``sdcourse.train.common.claim_run``), returned once it holds it; it lets go when its
+    stdin is closed or it is killed (any still running at the test's end are killed)."""
+    import subprocess
+    import sys
+
+    children = []
+
+    def hold(folder):
+        child = subprocess.Popen([sys.executable, "-c", _HOLD_RUN, str(folder)], text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        children.append(child)
+        line = child.stdout.readline()
+        assert line == "held\n", child.stderr.read()
+        return child
+
+    yield hold
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        for stream in (child.stdin, child.stdout, child.stderr):
+            if not stream.closed:
+                stream.close()

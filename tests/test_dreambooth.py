@@ -4,6 +4,7 @@ Mechanics only: the pipeline here has random weights (built in a temporary folde
 nothing about quality is tested; `sdcourse evaluate dreambooth` measures that on the mini model.
 """
 import json
+import os
 import random
 import re
 import shutil
@@ -331,6 +332,27 @@ def test_numpy_numbers_are_taken_as_the_numbers_they_are(tmp_path, base, instanc
                                prior_preservation=False, **settings) == out
     record = db.read_record(out)
     assert record["done_step"] == record["steps"] == 2 and record["settings"]["lr"] == pytest.approx(1e-2)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="run folders are locked on POSIX only")
+def test_a_run_folder_another_process_trains_is_one_line(tmp_path, base, instance_dir, hold_run_folder):
+    """A second DreamBooth run in a folder that another process is training (the same cell in
+    two notebooks) stops with one line before it writes there; the finished call unlocks it."""
+    out = tmp_path / "run"
+    child = hold_run_folder(out)
+    args = (instance_dir, subject.instance_prompts(4), None, out)
+    settings = FAST | {"base": base, "prior_preservation": False, "lr": 1e-2}
+    with pytest.raises(db.DreamBoothError, match=rf"^{re.escape(str(out))} is being trained by "
+                       rf"another process \(pid {child.pid}\): wait for it to finish, or give "
+                       "another --out$"):
+        db.train_dreambooth(*args, **settings)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no record, no weights
+    child.stdin.close()
+    assert child.wait() == 0
+    assert db.train_dreambooth(*args, **settings) == out
+    child = hold_run_folder(out)
+    child.stdin.close()
+    assert child.wait() == 0
 
 
 def test_no_class_pictures_are_needed_without_prior_preservation(tmp_path, monkeypatch, base):
@@ -697,8 +719,6 @@ def test_a_run_on_the_default_mini_model_survives_a_reinstall(tmp_path, monkeypa
     cleaned away) the finished run is the same run, returned without training, and its LoRA
     still loads. A run recorded by the folder of the same package (before the digest) is
     rewritten to the digest; a mini model with other weights is another base."""
-    import os
-
     from sdcourse import models
 
     package = tmp_path / "package" / "mini"  # the random-weight base stands in for the package
@@ -849,8 +869,6 @@ def test_class_pictures_are_drawn_in_a_folder_of_this_process(tmp_path, base, mo
     beside a notebook) each write into a temporary folder of their own process: this one
     neither deletes the other's nor leaves its own behind; the folder of a process that was
     killed while writing (and is gone) is removed."""
-    import os
-
     from diffusers import StableDiffusionPipeline
 
     written, save = [], Image.Image.save

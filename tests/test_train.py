@@ -1,6 +1,7 @@
 """The trainers' mechanics on a few steps: freezing, checkpoints, resume (no quality here)."""
 import inspect
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -415,8 +416,6 @@ def test_depth_estimator_publish_ships_the_model_and_its_processor(tmp_path):
 def test_publish_keeps_the_previous_model_until_the_new_one_is_in_place(tmp_path, monkeypatch):
     """Replacing a published folder never passes through a moment with nothing there: a crash
     while swapping leaves the previous model; a finished swap leaves no old copy behind."""
-    import os
-
     target = tmp_path / "vae"
     torch.manual_seed(0)
     first = AutoencoderKL(**vae.VAE_CONFIG)
@@ -965,3 +964,26 @@ def test_the_command_line_refuses_another_trainers_folder_before_torch_loads(tmp
                               capture_output=True, text=True, timeout=120)
         assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------ one trainer per run folder
+
+@pytest.mark.skipif(os.name != "posix", reason="run folders are locked on POSIX only")
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path, hold_run_folder):
+    """Two trainers in one folder would swap in each other's half-written checkpoints: the
+    second stops with one line naming the first's pid, before any step; the lock ends with
+    the trainer's call (here a finished run) or with its process (here a kill: nothing stale
+    is left to remove by hand)."""
+    out = tmp_path / "run"
+    child = hold_run_folder(out)
+    with pytest.raises(common.RunMismatchError, match=rf"^{out} is being trained by another "
+                       rf"process \(pid {child.pid}\): wait for it to finish, or give another --out$"):
+        vae.train(out, steps=1, batch_size=2, save_every=1, eval_every=0)
+    assert common.find_checkpoint(out) is None
+    child.kill()
+    child.wait()
+    vae.train(out, steps=1, batch_size=2, save_every=1, eval_every=0)  # the dead process's lock is gone
+    assert common.checkpoint_step(common.find_checkpoint(out)) == 1
+    child = hold_run_folder(out)  # and the finished call released it
+    child.stdin.close()
+    assert child.wait() == 0

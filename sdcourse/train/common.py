@@ -327,6 +327,64 @@ def resume_point(out: Path, kind: str, settings: dict, stop_at: int | None = Non
     return checkpoint
 
 
+# ------------------------------------------------------------------ one trainer per run folder
+#
+# Two trainers in one folder (the same command started in two terminals) would each write
+# ``checkpoint.tmp`` and swap it in: a checkpoint of one's UNet with the other's optimizer. So
+# a trainer claims its folder before it writes there: an exclusive lock (``flock``) on
+# ``<out>/.lock``, which the system drops when the process ends, killed or not: no stale lock
+# to clean up. The file stays (with the last holder's pid); the lock does not.
+
+LOCK = ".lock"
+_held: dict[Path, int] = {}  # the folders this process holds: their lock files' descriptors
+
+
+def claim_run(out: Path) -> None:
+    """Make the run folder ``out`` and lock it for this process until :func:`release_run`
+    (or the process's end); :class:`RunMismatchError` naming the holder's pid when another
+    process holds it. On POSIX systems only: elsewhere (Windows) nothing is locked."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = out.resolve()
+    if os.name != "posix" or key in _held:
+        return
+    import fcntl
+
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunMismatchError(f"{out} is being trained by another process (pid {holder}): wait "
+                               "for it to finish, or give another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held[key] = fd
+
+
+def release_run(out: Path) -> None:
+    """Unlock ``out`` if this process holds it (:func:`claim_run`); else nothing."""
+    fd = _held.pop(Path(out).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor drops the flock
+
+
+def releases_run(train):
+    """Decorator for a trainer ``train(out, ...)`` that calls :func:`claim_run`: the folder is
+    released when the call ends, finished or not (an error, Ctrl-C in a notebook), so that
+    the same folder can be trained from a terminal while the notebook's kernel lives on."""
+    import functools
+
+    @functools.wraps(train)
+    def wrapper(out, *args, **kwargs):
+        try:
+            return train(out, *args, **kwargs)
+        finally:
+            release_run(out)
+    return wrapper
+
+
 def run_record(kind: str, settings: dict, **more) -> dict:
     """What a trainer keeps beside the step in each checkpoint (``extra`` of
     :func:`save_checkpoint`): its kind and settings, for :func:`resume_point`."""

@@ -54,6 +54,7 @@ def depth_correlation(model, processor, n: int = 128, seed: int = 77) -> float:
     return float(((p * d).sum(1) / (p.norm(dim=1) * d.norm(dim=1) + 1e-8)).mean())
 
 
+@common.releases_run
 def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
           save_every: int = 250) -> DPTForDepthEstimation:
     """Train (or resume) the depth estimator in ``out``: a warm-up over 100 steps, then a
@@ -65,7 +66,7 @@ def train(out: Path, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, 
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     common.check_counts(steps=steps, batch_size=batch_size, save_every=save_every)
     ckpt = common.resume_point(out, "depth-estimator", settings)  # before out is made
-    out.mkdir(parents=True, exist_ok=True)
+    common.claim_run(out)  # makes out; one trainer at a time
     torch.manual_seed(seed)
     accelerator = common.mini_accelerator()
     processor = image_processor()

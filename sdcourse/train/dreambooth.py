@@ -1055,6 +1055,7 @@ def train_dreambooth(instance, instance_prompt, class_prompt=None, out="runs/dre
                       validate_every, validation_prompts or instance_prompts[:1] + class_prompts[:1],
                       class_dir, drawer, cpu)
     finally:
+        common.release_run(out)
         _release_models()
 
 
@@ -1116,6 +1117,11 @@ def _train(out: Path, record: dict, files: str, images, s: Settings, tokenizer, 
     except (OSError, ValueError, RuntimeError) as error:
         raise DreamBoothError(f"could not load base model {files} ({first_line(error)}): give a "
                               "complete diffusers Stable Diffusion folder, or a Hub id") from None
+    if accelerator.is_main_process:  # (under `accelerate launch` the others share its folder)
+        try:
+            common.claim_run(out)  # makes out, locked for this process: one trainer at a time
+        except common.CheckpointError as error:
+            raise DreamBoothError(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)  # the run's record: its settings, for a resume
     _write_json(out / "dreambooth.json", record)
     parts["vae"].to(accelerator.device)

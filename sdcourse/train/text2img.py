@@ -203,6 +203,7 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
+@common.releases_run
 def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
           batch_size: int = 32, lr: float = 6e-4, seed: int = 0, n_images: int | None = None,
           caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999,
@@ -279,7 +280,7 @@ def train(out: Path, vae_path: Path, tokenizer_path: Path, steps: int = 7000,
         unet = UNet2DConditionModel(**UNET_CONFIG)
         ema = copy.deepcopy(unet)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
-    out.mkdir(parents=True, exist_ok=True)  # the models loaded: the run can start
+    common.claim_run(out)  # the models loaded: the run starts (out made, locked for this process)
     unet, ema, text_encoder = unet.float(), ema.float(), text_encoder.float()
     ema.requires_grad_(False)
     start = common.checkpoint_step(ckpt) if ckpt is not None else 0

@@ -83,6 +83,7 @@ def restore_rng_state(checkpoint: Path) -> None:
             setter(torch.frombuffer(bytearray(base64.b64decode(saved[device])), dtype=torch.uint8))
 
 
+@common.releases_run
 def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, seed: int = 0,
           freeze_encoder_at: int | None = 1200, save_every: int = 200,
           eval_every: int = 200, kl_weight: float = 1e-6,
@@ -104,7 +105,7 @@ def train(out: Path, steps: int = 4000, batch_size: int = 16, lr: float = 5e-4, 
     common.check_counts(steps=steps, batch_size=batch_size, freeze_encoder_at=freeze_encoder_at,
                         save_every=save_every, eval_every=eval_every, stop_at=stop_at)
     ckpt = common.resume_point(out, "vae", settings, stop_at)  # before out is made or anything loads
-    out.mkdir(parents=True, exist_ok=True)
+    common.claim_run(out)  # makes out; one trainer at a time
     torch.manual_seed(seed)
     accelerator = common.mini_accelerator()
     with common.resuming(ckpt):
