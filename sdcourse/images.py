@@ -292,9 +292,29 @@ def _open_local(path: str) -> Image.Image:
     return _decode(path, Path(path).read_bytes())
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit grey picture (depth maps are often saved so) as 8-bit grey ("L");
+    other pictures as they are. Why: PIL's ``convert("RGB")`` clips such values at 255, so a
+    16-bit PNG comes out almost all white. 16-bit ("I;16") is divided by 257 (65535 -> 255);
+    32-bit whole numbers ("I") likewise when they lie in 0..65535 (as they are when over 255),
+    floats ("F") in [0, 1] are multiplied by 255; anything else is stretched from its minimum
+    to its maximum."""
+    if not image.mode.startswith(("I", "F")):
+        return image
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and 0 <= low and 255 < high <= 65535):
+        array = array / 257
+    elif image.mode == "F" and 0 <= low and high <= 1:
+        array = array * 255
+    elif not (image.mode == "I" and 0 <= low and high <= 255):
+        array = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+
+
 def _finish(image: Image.Image, size) -> Image.Image:
-    """Upright, RGB (transparent parts on white), resized if asked."""
-    image = ImageOps.exif_transpose(image)
+    """Upright, RGB (transparent parts on white; 16-bit grey as :func:`to_8bit`), resized if asked."""
+    image = to_8bit(ImageOps.exif_transpose(image))
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -611,6 +631,7 @@ def _to_display_array(x, index: int = 0) -> np.ndarray:
     """Picture number ``index`` -> (H, W) or (H, W, 3|4) array, uint8 or floats in [0, 1]."""
     if isinstance(x, Image.Image):
         _refuse_empty(index, (x.height, x.width))
+        x = to_8bit(x)
         return np.asarray(x if x.mode in ("L", "RGB", "RGBA") else x.convert("RGB"))
     _refuse_non_picture(x, "PIL images, arrays or tensors")
     array = _to_numpy(x)
@@ -650,7 +671,7 @@ def _refuse_empty(index: int, shape) -> None:
 def _to_pil(x, index: int = 0) -> Image.Image:
     if isinstance(x, Image.Image):
         _refuse_empty(index, (x.height, x.width))
-        return x.convert("RGB")
+        return to_8bit(x).convert("RGB")
     array = _to_display_array(x, index)
     if array.dtype != np.uint8:
         array = np.round(array * 255).astype(np.uint8)

@@ -261,6 +261,31 @@ def test_local_file(tmp_path):
     assert download_image(path, size=8).size == (8, 8)
 
 
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, "PNG" if mode != "F" else "TIFF")
+    return buffer.getvalue()
+
+
+def test_16_bit_and_float_grey_pictures_keep_their_levels(tmp_path):
+    """A 16-bit PNG (how depth maps are often saved) used to come back almost all white: PIL's
+    RGB conversion clips its values at 255. Its levels are scaled to 8 bits, in the picture
+    returned and in the grids."""
+    levels = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    path = tmp_path / "depth16.png"
+    path.write_bytes(_png(levels))
+    assert Image.open(path).mode == "I;16"
+    image = download_image(path)
+    assert image.mode == "RGB"
+    assert np.asarray(image)[..., 0].tolist() == [[0, 64], [128, 255]]
+    assert np.asarray(images.image_grid([Image.open(path)], size=2))[..., 0].tolist() == [[0, 64], [128, 255]]
+    floats = tmp_path / "depth.tiff"  # floats in [0, 1]; others are stretched to 0..255
+    floats.write_bytes(_png(np.array([[0.0, 0.5], [0.25, 1.0]], dtype=np.float32), "F"))
+    assert np.asarray(download_image(floats))[..., 0].tolist() == [[0, 128], [64, 255]]
+    metres = Image.fromarray(np.array([[2.0, 4.0], [3.0, 6.0]], dtype=np.float32), "F")
+    assert np.asarray(images.to_8bit(metres)).tolist() == [[0, 128], [64, 255]]
+
+
 def test_missing_local_file_says_what_to_pass(tmp_path, monkeypatch):
     """Neither a URL nor a file: one line naming it, the cause, and what to pass instead."""
     monkeypatch.chdir(tmp_path)
