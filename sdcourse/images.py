@@ -140,7 +140,7 @@ def _check_download_args(size, timeout, max_bytes) -> None:
     if any(not is_number(t) or not 0 < t < math.inf for t in parts):
         raise ValueError(f"timeout must be a positive number of seconds, e.g. 10 (or a "
                          f"(connect, read) pair of them), got {timeout!r}")
-    if max_bytes is not None and (not is_number(max_bytes) or max_bytes <= 0):
+    if max_bytes is not None and (not is_number(max_bytes) or not 0 < max_bytes < math.inf):
         raise ValueError(f"max_bytes must be a positive number of bytes, e.g. 20_000_000, "
                          f"or None for no limit, got {max_bytes!r}")
 
@@ -273,11 +273,22 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
 
 
 def _decode(url: str, data: bytes) -> Image.Image:
-    """Bytes -> fully loaded PIL image; anything PIL cannot read is "not an image"."""
+    """Bytes -> fully loaded PIL image; anything PIL cannot read is "not an image", and one
+    with more pixels than PIL allows (``Image.MAX_IMAGE_PIXELS``: a small file can unpack to
+    gigabytes) is "too large", where PIL would warn first and then fail."""
+    import warnings
+
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DownloadError(url, f"the picture has more than {Image.MAX_IMAGE_PIXELS:,} "
+                            "pixels, too many to unpack safely",
+                            "Use a smaller picture (Stable Diffusion works at 512 to 1024 px).",
+                            "too-large") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DownloadError(url, f"the file is not an image PIL can read ({type(exc).__name__})",
                             "Check that the link points to a picture (PNG, JPEG, ...).",
                             "not-image") from None

@@ -236,6 +236,8 @@ def test_corrupt_cache_entry_is_downloaded_again(server, cache):
     ({"timeout": float("nan")}, "timeout must be a positive number"),
     ({"timeout": (0, -1)}, "timeout must be a positive number"),  # was requests' own traceback
     ({"max_bytes": -5}, "max_bytes must be a positive number"),
+    ({"max_bytes": float("nan")}, "max_bytes must be a positive number"),  # was no limit at all
+    ({"max_bytes": float("inf")}, "max_bytes must be a positive number"),  # (None says that)
 ])
 def test_bad_arguments_fail_before_any_request(server, cache, tmp_path, kwargs, words):
     """A bad size (or timeout, max_bytes) is refused before the cache or the network is used."""
@@ -284,6 +286,24 @@ def test_16_bit_and_float_grey_pictures_keep_their_levels(tmp_path):
     assert np.asarray(download_image(floats))[..., 0].tolist() == [[0, 128], [64, 255]]
     metres = Image.fromarray(np.array([[2.0, 4.0], [3.0, 6.0]], dtype=np.float32), "F")
     assert np.asarray(images.to_8bit(metres)).tolist() == [[0, 128], [64, 255]]
+
+
+def test_a_picture_of_too_many_pixels_is_too_large_not_a_warning(tmp_path, monkeypatch):
+    """PIL warns about a picture over ``Image.MAX_IMAGE_PIXELS`` (a small file can unpack to
+    gigabytes) and fails over twice that, which used to be "not an image": both are one
+    "too-large" line, and no warning leaks."""
+    path = tmp_path / "wide.png"
+    path.write_bytes(_png(np.zeros((30, 40, 3), dtype=np.uint8)))
+    for limit in (1000, 700):  # 1200 pixels: PIL's warning band, then its error
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DownloadError, match=rf"^Could not download {re.escape(str(path))}: "
+                               rf"the picture has more than {limit:,} pixels, too many to unpack "
+                               r"safely\. Use a smaller picture \(Stable Diffusion works at 512 "
+                               r"to 1024 px\)\.$") as info:
+                download_image(path)
+        assert info.value.reason == "too-large"
 
 
 def test_missing_local_file_says_what_to_pass(tmp_path, monkeypatch):
