@@ -19,12 +19,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     When the block ends without an error, the file is renamed onto ``path``; otherwise it is
     removed and ``path`` is left as it was. The temporary name keeps ``path``'s suffix, so
-    writers that choose the format by extension (PIL) write the right one.
+    writers that choose the format by extension (PIL) write the right one, and names the
+    process and thread (``.<stem>.<pid>-<thread>.tmp<suffix>``): two threads writing the same
+    file (downloads in a thread pool) each fill their own.
     """
+    import threading
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -33,8 +37,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale(folder: str | os.PathLike, before: str, after: str = "") -> None:
-    """Remove the files and folders in ``folder`` named ``<before><pid><after>`` whose process
-    no longer runs.
+    """Remove the files and folders in ``folder`` named ``<before><pid><after>`` (or
+    ``<before><pid>-<thread><after>``) whose process no longer runs.
 
     Why: what a process writes under a name with its pid it removes itself when the write
     fails, but a kill (SIGKILL, a power cut) runs no clean-up, and the next run, with another
@@ -47,7 +51,7 @@ def remove_stale(folder: str | os.PathLike, before: str, after: str = "") -> Non
     if os.name != "posix":
         return
     for stale in Path(folder).glob(glob.escape(before) + "*" + glob.escape(after)):
-        pid = stale.name[len(before):len(stale.name) - len(after)]
+        pid = stale.name[len(before):len(stale.name) - len(after)].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

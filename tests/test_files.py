@@ -84,13 +84,42 @@ def test_leftovers_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     names = {pid: tmp_path / f".result.{pid}.tmp.json" for pid in (gone, os.getppid(), "x1")}
+    names["thread"] = tmp_path / f".result.{gone}-140312.tmp.json"  # a gone process's thread
     for name in names.values():
         name.write_text("half")
     (tmp_path / f"class_images.tmp{gone}").mkdir()
     (tmp_path / f"class_images.tmp{gone}" / "0000.png").write_text("half")
     files.write_atomic(tmp_path / "result.json", "{}")
     assert (tmp_path / "result.json").read_text() == "{}"
-    assert not names[gone].exists()
+    assert not names[gone].exists() and not names["thread"].exists()
     assert names[os.getppid()].exists() and names["x1"].exists()  # running; not a pid
     files.remove_stale(tmp_path, "class_images.tmp")
     assert not (tmp_path / f"class_images.tmp{gone}").exists()
+
+
+def test_threads_writing_one_file_at_once_each_write_whole(tmp_path):
+    """Threads of one process (downloads in a pool) used to share one temporary name: one
+    renamed the other's half-written file into place, and the other's rename then failed
+    (FileNotFoundError). Each now writes its own: every write succeeds and the file is always
+    one of them, whole."""
+    import threading
+
+    target, errors, seen = tmp_path / "picture.bin", [], set()
+    contents = [bytes([i]) * 200_000 for i in range(6)]
+
+    def write(data):
+        try:
+            for _ in range(5):
+                files.write_atomic(target, data)
+                seen.add(target.read_bytes())
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(data,)) for data in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert seen <= set(contents) and target.read_bytes() in contents
+    assert [p.name for p in tmp_path.iterdir()] == ["picture.bin"]
