@@ -182,11 +182,38 @@ def hub_offline(source) -> bool:
     return not os.path.isdir(source) and not hub_reachable()
 
 
+#: The files a pipeline's model component may keep its weights in, by the library that loads
+#: it: full or fp16 (``variant="fp16"``), whole or sharded (an index names the shards).
+_WEIGHT_FILES = {
+    library: [f"{stem}.safetensors", f"{stem}.fp16.safetensors", f"{stem}.safetensors.index.json",
+              f"{stem}.safetensors.index.fp16.json"]
+    for library, stem in (("diffusers", "diffusion_pytorch_model"), ("transformers", "model"))
+}
+
+
 def in_local_cache(repo_id: str) -> bool:
-    """Whether a Hub checkpoint was downloaded before (its model_index.json is cached)."""
+    """Whether a Hub checkpoint was downloaded before: its model_index.json is cached and so
+    are the weights of its UNet, VAE and text encoder (full or fp16 safetensors). Why the
+    weights too: a download cut short leaves model_index.json (fetched first) without them,
+    and the choice would then pick a checkpoint that cannot load offline."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+    index = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(index, str):
+        return False
+    try:
+        components = json.loads(Path(index).read_text())
+    except (OSError, ValueError):
+        return False
+    for name in ("unet", "vae", "text_encoder"):
+        entry = components.get(name) if isinstance(components, dict) else None
+        library = entry[0] if isinstance(entry, list) and entry else None
+        if library not in _WEIGHT_FILES:
+            continue  # not in this pipeline (or not a model the course loads)
+        if not any(isinstance(try_to_load_from_cache(repo_id, f"{name}/{file}"), str)
+                   for file in _WEIGHT_FILES[library]):
+            return False
+    return True
 
 
 def available_offline(sources) -> bool:

@@ -660,18 +660,29 @@ def test_float16_on_the_cpu_is_refused_before_loading(monkeypatch, fake_pipeline
 
 def test_in_local_cache_reads_the_hugging_face_cache(tmp_path, monkeypatch):
     """What the automatic choice and offline loading rest on (the other tests replace it): a
-    checkpoint counts as cached when its model_index.json is in the Hub cache's snapshot of
-    main; a repository cached without it, or not at all, does not."""
+    checkpoint counts as cached when the Hub cache's snapshot of main holds its
+    model_index.json and the weights of its UNet, VAE and text encoder (full or fp16); a
+    download cut short (model_index.json, some weights), or none, does not."""
+    import json
+
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    for repo, files in (("a/b", ["model_index.json", "unet/config.json"]), ("a/c", ["unet/config.json"])):
+    index = json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                        "tokenizer": ["transformers", "CLIPTokenizer"], "safety_checker": [None, None]})
+    weights = ["unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.safetensors",
+               "text_encoder/model.fp16.safetensors"]
+    for repo, files in (("a/b", ["model_index.json", *weights]),
+                        ("a/cut", ["model_index.json", *weights[:2], "text_encoder/config.json"]),
+                        ("a/c", ["unet/config.json"])):
         folder = tmp_path / f"models--{repo.replace('/', '--')}"
         (folder / "refs").mkdir(parents=True)
         (folder / "refs" / "main").write_text("0123abc")
         for name in files:
             (folder / "snapshots" / "0123abc" / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / "snapshots" / "0123abc" / name).write_text("{}")
+            (folder / "snapshots" / "0123abc" / name).write_text(index if name == "model_index.json" else "{}")
     assert models.in_local_cache("a/b") is True
+    assert models.in_local_cache("a/cut") is False
     assert models.in_local_cache("a/c") is False
     assert models.in_local_cache("a/d") is False
