@@ -354,7 +354,7 @@ def check_model_setting(model: str | None, notebooks: list[Path] = ()) -> str | 
         raise UsageError("--model is empty: give mini, real, a Hub id or a pipeline folder")
     if model is not None:
         what = f"--model {model}"
-    elif os.environ.get("SDCOURSE_MODEL"):
+    elif os.environ.get("SDCOURSE_MODEL", "").strip():  # blank: not set, as choose_model reads it
         model = os.environ["SDCOURSE_MODEL"]
         what = f"SDCOURSE_MODEL={model}"
     else:  # the notebooks choose automatically: nothing asked for can be wrong

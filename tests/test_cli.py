@@ -574,6 +574,9 @@ def test_a_relative_model_folder_reaches_the_kernel_as_an_absolute_path(tmp_path
     monkeypatch.setenv("SDCOURSE_MODEL", "my_model")  # so is a folder in the environment
     assert cli.main(["run", str(nb), "--out", str(tmp_path / "o")]) == 0
     assert seen[-1] == model_dir
+    monkeypatch.setenv("SDCOURSE_MODEL", "  ")  # blank: unset, as the notebooks read it
+    assert cli.main(["run", str(nb), "--out", str(tmp_path / "o")]) == 0
+    assert seen[-1].strip() == ""
 
 
 def test_a_relative_cache_folder_reaches_the_kernel_as_an_absolute_path(tmp_path, monkeypatch):
