@@ -89,3 +89,17 @@ def test_a_librarys_not_implemented_error_is_no_stub(capsys):
     with pytest.raises(NotImplementedError):
         sdc.self_check(check, "exercise 2")
     assert "not done yet" not in capsys.readouterr().out
+
+
+def test_a_compiled_functions_not_implemented_error_is_no_stub(capsys):
+    """A NotImplementedError raised in compiled code (a C++ operator) called straight from the
+    learner's line has no library frame: the line that raised is a call, not a ``raise``, so
+    it is a failure to show, not "not done yet"."""
+    import io
+
+    def check():
+        io.RawIOBase().read(1)  # C code that raises NotImplementedError (no readinto)
+
+    with pytest.raises(NotImplementedError):
+        sdc.self_check(check, "exercise 2")
+    assert "not done yet" not in capsys.readouterr().out
