@@ -510,6 +510,11 @@ def cmd_doctor(args) -> int:
         if choice.kind == "real" and hub is False and not models.available_offline([choice.source]):
             line += f": not downloaded before and {why}, so it cannot load; {fix}, or set SDCOURSE_MODEL=mini"
             problems.append(line)
+        elif (choice.kind == "real" and hub and not models.available_offline([choice.source])
+              and not models.on_hub(choice.source)):  # (a typo, or a repository deleted since)
+            line += (": not on the Hugging Face Hub (no model_index.json there), so it cannot "
+                     "load; check the id, or set SDCOURSE_MODEL=mini")
+            problems.append(line)
         print(line)
     return 1 if problems else 0
 

@@ -502,6 +502,16 @@ def test_doctor_says_when_the_chosen_checkpoint_cannot_load(monkeypatch, capsys,
         line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("text2img"))
         assert line.endswith(f"(asked for by SDCOURSE_MODEL): not downloaded before and {fix}, "
                              "or set SDCOURSE_MODEL=mini"), line
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.reachable = True  # online, but the id is not on the Hub (a typo): what `run` refuses
+    assert cli.main(["doctor"]) == 1
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("text2img"))
+    assert line.endswith("(asked for by SDCOURSE_MODEL): not on the Hugging Face Hub (no "
+                         "model_index.json there), so it cannot load; check the id, or set "
+                         "SDCOURSE_MODEL=mini"), line
+    hub.served.add("someone/not-downloaded")
+    assert cli.main(["doctor"]) == 0
+    assert "cannot load" not in capsys.readouterr().out
     monkeypatch.setenv("SDCOURSE_MODEL", "mini")
     assert cli.main(["doctor"]) == 0
     assert "cannot load" not in capsys.readouterr().out
