@@ -193,13 +193,11 @@ def check_steps(steps: int, strength: float) -> None:
 
 
 def random_scenes(n: int, seed: int) -> list[Scene]:
-    """``n`` fresh scenes (prompts and layouts) drawn from ``seed``."""
-    import random
+    """``n`` fresh scenes (prompts and layouts) drawn from ``seed``: never a training
+    picture (:func:`sdcourse.world.evaluation_scenes`)."""
+    from .world import evaluation_scenes
 
-    from .world import random_scene
-
-    rng = random.Random(seed)
-    return [random_scene(rng) for _ in range(n)]
+    return evaluation_scenes(n, seed)
 
 
 def evaluate_vae(n: int = 256, seed: int = 1234) -> dict[str, float]:

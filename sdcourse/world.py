@@ -190,6 +190,19 @@ def dataset(n: int, seed: int = 0) -> list[Sample]:
     return [sample(seed * 1_000_003 + i) for i in range(n)]
 
 
+def evaluation_scenes(n: int, seed: int) -> list[Scene]:
+    """``n`` scenes for an evaluation, drawn from ``seed`` in a seed space of their own.
+
+    Why: the trainers draw their pictures from whole-number seeds (:func:`sample`,
+    :func:`dataset`), and an evaluation seeded the same way would start on a training picture
+    (``random.Random(1234)`` is what ``sample(1234)`` draws from, and the VAE trained on
+    samples 0 to 31,999). A text seed (``"sdcourse-eval:1234"``, hashed by ``random``)
+    starts a stream no whole-number seed starts: every evaluated picture is fresh."""
+    seed = _seed(seed)
+    rng = random.Random(f"sdcourse-eval:{seed}")
+    return [random_scene(rng) for _ in range(_whole("n", n))]
+
+
 def images_to_tensor(images) -> "torch.Tensor":
     """PIL images (a list, or one) -> float tensor (N, 3, H, W) in [-1, 1], the range SD's VAE
     expects. What is no PIL image, or a size that differs from the first's, is one line."""

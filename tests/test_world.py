@@ -159,3 +159,23 @@ def test_captions_use_an_before_a_vowel():
     assert world.caption("orange", "circle", "blue") == "an orange circle on a blue background"
     assert world.caption("red", "square", "orange") == "a red square on an orange background"
     assert world.render(world.Scene("orange", "triangle", "white")).caption.startswith("an orange triangle")
+
+
+def test_evaluation_scenes_are_never_training_pictures():
+    """The trainers draw from whole-number seeds (the VAE: samples 0 to 31,999); evaluations
+    seeded the same way started on a training picture (``Random(1234)`` is ``sample(1234)``'s
+    stream). Evaluation scenes come from a seed space of their own: reproducible, different
+    per seed, and none of them among the first 32,000 training scenes."""
+    def key(scene):
+        return (scene.color, scene.shape, scene.background, scene.cx, scene.cy, scene.size)
+
+    first = world.evaluation_scenes(64, 1234)
+    assert world.evaluation_scenes(64, 1234) == first
+    assert world.evaluation_scenes(64, 1235) != first
+    trained = {key(world.random_scene(random.Random(k))) for k in range(32_000)}
+    assert key(world.random_scene(random.Random(1234))) in trained  # (how evaluations drew before)
+    for seed in (0, 77, 1234):
+        assert not trained & {key(s) for s in world.evaluation_scenes(256, seed)}
+    with pytest.raises(ValueError, match="seed -1 is negative"):
+        world.evaluation_scenes(1, -1)
+

@@ -44,8 +44,11 @@ def batch(seeds, processor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def depth_correlation(model, processor, n: int = 128, seed: int = 77) -> float:
-    """Mean per-image Pearson correlation of predicted and true depth on fresh pictures."""
-    pixels, depth = batch(range(seed * 10**6, seed * 10**6 + n), processor)
+    """Mean per-image Pearson correlation of predicted and true depth on fresh pictures
+    (:func:`world.evaluation_scenes`: none of them a training picture, whatever the seed)."""
+    samples = [world.render(s) for s in world.evaluation_scenes(n, seed)]
+    pixels = processor([s.image for s in samples], return_tensors="pt").pixel_values
+    depth = torch.from_numpy(np.stack([s.depth for s in samples]))
     with torch.no_grad():
         pred = model(pixel_values=pixels).predicted_depth
     pred = F.interpolate(pred[:, None], size=depth.shape[-2:], mode="bilinear")[:, 0]
