@@ -51,6 +51,8 @@ class Scene:
 
     def __post_init__(self):
         _check_names(self.color, self.shape, self.background)
+        if self.color == self.background:  # an object that cannot be seen: no picture of it
+            raise ValueError(f"object and background are both {self.color!r}: pick two different colours")
         for name in ("cx", "cy", "size"):  # a NaN or far-off centre drew no object, silently
             value = getattr(self, name)
             if not is_number(value) or not 0 <= value <= SIZE or (name == "size" and value < 1):
@@ -182,12 +184,20 @@ def sample(seed: int, **fixed) -> Sample:
     return render(random_scene(random.Random(_seed(seed)), **fixed))
 
 
+#: Samples per :func:`dataset` seed: seed ``s`` draws samples ``s * DATASET_STRIDE + i``.
+DATASET_STRIDE = 1_000_003
+
+
 def dataset(n: int, seed: int = 0) -> list[Sample]:
-    """``n`` samples; sample ``i`` comes from seed ``seed * 1_000_003 + i``."""
+    """``n`` samples; sample ``i`` comes from seed ``seed * 1_000_003 + i`` (so ``n`` is at
+    most 1,000,003: one more would be the first sample of ``dataset(..., seed + 1)``)."""
     n, seed = _whole("n", n), _seed(seed)
     if n < 0:
         raise ValueError(f"n={n} is not a number of samples: pass n=0 or more")
-    return [sample(seed * 1_000_003 + i) for i in range(n)]
+    if n > DATASET_STRIDE:
+        raise ValueError(f"n={n} is more samples than one seed holds: pass at most "
+                         f"{DATASET_STRIDE:,} (more would repeat the next seed's samples)")
+    return [sample(seed * DATASET_STRIDE + i) for i in range(n)]
 
 
 def evaluation_scenes(n: int, seed: int) -> list[Scene]:

@@ -179,3 +179,12 @@ def test_evaluation_scenes_are_never_training_pictures():
     with pytest.raises(ValueError, match="seed -1 is negative"):
         world.evaluation_scenes(1, -1)
 
+
+def test_a_scene_of_one_colour_and_an_oversized_dataset_are_refused():
+    """An object on a background of its own colour cannot be seen (the reader finds nothing);
+    a dataset longer than the stride between seeds would repeat the next seed's samples."""
+    with pytest.raises(ValueError, match="^object and background are both 'red': pick two different colours$"):
+        world.Scene("red", "circle", "red")
+    with pytest.raises(ValueError, match=r"^n=1000004 is more samples than one seed holds: pass "
+                       r"at most 1,000,003 \(more would repeat the next seed's samples\)$"):
+        world.dataset(world.DATASET_STRIDE + 1)
