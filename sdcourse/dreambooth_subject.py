@@ -205,7 +205,7 @@ def evaluate_dreambooth(n: int = 50, seed: int = 1234, cache_dir=None, train_see
     base = mini_model_path("text2img")
     settings = EVAL_SETTINGS | {"seed": train_seed} | overrides
     root = Path(cache_dir) if cache_dir else cache_root()
-    result: dict = {"n": n, "steps": settings["steps"], "train_seed": settings["seed"]}
+    result: dict = {"n": n, "train_steps": settings["steps"], "train_seed": settings["seed"]}
     for prior, suffix in ((True, ""), (False, "_no_prior")):
         # the base by its contents: the assembled folder's name changes with a reinstall
         key = json.dumps({"base": mini_base(), "prior": prior, "subject": [LEFT, RIGHT],
