@@ -231,7 +231,7 @@ else:
 # could be chance, one beyond is shown by these cases. Over 100 other cases
 # (`sdcourse evaluate inpaint`, prompts, pictures and masks drawn from seed 1234; its numbers
 # are in the course README) the mini inpainting UNet puts the requested object in the mask
-# 87% of the time, with 32.7 dB outside: 48 cases are a small sample, as their ± says. On real photos, where the hole's content must match lighting, texture and
+# 87% of the time, with 31.8 dB outside: 48 cases are a small sample, as their ± says. On real photos, where the hole's content must match lighting, texture and
 # perspective around it, blending's seams are what made Stable Diffusion ship inpainting
 # checkpoints.
 
