@@ -37,7 +37,12 @@ def image_processor() -> DPTImageProcessorPil:
 
 
 def batch(seeds, processor) -> tuple[torch.Tensor, torch.Tensor]:
-    samples = [world.sample(s) for s in seeds]
+    """The training pictures of these seeds: :func:`as_tensors` of ``world.sample(seed)``."""
+    return as_tensors([world.sample(s) for s in seeds], processor)
+
+
+def as_tensors(samples, processor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World samples -> (the estimator's input pixels, their true depth maps)."""
     pixels = processor([s.image for s in samples], return_tensors="pt").pixel_values
     depth = torch.from_numpy(np.stack([s.depth for s in samples]))
     return pixels, depth
@@ -46,9 +51,7 @@ def batch(seeds, processor) -> tuple[torch.Tensor, torch.Tensor]:
 def depth_correlation(model, processor, n: int = 128, seed: int = 77) -> float:
     """Mean per-image Pearson correlation of predicted and true depth on fresh pictures
     (:func:`world.evaluation_scenes`: none of them a training picture, whatever the seed)."""
-    samples = [world.render(s) for s in world.evaluation_scenes(n, seed)]
-    pixels = processor([s.image for s in samples], return_tensors="pt").pixel_values
-    depth = torch.from_numpy(np.stack([s.depth for s in samples]))
+    pixels, depth = as_tensors([world.render(s) for s in world.evaluation_scenes(n, seed)], processor)
     with torch.no_grad():
         pred = model(pixel_values=pixels).predicted_depth
     pred = F.interpolate(pred[:, None], size=depth.shape[-2:], mode="bilinear")[:, 0]
