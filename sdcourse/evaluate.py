@@ -331,7 +331,6 @@ def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
     rng = random.Random(seed)
     scenes = random_scenes(n, seed)
     inputs = [render(s) for s in scenes]
-    input_masks = [read_image(x.image).mask for x in inputs]
     targets = [_new_color(rng, s.color, s.background) for s in scenes]
     prompts = [caption(c, s.shape, s.background) for c, s in zip(targets, scenes)]
     result: dict = {"n": n, "steps": steps}
@@ -343,11 +342,16 @@ def evaluate_img2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: int
             readings = [read_image(im) for im in images]
             tag = f"s{int(strength * 10):02d}"
             result[f"color_adopt_{tag}"] = round(sum(r.color == c for r, c in zip(readings, targets)) / n, 4)
-            result[f"layout_iou_{tag}"] = round(float(np.mean(
-                [mask_iou(r.mask, m) for r, m in zip(readings, input_masks)])), 4)
-            result[f"layout_iou_{tag}_vs_drawn"] = round(float(np.mean(
-                [mask_iou(r.mask, x.mask > 0.5) for r, x in zip(readings, inputs)])), 4)
+            result[f"layout_iou_{tag}"], result[f"layout_iou_{tag}_vs_drawn"] = _layout_ious(readings, inputs)
     return result
+
+
+def _layout_ious(readings, inputs) -> tuple[float, float]:
+    """Mean IoU of each output's object mask (its reading) with its input's: the mask read
+    from the input picture, and the input's drawn mask (the measure before 2026-11-28)."""
+    read = [mask_iou(r.mask, read_image(x.image).mask) for r, x in zip(readings, inputs)]
+    drawn = [mask_iou(r.mask, x.mask > 0.5) for r, x in zip(readings, inputs)]
+    return round(float(np.mean(read)), 4), round(float(np.mean(drawn)), 4)
 
 
 def evaluate_inpaint(n: int = 100, seed: int = 1234, steps: int = 25, batch: int = 50) -> dict:
@@ -412,12 +416,9 @@ def evaluate_depth2img(n: int = 100, seed: int = 1234, steps: int = 25, batch: i
         images = _in_batches(pipe, n, batch, seed, bar, prompt=prompts, image=[x.image for x in inputs],
                              num_inference_steps=steps, guidance_scale=7.5)
     readings = [read_image(im) for im in images]
+    layout, layout_vs_drawn = _layout_ious(readings, inputs)
     return {
-        "n": n, "steps": steps,
-        "layout_iou": round(float(np.mean([mask_iou(r.mask, read_image(x.image).mask)
-                                           for r, x in zip(readings, inputs)])), 4),
-        "layout_iou_vs_drawn": round(float(np.mean([mask_iou(r.mask, x.mask > 0.5)
-                                                    for r, x in zip(readings, inputs)])), 4),
+        "n": n, "steps": steps, "layout_iou": layout, "layout_iou_vs_drawn": layout_vs_drawn,
         "color_acc": round(sum(r.color == c for r, (c, _) in zip(readings, wanted)) / n, 4),
         "background_acc": round(sum(r.background == bg for r, (_, bg) in zip(readings, wanted)) / n, 4),
         "depth_corr": round(depth_correlation(pipe.depth_estimator.float(), pipe.feature_extractor,
