@@ -176,6 +176,9 @@ def test_evaluation_scenes_are_never_training_pictures():
     assert key(world.random_scene(random.Random(1234))) in trained  # (how evaluations drew before)
     for seed in (0, 77, 1234):
         assert not trained & {key(s) for s in world.evaluation_scenes(256, seed)}
+    from sdcourse import evaluate  # what the evaluation suites draw their cases from
+
+    assert evaluate.random_scenes(64, 1234) == first
     with pytest.raises(ValueError, match="seed -1 is negative"):
         world.evaluation_scenes(1, -1)
 
