@@ -107,8 +107,6 @@ def random_scene(rng: random.Random, color: str | None = None, shape: str | None
     shape = shape or rng.choice(SHAPES)
     if background is None:
         background = rng.choice([c for c in COLORS if c != color])
-    if color == background:
-        raise ValueError(f"object and background are both {color!r}: pick two different colours")
     size = rng.uniform(24, 40)
     half = size / 2
     cx = rng.uniform(half + 2, SIZE - half - 2)
