@@ -276,8 +276,6 @@ def _decode(url: str, data: bytes) -> Image.Image:
     """Bytes -> fully loaded PIL image; anything PIL cannot read is "not an image", and one
     with more pixels than PIL allows (``Image.MAX_IMAGE_PIXELS``: a small file can unpack to
     gigabytes) is "too large", where PIL would warn first and then fail."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
